@@ -1,0 +1,77 @@
+"""FaceScape format itself: undistorted and/or resized images + params.json in the internal convention.
+
+The minimal export: it exercises the image stage and the check on their own, and gives users a
+smaller or undistorted copy of a tuple that every FaceScape tool still reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fsconvert.errors import InputError
+from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.loader import PARAMS, load_capture
+from fsconvert.model import Capture
+
+NAME = "facescape"
+SUMMARY = "FaceScape layout (N.jpg + params.json), undistorted and/or resized"
+
+
+@dataclass(frozen=True)
+class Options:
+    image: ImageOptions = field(default_factory=ImageOptions)
+
+    def __post_init__(self) -> None:
+        if self.image.image_format != "jpg":
+            raise InputError("the FaceScape layout holds .jpg images only")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No format-specific options."""
+
+
+def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
+    return Options(image=image)
+
+
+def write(
+    capture: Capture,
+    out_dir: str | Path,
+    options: Options = Options(),
+    *,
+    overwrite: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write `out_dir/{view}.jpg` and `out_dir/params.json` (K 3×3, Rt 3×4, distortion, size, ...)."""
+    plans = plan_views(capture.views, options.image)
+    names = [f"{p.view.id}.jpg" for p in plans]
+    params: dict[str, object] = {}
+    for p in plans:
+        v = p.view
+        params |= {
+            f"{v.id}_K": p.camera.K.tolist(),
+            f"{v.id}_Rt": p.world_to_cam[:3].tolist(),
+            f"{v.id}_distortion": p.camera.dist.tolist(),
+            f"{v.id}_width": p.camera.width,
+            f"{v.id}_height": p.camera.height,
+            f"{v.id}_matches": v.matches,
+            f"{v.id}_valid": v.valid,
+            f"{v.id}_sn": v.sn,
+            f"{v.id}_ori": v.ori,
+        }
+    with staging(out_dir, overwrite) as tmp:
+        write_images(plans, names, tmp, workers=workers, progress=progress)
+        (tmp / PARAMS).write_text(json.dumps(params, indent=1) + "\n")
+        write_manifest(tmp, NAME, capture, options, names)
+    return Path(out_dir)
+
+
+def read(out_dir: str | Path) -> list[ExportedView]:
+    """Read back with fsconvert's own FaceScape loader (all views, valid or not)."""
+    capture = load_capture(out_dir, include_invalid=True, require_mesh=False)
+    return [ExportedView(v.image.name, v.camera, v.world_to_cam) for v in capture.views]

@@ -1,0 +1,200 @@
+"""The one place that converts between camera conventions.
+
+Internal convention (FaceScape's, OpenCV's): camera axes x right, y down, z forward; poses are
+world→camera 4×4; the centre of the top-left pixel is at (0, 0); distortion is k1 k2 p1 p2 k3.
+
+Everything else an exporter needs is derived here: OpenGL axes (NeRF family, pyrender), camera→world,
+quaternions (w first, as COLMAP stores them), the +0.5 corner-origin pixel convention (COLMAP,
+nerfstudio, instant-ngp, pyrender), K under resize/crop/180° rotation, and world similarities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PIXEL_CENTRE_SHIFT = 0.5
+"""Corner-origin principal point = OpenCV principal point + this."""
+
+CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+"""Right-multiplying a camera→world pose by this flips its camera y and z axes (CV ↔ GL, self-inverse)."""
+
+ROLL_180 = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""Left-multiplying a world→camera pose by this rolls the camera 180° about its optical axis."""
+
+
+def homogeneous(Rt: np.ndarray) -> np.ndarray:
+    """A 3×4 or 4×4 rigid transform as a 4×4 float64 matrix."""
+    Rt = np.asarray(Rt, dtype=np.float64)
+    T = np.eye(4)
+    T[:3, :4] = Rt[:3, :4]
+    return T
+
+
+def invert_rigid(T: np.ndarray) -> np.ndarray:
+    """Exact inverse of a rigid 4×4 transform ([R|t] → [Rᵀ|−Rᵀt])."""
+    R, t = T[:3, :3], T[:3, 3]
+    inv = np.eye(4)
+    inv[:3, :3] = R.T
+    inv[:3, 3] = -R.T @ t
+    return inv
+
+
+def w2c_to_c2w(w2c: np.ndarray) -> np.ndarray:
+    """World→camera to camera→world, same camera axes."""
+    return invert_rigid(homogeneous(w2c))
+
+
+def c2w_to_w2c(c2w: np.ndarray) -> np.ndarray:
+    """Camera→world to world→camera, same camera axes."""
+    return invert_rigid(homogeneous(c2w))
+
+
+def w2c_cv_to_c2w_gl(w2c: np.ndarray) -> np.ndarray:
+    """OpenCV world→camera to OpenGL camera→world (NeRF `transform_matrix`, pyrender camera pose)."""
+    return w2c_to_c2w(w2c) @ CV_TO_GL
+
+
+def c2w_gl_to_w2c_cv(c2w_gl: np.ndarray) -> np.ndarray:
+    """OpenGL camera→world to OpenCV world→camera."""
+    return c2w_to_w2c(homogeneous(c2w_gl) @ CV_TO_GL)
+
+
+def camera_centre(w2c: np.ndarray) -> np.ndarray:
+    """Camera centre in world coordinates, C = −Rᵀt."""
+    return -w2c[:3, :3].T @ w2c[:3, 3]
+
+
+def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z), w ≥ 0, Hamilton convention, of a rotation matrix."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = np.trace(R)
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
+        q = [0.0] * 4
+        q[0] = (R[k, j] - R[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (R[j, i] + R[i, j]) / s
+        q[1 + k] = (R[k, i] + R[i, k]) / s
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[0] < 0 else q
+
+
+def quat_wxyz_to_rotation(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a (w, x, y, z) quaternion (normalised first)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def K_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """3×3 pinhole intrinsics."""
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def K_to_corner_origin(K: np.ndarray) -> np.ndarray:
+    """OpenCV K (pixel centre at 0) → corner-origin K (pixel centre at 0.5): cx, cy += 0.5."""
+    out = np.array(K, dtype=np.float64)
+    out[:2, 2] += PIXEL_CENTRE_SHIFT
+    return out
+
+
+def K_from_corner_origin(K: np.ndarray) -> np.ndarray:
+    """Corner-origin K → OpenCV K: cx, cy −= 0.5."""
+    out = np.array(K, dtype=np.float64)
+    out[:2, 2] -= PIXEL_CENTRE_SHIFT
+    return out
+
+
+def resize_K(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """K after resizing the image by (sx, sy): f' = f·s, c' = (c + 0.5)·s − 0.5 (OpenCV convention)."""
+    out = np.array(K, dtype=np.float64)
+    out[0, :] *= sx
+    out[1, :] *= sy
+    out[0, 2] += PIXEL_CENTRE_SHIFT * sx - PIXEL_CENTRE_SHIFT
+    out[1, 2] += PIXEL_CENTRE_SHIFT * sy - PIXEL_CENTRE_SHIFT
+    return out
+
+
+def resize_points(uv: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Pixel coordinates (N×2, OpenCV convention) after resizing by (sx, sy)."""
+    uv = np.asarray(uv, dtype=np.float64)
+    return (uv + PIXEL_CENTRE_SHIFT) * np.array([sx, sy]) - PIXEL_CENTRE_SHIFT
+
+
+def crop_K(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
+    """K after cropping the image so that pixel (x0, y0) becomes (0, 0)."""
+    out = np.array(K, dtype=np.float64)
+    out[0, 2] -= x0
+    out[1, 2] -= y0
+    return out
+
+
+def centred_K(K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """K with the principal point at the image centre: OpenCV ((W−1)/2, (H−1)/2), corner (W/2, H/2)."""
+    out = np.array(K, dtype=np.float64)
+    out[0, 2] = (width - 1) / 2.0
+    out[1, 2] = (height - 1) / 2.0
+    return out
+
+
+def rotate180_K(K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """K of the image rotated by 180°: c' = (size − 1) − c."""
+    out = np.array(K, dtype=np.float64)
+    out[0, 2] = width - 1 - out[0, 2]
+    out[1, 2] = height - 1 - out[1, 2]
+    return out
+
+
+def rotate180_w2c(w2c: np.ndarray) -> np.ndarray:
+    """World→camera pose of the camera rolled 180° about its optical axis."""
+    return ROLL_180 @ homogeneous(w2c)
+
+
+def rotate180_dist(dist: np.ndarray) -> np.ndarray:
+    """Distortion k1 k2 p1 p2 k3 under a 180° roll: radial terms stay, tangential terms change sign."""
+    out = np.array(dist, dtype=np.float64)
+    out[2:4] *= -1.0
+    return out
+
+
+def similarity_matrix(scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """4×4 world similarity X' = s·R·X + t."""
+    S = np.eye(4)
+    S[:3, :3] = scale * np.asarray(rotation, dtype=np.float64)
+    S[:3, 3] = translation
+    return S
+
+
+def split_similarity(S: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(s, R, t) of a 4×4 similarity X' = s·R·X + t."""
+    A = np.asarray(S, dtype=np.float64)[:3, :3]
+    s = float(np.cbrt(np.linalg.det(A)))
+    return s, A / s, np.asarray(S, dtype=np.float64)[:3, 3].copy()
+
+
+def w2c_in_similar_world(w2c: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """World→camera pose in the world X' = s·R·X + t, with the camera frame scaled by s too.
+
+    Projections are unchanged: the new camera sees s·X_cam, the same rays.
+    """
+    s, R, t = split_similarity(S)
+    w2c = homogeneous(w2c)
+    out = np.eye(4)
+    out[:3, :3] = w2c[:3, :3] @ R.T
+    out[:3, 3] = s * w2c[:3, 3] - out[:3, :3] @ t
+    return out
+
+
+def pyrender_intrinsics(K: np.ndarray) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) for pyrender's IntrinsicsCamera, which centres pixels at +0.5."""
+    Kc = K_to_corner_origin(K)
+    return float(Kc[0, 0]), float(Kc[1, 1]), float(Kc[0, 2]), float(Kc[1, 2])

@@ -1,0 +1,282 @@
+"""The image stage shared by every exporter: one plan per view → output camera + one remap per image.
+
+A plan composes undistortion (optional), scaling and an optional 180° upright rotation into a single
+`cv2.remap` whose map is computed once per view. JPEGs are decoded with IMREAD_REDUCED_COLOR_{2,4,8}
+when the output is at least that much smaller; images needing no resampling are linked or copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import conventions as cv
+from .errors import InputError, OutputError
+from .model import Camera, View
+
+REDUCTIONS = (8, 4, 2, 1)
+_REDUCED_FLAG = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How exported images are made from the source JPEGs."""
+
+    undistort: bool = True
+    """Resample to a pinhole camera; False keeps the distortion (and the original file when unscaled)."""
+    principal_point: Literal["keep", "center"] = "keep"
+    """New K after undistortion: same principal point (scaled), or moved to the image centre (3DGS)."""
+    scale: float | None = None
+    """Output size = round(scale × source size)."""
+    max_size: int | None = None
+    """Scale down (never up) so that the long side is at most this."""
+    upright: bool = False
+    """Rotate views rolled ~180° (camera up pointing down in the world) by 180°; K, R and p1, p2 follow."""
+    image_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = 95
+    link: Literal["hardlink", "symlink", "copy"] = "hardlink"
+    """How originals are placed when no resampling is needed (hardlink falls back to copy)."""
+
+    def __post_init__(self) -> None:
+        if self.principal_point not in ("keep", "center"):
+            raise InputError(f"principal_point must be 'keep' or 'center', got {self.principal_point!r}")
+        if self.principal_point == "center" and not self.undistort:
+            raise InputError("principal_point 'center' needs undistortion (it resamples the image)")
+        if self.scale is not None and not 0 < self.scale <= 1:
+            raise InputError(f"scale must be in (0, 1], got {self.scale}")
+        if self.max_size is not None and self.max_size < 16:
+            raise InputError(f"max_size must be at least 16, got {self.max_size}")
+        if self.scale is not None and self.max_size is not None:
+            raise InputError("give scale or max_size, not both")
+        if self.image_format not in ("jpg", "png"):
+            raise InputError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise InputError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.link not in ("hardlink", "symlink", "copy"):
+            raise InputError(f"link must be hardlink, symlink or copy, got {self.link!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ViewPlan:
+    """What the stage does to one view: the output camera and pose, and how pixels move."""
+
+    view: View
+    camera: Camera
+    """Output camera (internal convention); pinhole when undistorting."""
+    world_to_cam: np.ndarray
+    """Output pose; differs from the source only when the view is rotated upright."""
+    rotated: bool
+    reduce: int
+    """JPEG decode reduction factor (1, 2, 4 or 8)."""
+    options: ImageOptions
+
+    @property
+    def resample(self) -> bool:
+        """False when the original file is placed as it is."""
+        return self.options.undistort or self.rotated or self.camera.size != self.view.camera.size
+
+    @property
+    def suffix(self) -> str:
+        return self.view.image.suffix if not self.resample else f".{self.options.image_format}"
+
+    def src_to_out(self, uv_src: np.ndarray) -> np.ndarray:
+        """Source pixels (distorted, full resolution) → output pixels. Exact to ~1e-9 px."""
+        src = self.view.camera
+        uv = np.asarray(uv_src, dtype=np.float64).reshape(-1, 2)
+        if self.options.undistort:
+            K_out = cv.rotate180_K(self.camera.K, *self.camera.size) if self.rotated else self.camera.K
+            out = cv2.undistortPoints(
+                uv.reshape(-1, 1, 2), src.K, src.dist, P=K_out, criteria=_UNDISTORT_CRITERIA
+            ).reshape(-1, 2)
+        else:
+            out = cv.resize_points(uv, *self._scale())
+        if self.rotated:
+            out = np.array([self.camera.width - 1, self.camera.height - 1]) - out
+        return out
+
+    def _scale(self) -> tuple[float, float]:
+        return self.camera.width / self.view.camera.width, self.camera.height / self.view.camera.height
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 remap maps: output pixel → pixel of the decoded (possibly reduced) source image."""
+        src = self.view.camera
+        K_dec = cv.resize_K(src.K, 1 / self.reduce, 1 / self.reduce)
+        w, h = self.camera.size
+        if self.options.undistort:
+            K_out = cv.rotate180_K(self.camera.K, w, h) if self.rotated else self.camera.K
+            mx, my = cv2.initUndistortRectifyMap(K_dec, src.dist, None, K_out, (w, h), cv2.CV_32FC1)
+        else:
+            sx, sy = self._scale()
+            r = self.reduce
+            xs = ((np.arange(w) + 0.5) / sx / r - 0.5).astype(np.float32)
+            ys = ((np.arange(h) + 0.5) / sy / r - 0.5).astype(np.float32)
+            mx, my = np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w))
+        if self.rotated:
+            mx, my = mx[::-1, ::-1], my[::-1, ::-1]
+        return np.ascontiguousarray(mx), np.ascontiguousarray(my)
+
+
+def output_size(width: int, height: int, options: ImageOptions) -> tuple[int, int]:
+    """Integer output size for the scale or max_size option."""
+    s = options.scale
+    if options.max_size is not None:
+        s = min(1.0, options.max_size / max(width, height))
+    if s is None or s == 1:
+        return width, height
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def is_rolled(view: View, up: np.ndarray) -> bool:
+    """True when the camera's image-up direction points against the world `up` (roll beyond ±90°)."""
+    image_up_world = -view.R[1]  # camera −y axis in world coordinates
+    return float(image_up_world @ up) < 0
+
+
+def capture_up(views: Sequence[View]) -> np.ndarray:
+    """The world up direction the majority of cameras agree on (sum of camera −y axes)."""
+    s = np.sum([-v.R[1] for v in views], axis=0)
+    n = np.linalg.norm(s)
+    return s / n if n > 0 else np.array([0.0, -1.0, 0.0])
+
+
+def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -> ViewPlan:
+    """The plan for one view. `up` (world) is needed for upright rotation; see `plan_views`."""
+    src = view.camera
+    w, h = output_size(src.width, src.height, options)
+    sx, sy = w / src.width, h / src.height
+    K = cv.resize_K(src.K, sx, sy)
+    dist = src.dist
+    if options.undistort:
+        dist = np.zeros(5)
+        if options.principal_point == "center":
+            K = cv.centred_K(K, w, h)
+    rotated = bool(options.upright and up is not None and is_rolled(view, up))
+    w2c = view.world_to_cam
+    if rotated:
+        K, w2c, dist = cv.rotate180_K(K, w, h), cv.rotate180_w2c(w2c), cv.rotate180_dist(dist)
+    reduce = next(r for r in REDUCTIONS if sx * r <= 1 + 1e-9 and sy * r <= 1 + 1e-9)
+    return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options)
+
+
+def plan_views(views: Sequence[View], options: ImageOptions) -> list[ViewPlan]:
+    """Plans for all views of a capture (upright rotation judged against the capture's up)."""
+    up = capture_up(views) if options.upright else None
+    return [plan_view(v, options, up) for v in views]
+
+
+# ---- execution -------------------------------------------------------------------------------------
+
+
+def read_image(path: Path, reduce: int = 1, view: int | None = None) -> np.ndarray:
+    """Decode a colour image (EXIF orientation ignored: cameras describe the stored pixels)."""
+    img = cv2.imread(str(path), _REDUCED_FLAG[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise InputError("cannot decode image (truncated or corrupt)", file=path, view=view)
+    return img
+
+
+def write_image(path: Path, img: np.ndarray, options: ImageOptions) -> None:
+    """Encode and write; write errors (disk full, read-only) become OutputError."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality] if options.image_format == "jpg" else []
+    ok, buf = cv2.imencode(f".{options.image_format}", img, params)
+    if not ok:
+        raise OutputError(f"{path}: cannot encode image")
+    try:
+        Path(path).write_bytes(buf.tobytes())
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def run_plan(plan: ViewPlan, dest: Path) -> Path:
+    """Produce one output image at `dest` (its suffix must be `plan.suffix`)."""
+    view = plan.view
+    if not plan.resample:
+        _place_original(view.image, dest, plan.options.link)
+        return dest
+    img = read_image(view.image, plan.reduce, view.id)
+    expected = (-(-view.camera.height // plan.reduce), -(-view.camera.width // plan.reduce))
+    if img.shape[:2] != expected:
+        img = read_image(view.image, 1, view.id)
+        if img.shape[:2] != (view.camera.height, view.camera.width):
+            raise InputError(
+                f"decoded image is {img.shape[1]}×{img.shape[0]}, params.json says "
+                f"{view.camera.width}×{view.camera.height}",
+                file=view.image,
+                view=view.id,
+            )
+        plan = replace(plan, reduce=1)
+    if plan.options.undistort or plan.camera.size != (img.shape[1], img.shape[0]):
+        mx, my = plan.maps()
+        img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    elif plan.rotated:
+        img = cv2.flip(img, -1)
+    write_image(dest, img, plan.options)
+    return dest
+
+
+def _place_original(src: Path, dest: Path, link: str) -> None:
+    try:
+        if link == "symlink":
+            os.symlink(Path(src).resolve(), dest)
+            return
+        if link == "hardlink":
+            try:
+                os.link(src, dest)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+        shutil.copyfile(src, dest)
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def _run(job: tuple[ViewPlan, Path]) -> Path:
+    return run_plan(*job)
+
+
+def run_plans(
+    jobs: Iterable[tuple[ViewPlan, Path]],
+    *,
+    workers: int = 1,
+    progress: bool = False,
+    desc: str = "images",
+) -> list[Path]:
+    """Run plans, `workers` processes in parallel, streaming images (one per worker in memory)."""
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            out = []
+            for job in jobs:
+                out.append(_run(job))
+                bar.update()
+            return out
+        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_init_worker) as pool:
+            out = []
+            for path in pool.map(_run, jobs, chunksize=1):
+                out.append(path)
+                bar.update()
+            return out
+    finally:
+        bar.close()

@@ -1,0 +1,72 @@
+"""`fsconvert info`: a readable summary of a tuple or a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .imagestage import capture_up, is_rolled
+from .loader import is_tuple_dir, iter_dataset, load_capture
+from .mesh import load_mesh
+from .model import Capture
+
+
+def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
+    """Views (valid/excluded), image sizes and orientations, focal and distortion ranges, mesh and distance."""
+    views = capture.views
+    cams = [v.camera for v in views]
+    sizes: dict[str, int] = {}
+    for c in cams:
+        key = f"{c.width}×{c.height} {'portrait' if c.is_portrait else 'landscape'}"
+        sizes[key] = sizes.get(key, 0) + 1
+    f = np.array([[c.fx, c.fy] for c in cams])
+    long_side = np.array([max(c.size) for c in cams])
+    pp = np.array([[c.cx - (c.width - 1) / 2, c.cy - (c.height - 1) / 2] for c in cams])
+    dist = np.array([c.dist for c in cams])
+    up = capture_up(views)
+    rolled = [v.id for v in views if is_rolled(v, up)]
+    lines = [
+        f"tuple {capture.name}  ({capture.root})",
+        f"  views: {len(views)} used"
+        + (f", {len(capture.excluded)} excluded (valid=false): {[v.id for v in capture.excluded]}" if capture.excluded else ""),
+        "  images: " + ", ".join(f"{n} × {s}" for s, n in sorted(sizes.items())),
+        f"  focal: fx {f[:, 0].min():.1f}…{f[:, 0].max():.1f} px, fy {f[:, 1].min():.1f}…{f[:, 1].max():.1f} px"
+        f" ({(f[:, 0] / long_side).min():.2f}…{(f[:, 0] / long_side).max():.2f} × long side)",
+        f"  principal point offset from centre: x {pp[:, 0].min():+.1f}…{pp[:, 0].max():+.1f} px,"
+        f" y {pp[:, 1].min():+.1f}…{pp[:, 1].max():+.1f} px",
+        "  distortion: "
+        + ", ".join(f"{n} {dist[:, i].min():+.3g}…{dist[:, i].max():+.3g}" for i, n in enumerate(("k1", "k2", "p1", "p2", "k3"))),
+        f"  rolled ~180° (image up against the majority): {rolled if rolled else 'none'}",
+    ]
+    if capture.mesh is None:
+        lines.append("  mesh: not found")
+    elif with_mesh:
+        mesh = load_mesh(capture.mesh)
+        centre = mesh.bounds.mean(axis=0)
+        radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+        d = np.array([np.linalg.norm(v.centre - centre) for v in views])
+        lines += [
+            f"  mesh: {capture.mesh}  {len(mesh.vertices)} vertices, {len(mesh.faces)} faces,"
+            f" bounding radius {radius:.4g} (SfM units)",
+            f"  camera distance to mesh centre: {d.min():.4g}…{d.max():.4g} ({d.min() / radius:.1f}…{d.max() / radius:.1f} × radius)",
+        ]
+    else:
+        lines.append(f"  mesh: {capture.mesh}")
+    return "\n".join(lines)
+
+
+def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None, exps=None) -> str:
+    """Summary of a tuple folder, or of every selected tuple of a dataset."""
+    path = Path(path)
+    if is_tuple_dir(path):
+        return describe_capture(load_capture(path, mesh_root=mesh_root, require_mesh=False))
+    refs = list(iter_dataset(path, ids=ids, exps=exps))
+    if not refs:
+        return f"dataset {path}: no tuples found (expected IMGS_ROOT/<id>/<exp>/params.json)"
+    subjects = sorted({r.subject for r in refs}, key=lambda s: (len(s), s))
+    out = [f"dataset {path}: {len(refs)} tuples, {len(subjects)} subjects"]
+    for ref in refs:
+        capture = load_capture(ref.path, mesh_root=mesh_root, require_mesh=False)
+        out.append(describe_capture(capture, with_mesh=False))
+    return "\n".join(out)

@@ -1,0 +1,303 @@
+"""Load FaceScape tuples (params.json + N.jpg + mesh) and enumerate datasets, validating every value."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .model import Camera, Capture, View
+
+PARAMS = "params.json"
+IMAGE_EXT = ".jpg"
+REQUIRED_KEYS = ("K", "Rt", "distortion", "width", "height")
+OPTIONAL_KEYS = ("valid", "matches", "sn", "ori")
+_KEY = re.compile(r"^(?P<view>[^_]+)_(?P<key>.+)$")
+ROTATION_TOL = 1e-6
+
+
+def is_tuple_dir(path: Path) -> bool:
+    return (Path(path) / PARAMS).is_file()
+
+
+def load_capture(
+    tuple_dir: str | Path,
+    *,
+    mesh: str | Path | None = None,
+    mesh_root: str | Path | None = None,
+    include_invalid: bool = False,
+    require_mesh: bool = True,
+) -> Capture:
+    """Load one tuple `IMGS_ROOT/<id>/<exp>/` with its cameras, images and mesh path.
+
+    Views marked valid=false are left out (listed in `Capture.excluded`) unless `include_invalid`.
+    """
+    tuple_dir = Path(tuple_dir)
+    params_path = tuple_dir / PARAMS
+    if not params_path.is_file():
+        raise InputError(f"no {PARAMS} here (expected IMGS_ROOT/<id>/<exp>/{PARAMS})", file=tuple_dir)
+    views = [_make_view(tuple_dir, vid, entry, params_path) for vid, entry in parse_params(params_path).items()]
+    kept = [v for v in views if v.valid or include_invalid]
+    if not kept:
+        raise InputError("no valid view (every view has valid=false)", file=params_path)
+    for v in kept:
+        _check_image(v, params_path)
+    mesh_path = Path(mesh) if mesh is not None else find_mesh(tuple_dir, mesh_root)
+    if require_mesh:
+        if mesh_path is None:
+            raise InputError(
+                "mesh not found: expected MESH_ROOT/<id>/<exp>.ply beside the images root; "
+                "give --mesh or --mesh-root",
+                file=tuple_dir,
+            )
+        if not mesh_path.is_file():
+            raise InputError("mesh file not found", file=mesh_path)
+    return Capture(
+        subject=tuple_dir.parent.name,
+        expression=tuple_dir.name,
+        root=tuple_dir,
+        views=kept,
+        mesh=mesh_path,
+        excluded=[v for v in views if not v.valid and not include_invalid],
+    )
+
+
+def parse_params(path: Path) -> dict[int, dict[str, object]]:
+    """Group params.json keys by view id (taken from the keys, sorted numerically)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {_reason(exc)}", file=path) from None
+    try:
+        data = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicates(pairs, path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", file=path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object of '<view>_<key>' entries", file=path)
+    views: dict[int, dict[str, object]] = {}
+    spelled: dict[int, str] = {}
+    for name, value in data.items():
+        m = _KEY.match(name)
+        if not m or m["key"] not in REQUIRED_KEYS + OPTIONAL_KEYS:
+            raise InputError(
+                f"unknown key (expected '<view>_<{'|'.join(REQUIRED_KEYS + OPTIONAL_KEYS)}>')", file=path, key=name
+            )
+        if not m["view"].isdigit() or not m["view"].isascii():
+            raise InputError("view id is not a non-negative integer", file=path, key=name)
+        vid = int(m["view"])
+        if spelled.setdefault(vid, m["view"]) != m["view"]:
+            raise InputError(f"duplicate view id {vid} (also spelled '{spelled[vid]}')", file=path, key=name)
+        views.setdefault(vid, {})[m["key"]] = value
+    if not views:
+        raise InputError("no views", file=path)
+    for vid, entry in views.items():
+        for key in REQUIRED_KEYS:
+            if key not in entry:
+                raise InputError("missing key", file=path, view=vid, key=f"{spelled[vid]}_{key}")
+    return dict(sorted(views.items()))
+
+
+def _no_duplicates(pairs: list[tuple[str, object]], path: Path) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise InputError("duplicate key", file=path, key=key)
+        seen[key] = value
+    return seen
+
+
+def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) -> View:
+    def where(key: str) -> dict[str, object]:
+        return {"file": path, "view": vid, "key": f"{vid}_{key}"}
+
+    K = _matrix(entry["K"], {(3, 3), (4, 4)}, where("K"))
+    if K.shape == (4, 4) and not np.array_equal(K[3], [0, 0, 0, 1]) and not np.array_equal(K[:, 3], [0, 0, 0, 1]):
+        raise InputError("a 4×4 K must have a last row or column of (0, 0, 0, 1)", **where("K"))
+    K = K[:3, :3]
+    if not np.array_equal(K[2], [0, 0, 1]) or K[1, 0] != 0:
+        raise InputError("K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]", **where("K"))
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"focal length must be positive (fx={K[0, 0]:g}, fy={K[1, 1]:g})", **where("K"))
+    if abs(K[0, 1]) > 1e-9 * K[0, 0]:
+        raise InputError("non-zero skew is not supported", **where("K"))
+    K[0, 1] = 0.0
+
+    Rt = _matrix(entry["Rt"], {(3, 4), (4, 4)}, where("Rt"))
+    if Rt.shape == (4, 4) and not np.array_equal(Rt[3], [0, 0, 0, 1]):
+        raise InputError("a 4×4 Rt must have a last row of (0, 0, 0, 1)", **where("Rt"))
+    R = Rt[:3, :3]
+    ortho = float(np.abs(R.T @ R - np.eye(3)).max())
+    if ortho > ROTATION_TOL:
+        raise InputError(f"R is not a rotation (max |RᵀR − I| = {ortho:.2g})", **where("Rt"))
+    if np.linalg.det(R) < 0:
+        raise InputError("R has determinant −1 (a reflection, not a rotation)", **where("Rt"))
+
+    dist = _matrix(entry["distortion"], {(5,), (4,), (1, 5), (1, 4)}, where("distortion")).ravel()
+    dist = np.concatenate([dist, np.zeros(5 - dist.size)])
+
+    width, height = (_positive_int(entry[k], where(k)) for k in ("width", "height"))
+    if not (0 <= K[0, 2] < width and 0 <= K[1, 2] < height):
+        raise InputError(f"principal point ({K[0, 2]:g}, {K[1, 2]:g}) outside the {width}×{height} image", **where("K"))
+
+    valid = entry.get("valid", True)
+    if isinstance(valid, int) and not isinstance(valid, bool) and valid in (0, 1):
+        valid = bool(valid)
+    if not isinstance(valid, bool):
+        raise InputError(f"expected true or false, got {valid!r}", **where("valid"))
+    matches = entry.get("matches", 0)
+    if isinstance(matches, bool) or not isinstance(matches, (int, float)) or not float(matches).is_integer():
+        raise InputError(f"expected an integer, got {matches!r}", **where("matches"))
+    sn, ori = (entry.get(k, "") for k in ("sn", "ori"))
+    for key, value in (("sn", sn), ("ori", ori)):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise InputError(f"expected a string, got {value!r}", **where(key))
+
+    return View(
+        id=vid,
+        image=tuple_dir / f"{vid}{IMAGE_EXT}",
+        camera=Camera(width=width, height=height, K=K, dist=dist),
+        world_to_cam=Rt,
+        valid=valid,
+        sn=str(sn),
+        ori=str(ori),
+        matches=int(matches),
+    )
+
+
+def _matrix(value: object, shapes: set[tuple[int, ...]], where: dict[str, object]) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.shape not in shapes:
+        wanted = " or ".join("×".join(map(str, s)) for s in sorted(shapes, reverse=True))
+        got = "×".join(map(str, arr.shape)) if arr is not None and arr.ndim else type(value).__name__
+        raise InputError(f"expected {wanted} numbers, got {got}", **where)
+    if not np.isfinite(arr).all():
+        raise InputError("contains NaN or infinity", **where)
+    return arr
+
+
+def _positive_int(value: object, where: dict[str, object]) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"expected a positive integer, got {value!r}", **where)
+    if not float(value).is_integer() or value <= 0:
+        raise InputError(f"expected a positive integer, got {value!r}", **where)
+    return int(value)
+
+
+def _check_image(view: View, params_path: Path) -> None:
+    if not view.image.is_file():
+        raise InputError("image missing", file=view.image, view=view.id)
+    try:
+        with Image.open(view.image) as im:
+            size = im.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise InputError(f"not a readable image: {_reason(exc)}", file=view.image, view=view.id) from None
+    if size != view.camera.size:
+        raise InputError(
+            f"image is {size[0]}×{size[1]} but {params_path.name} says "
+            f"{view.camera.width}×{view.camera.height}",
+            file=view.image,
+            view=view.id,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+# ---- dataset layout -------------------------------------------------------------------------------
+
+
+def find_mesh(tuple_dir: Path, mesh_root: str | Path | None = None) -> Path | None:
+    """`MESH_ROOT/<id>/<exp>.ply` for `IMGS_ROOT/<id>/<exp>/`; MESH_ROOT given, or a sibling of IMGS_ROOT."""
+    tuple_dir = Path(tuple_dir).resolve()
+    rel = Path(tuple_dir.parent.name) / f"{tuple_dir.name}.ply"
+    if mesh_root is not None:
+        return Path(mesh_root) / rel
+    imgs_root = tuple_dir.parent.parent
+    found = sorted(p / rel for p in imgs_root.parent.iterdir() if p != imgs_root and (p / rel).is_file())
+    return found[0] if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class TupleRef:
+    """A tuple of a dataset: `IMGS_ROOT/<subject>/<expression>/`."""
+
+    subject: str
+    expression: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.subject}/{self.expression}"
+
+
+def images_root(path: str | Path) -> Path:
+    """The IMGS_ROOT of a dataset given either it or a folder holding it as `images/`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("no such folder", file=path)
+    if (path / "images").is_dir() and not any(path.glob(f"*/*/{PARAMS}")):
+        return path / "images"
+    return path
+
+
+def iter_dataset(
+    root: str | Path, *, ids: set[int] | None = None, exps: list[str] | None = None
+) -> Iterator[TupleRef]:
+    """Tuples under IMGS_ROOT, sorted by numeric subject id then expression, filtered by selection."""
+    root = images_root(root)
+    found = sorted(
+        (p.parent for p in root.glob(f"*/*/{PARAMS}")),
+        key=lambda p: (_natural(p.parent.name), _natural(p.name)),
+    )
+    for path in found:
+        subject, expression = path.parent.name, path.name
+        if ids is not None and not (subject.isdigit() and int(subject) in ids):
+            continue
+        if exps is not None and not any(_exp_matches(expression, e) for e in exps):
+            continue
+        yield TupleRef(subject, expression, path)
+
+
+def parse_ids(spec: str) -> set[int]:
+    """'1-20,212' → {1, …, 20, 212}."""
+    ids: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise InputError(f"bad id selection '{part}' in '{spec}' (use e.g. 1-20,212)")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if hi < lo:
+            raise InputError(f"bad id range '{part}' (end before start)")
+        ids.update(range(lo, hi + 1))
+    if not ids:
+        raise InputError(f"empty id selection '{spec}'")
+    return ids
+
+
+def parse_exps(spec: str) -> list[str]:
+    """'1_neutral,4_anger' (or '1,4': the number before '_') → a list of expression selectors."""
+    exps = [p.strip() for p in spec.split(",") if p.strip()]
+    if not exps:
+        raise InputError(f"empty expression selection '{spec}'")
+    return exps
+
+
+def _exp_matches(expression: str, selector: str) -> bool:
+    return expression == selector or expression.split("_", 1)[0] == selector
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))

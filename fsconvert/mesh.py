@@ -1,0 +1,36 @@
+"""Load and validate the tuple's mesh (SfM units, the cameras' world frame)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from .errors import InputError
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("mesh file not found", file=path)
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for unreadable files
+        raise InputError(f"not a readable mesh: {exc or type(exc).__name__}", file=path) from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise InputError("mesh has no faces", file=path)
+    if not np.isfinite(mesh.vertices).all():
+        raise InputError("mesh has NaN or infinite vertices", file=path)
+    return mesh
+
+
+def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
+    """N×3 uint8 vertex colours (mid grey where the mesh has none)."""
+    visual = mesh.visual
+    if getattr(visual, "kind", None) == "vertex":
+        return np.asarray(visual.vertex_colors)[:, :3].astype(np.uint8)
+    if getattr(visual, "kind", None) == "texture":
+        return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
+    return np.full((len(mesh.vertices), 3), 128, np.uint8)

@@ -1,0 +1,26 @@
+"""Shared fixtures: a synthetic FaceScape dataset generated once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fsconvert  # noqa: F401  (headless rendering set-up before anything imports pyrender)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated dataset root holding images/ and models/ (one tuple, default sample settings)."""
+    from fsconvert.synthetic import make_sample
+
+    root = tmp_path_factory.mktemp("sample")
+    make_sample(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_tuple(sample_root: Path) -> Path:
+    """The tuple folder images/<id>/<exp>/ of `sample_root`."""
+    (params,) = sorted(sample_root.glob("images/*/*/params.json"))
+    return params.parent
