@@ -42,6 +42,9 @@ class ImageOptions:
     """Resample to a pinhole camera; False keeps the distortion (and the original file when unscaled)."""
     principal_point: Literal["keep", "center"] = "keep"
     """New K after undistortion: same principal point (scaled), or moved to the image centre (3DGS)."""
+    fov_x: float | None = None
+    """With principal_point 'center': set fx = fy so that every view has this horizontal field of view
+    (radians); for formats holding one `camera_angle_x` for all views (Blender, 3DGS)."""
     scale: float | None = None
     """Output size = round(scale × source size)."""
     max_size: int | None = None
@@ -58,6 +61,8 @@ class ImageOptions:
             raise InputError(f"principal_point must be 'keep' or 'center', got {self.principal_point!r}")
         if self.principal_point == "center" and not self.undistort:
             raise InputError("principal_point 'center' needs undistortion (it resamples the image)")
+        if self.fov_x is not None and (self.principal_point != "center" or not 0 < self.fov_x < np.pi):
+            raise InputError("fov_x needs principal_point 'center' and a value in (0, π) radians")
         if self.scale is not None and not 0 < self.scale <= 1:
             raise InputError(f"scale must be in (0, 1], got {self.scale}")
         if self.max_size is not None and self.max_size < 16:
@@ -164,6 +169,9 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
     dist = src.dist
     if options.undistort:
         dist = np.zeros(5)
+        if options.fov_x is not None:
+            f = w / (2 * np.tan(options.fov_x / 2))
+            K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
         if options.principal_point == "center":
             K = cv.centred_K(K, w, h)
     rotated = bool(options.upright and up is not None and is_rolled(view, up))
