@@ -1,0 +1,53 @@
+# fsconvert: `make demo` converts the bundled sample; `make test` runs the tests.
+# Both install what they need first: Debian/Ubuntu libraries (apt, via sudo unless root) and a venv.
+
+VENV ?= .venv
+PYTHON ?= python3
+SAMPLE := samples/facescape_sample/images/1/1_neutral
+OUT ?= out
+# libgl/egl/osmesa: headless pyrender (OSMesa) and open3d; libusb, libgomp: open3d 0.19;
+# libxrender1: pyglet, imported by pyrender; colmap: the COLMAP 3.8 CLI the tests load exports with.
+APT_PACKAGES := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 libxrender1 libgomp1 colmap
+
+export PYOPENGL_PLATFORM := osmesa
+
+.PHONY: demo test bench deps apt clean
+
+demo: deps
+	$(VENV)/bin/fsconvert info $(SAMPLE)
+	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap --overwrite --quiet
+	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap_3dgs --principal-point center --overwrite --quiet
+	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf --normalize sphere --masks --depth --overwrite --quiet
+	$(VENV)/bin/fsconvert to-open3d $(SAMPLE) -o $(OUT)/open3d --fuse --overwrite --quiet
+	@echo "Exports and their check reports (check/check.json, check/mv_result_<view>.jpg) are in $(OUT)/"
+
+test: deps
+	$(VENV)/bin/python -m pytest
+
+bench: deps
+	$(VENV)/bin/python benchmarks/bench_images.py --quick
+
+deps: apt $(VENV)/.installed
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if ! command -v apt-get >/dev/null; then echo "install these system libraries: $$missing" >&2; exit 1; fi; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "apt: installing $$missing"; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Two pip steps on purpose: asking for pyrender and PyOpenGL 3.1.10 together makes pip backtrack to an
+# ancient pyrender; OSMesa needs PyOpenGL >= 3.1.4, pyrender pins 3.1.0 (harmless `pip check` warning).
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	$(VENV)/bin/pip install -q --no-deps pyopengl==3.1.10
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

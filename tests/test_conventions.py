@@ -1,0 +1,155 @@
+"""Each conversion of fsconvert.conventions against an independent computation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pycolmap
+import pytest
+from scipy.spatial.transform import Rotation
+
+from fsconvert import conventions as cv
+
+
+def random_pose(rng: np.random.Generator) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+    T[:3, 3] = rng.normal(size=3)
+    return T
+
+
+def project(K, dist, w2c, X):
+    rvec, _ = cv2.Rodrigues(w2c[:3, :3])
+    uv, _ = cv2.projectPoints(X.reshape(-1, 1, 3), rvec, w2c[:3, 3], K, dist)
+    return uv.reshape(-1, 2)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_invert_rigid_matches_numpy_inverse(rng):
+    for _ in range(20):
+        T = random_pose(rng)
+        assert np.abs(cv.invert_rigid(T) - np.linalg.inv(T)).max() < 1e-12
+
+
+def test_gl_pose_flips_camera_y_and_z(rng):
+    """In the OpenGL camera frame a point has coordinates (x, −y, −z) of its OpenCV camera coordinates."""
+    w2c = random_pose(rng)
+    X = rng.normal(size=(50, 3))
+    p_cv = X @ w2c[:3, :3].T + w2c[:3, 3]
+    c2w_gl = cv.w2c_cv_to_c2w_gl(w2c)
+    p_gl = (np.c_[X, np.ones(50)] @ np.linalg.inv(c2w_gl).T)[:, :3]
+    assert np.abs(p_gl - p_cv * [1, -1, -1]).max() < 1e-12
+    assert np.abs(cv.c2w_gl_to_w2c_cv(c2w_gl) - w2c).max() < 1e-12
+    # the camera centre is the translation of the camera→world pose
+    assert np.abs(c2w_gl[:3, 3] - cv.camera_centre(w2c)).max() < 1e-12
+
+
+def test_quaternion_matches_scipy_and_round_trips(rng):
+    mats = [Rotation.random(random_state=s).as_matrix() for s in range(200)]
+    mats += [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3)]
+    for R in mats:
+        q = cv.rotation_to_quat_wxyz(R)
+        x, y, z, w = Rotation.from_matrix(R).as_quat()
+        ref = np.array([w, x, y, z]) * (1 if w >= 0 else -1)
+        assert q[0] >= 0
+        assert np.abs(q - ref).max() < 1e-12 or abs(q[0]) < 1e-12 and np.abs(np.abs(q) - np.abs(ref)).max() < 1e-12
+        assert np.abs(cv.quat_wxyz_to_rotation(q) - R).max() < 1e-12
+
+
+def test_corner_origin_K_matches_pycolmap_projection(rng):
+    """pycolmap (pixel centre at 0.5) projects like OpenCV (centre at 0) + 0.5 with K_to_corner_origin."""
+    K = cv.K_matrix(4321.0, 4321.0, 570.3, 351.9)
+    Kc = cv.K_to_corner_origin(K)
+    cam = pycolmap.Camera(camera_id=1, model="PINHOLE", width=1086, height=724,
+                          params=[Kc[0, 0], Kc[1, 1], Kc[0, 2], Kc[1, 2]])
+    pts = np.c_[rng.uniform(-0.1, 0.1, (100, 2)), np.ones(100)] * rng.uniform(1, 5, (100, 1))
+    uv_colmap = cam.img_from_cam(pts)
+    uv_cv = project(K, np.zeros(5), np.eye(4), pts)
+    assert np.abs(uv_colmap - (uv_cv + 0.5)).max() < 1e-9
+    assert np.abs(cv.K_from_corner_origin(Kc) - K).max() == 0
+
+
+def blob(shape, centre, sigma=3.0):
+    y, x = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    return np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma**2))
+
+
+def centroid(img):
+    y, x = np.mgrid[: img.shape[0], : img.shape[1]]
+    return np.array([(img * x).sum(), (img * y).sum()]) / img.sum()
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_resize_points_match_a_block_average_resample(factor):
+    """Brute force: average factor×factor blocks; a blob's centroid moves as resize_points says."""
+    h, w = 48 * factor, 64 * factor
+    centre = (w * 0.41 + 0.37, h * 0.53 + 0.21)
+    img = blob((h, w), centre, sigma=2.0 * factor)
+    small = img.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    expected = cv.resize_points(np.array([centre]), 1 / factor, 1 / factor)[0]
+    assert np.abs(centroid(small) - expected).max() < 1e-6
+    # K follows the same rule: the principal point maps like any pixel, the focal scales
+    K = cv.K_matrix(1000.0, 1000.0, *centre)
+    K2 = cv.resize_K(K, 1 / factor, 1 / factor)
+    assert np.abs(K2[:2, 2] - expected).max() < 1e-12 and K2[0, 0] == 1000.0 / factor
+
+
+def test_resize_K_with_separate_scales_matches_projection(rng):
+    """Projecting with resize_K(K, sx, sy) = projecting with K then mapping pixels (c+0.5)s−0.5."""
+    K = cv.K_matrix(4300.0, 4300.0, 560.2, 349.7)
+    dist = np.array([0.3, 0.05, 4e-4, -2e-4, 0.1])
+    w2c = np.eye(4)
+    X = np.c_[rng.uniform(-0.1, 0.1, (100, 2)), np.full(100, 1.0)]
+    sx, sy = 362 / 1086, 241 / 724
+    uv = project(K, dist, w2c, X)
+    uv_small = project(cv.resize_K(K, sx, sy), dist, w2c, X)
+    assert np.abs(uv_small - ((uv + 0.5) * [sx, sy] - 0.5)).max() < 1e-9
+
+
+def test_crop_K_matches_array_crop():
+    img = blob((120, 160), (71.3, 40.6))
+    crop = img[10:110, 20:150]
+    K = cv.crop_K(cv.K_matrix(1, 1, 71.3, 40.6), 20, 10)
+    assert np.abs(centroid(crop) - K[:2, 2]).max() < 1e-6
+
+
+def test_rotate180_matches_a_rotated_image(rng):
+    """A camera rolled 180° with rotated K, pose and distortion sees each point at (W−1−u, H−1−v)."""
+    W, H = 1086, 724
+    K = cv.K_matrix(4300.0, 4300.0, 560.2, 349.7)
+    dist = np.array([0.3, 0.05, 4e-4, -2e-4, 0.1])
+    w2c = random_pose(rng)
+    X = cv.camera_centre(w2c) + (np.c_[rng.uniform(-0.1, 0.1, (100, 2)), np.ones(100)] * 3) @ w2c[:3, :3]
+    uv = project(K, dist, w2c, X)
+    uv_rot = project(cv.rotate180_K(K, W, H), cv.rotate180_dist(dist), cv.rotate180_w2c(w2c), X)
+    assert np.abs(uv_rot - ([W - 1, H - 1] - uv)).max() < 1e-9
+    # and matches the pixels of a 180°-rotated image array
+    img = blob((H, W), tuple(uv[0]))
+    assert np.abs(centroid(cv2.rotate(img, cv2.ROTATE_180)) - uv_rot[0]).max() < 1e-6
+
+
+def test_centred_K_is_the_image_centre_in_both_conventions():
+    K = cv.centred_K(cv.K_matrix(10, 10, 3, 4), 1086, 724)
+    assert tuple(K[:2, 2]) == (542.5, 361.5)
+    assert tuple(cv.K_to_corner_origin(K)[:2, 2]) == (543.0, 362.0)
+
+
+def test_similar_world_keeps_projections(rng):
+    K = cv.K_matrix(4300.0, 4300.0, 560.2, 349.7)
+    w2c = random_pose(rng)
+    X = cv.camera_centre(w2c) + (np.c_[rng.uniform(-0.1, 0.1, (100, 2)), np.ones(100)] * 3) @ w2c[:3, :3]
+    S = cv.similarity_matrix(0.037, Rotation.random(random_state=3).as_matrix(), rng.normal(size=3))
+    s, R, t = cv.split_similarity(S)
+    assert abs(s - 0.037) < 1e-14 and abs(np.linalg.det(R) - 1) < 1e-12
+    w2c_new = cv.w2c_in_similar_world(w2c, S)
+    X_new = X @ S[:3, :3].T + S[:3, 3]
+    assert np.abs(project(K, np.zeros(5), w2c_new, X_new) - project(K, np.zeros(5), w2c, X)).max() < 1e-8
+    assert np.abs(w2c_new[:3, :3] @ w2c_new[:3, :3].T - np.eye(3)).max() < 1e-12
+
+
+def test_pyrender_intrinsics_are_corner_origin():
+    assert cv.pyrender_intrinsics(cv.K_matrix(100, 90, 31.5, 23.0)) == (100.0, 90.0, 32.0, 23.5)
