@@ -1,0 +1,216 @@
+"""fsconvert.render against analytic projections computed independently with cv2.projectPoints."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+from scipy import ndimage, optimize
+
+from fsconvert import conventions as cv
+from fsconvert.model import Camera
+from fsconvert.render import Renderer, distort_image, distorted_render, undistortion_map
+
+RADIUS = 0.3
+DIST = np.array([0.45, 0.2, 8e-4, -6e-4, 2.0])  # k1 k2 p1 p2 k3, FaceScape-like with a non-zero k3
+
+
+@pytest.fixture(scope="module")
+def sphere() -> trimesh.Trimesh:
+    return trimesh.creation.icosphere(subdivisions=6, radius=RADIUS)
+
+
+def pose_looking_at(point_cam: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A non-trivial world→camera pose and the world position of camera-frame `point_cam` (the sphere centre)."""
+    R = cv.quat_wxyz_to_rotation(np.random.default_rng(seed).standard_normal(4))
+    w2c = cv.homogeneous(np.column_stack([R, [0.2, -0.1, 0.4]]))
+    return w2c, cv.invert_rigid(w2c)[:3, :3] @ point_cam + cv.invert_rigid(w2c)[:3, 3]
+
+
+def rim(centre_cam: np.ndarray, n: int = 4000) -> np.ndarray:
+    """Camera-frame points where the lines of sight touch the sphere (the silhouette's 3D outline)."""
+    D = np.linalg.norm(centre_cam)
+    axis = centre_cam / D
+    a = np.cross(axis, [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(axis, a)
+    phi = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
+    rho = RADIUS * np.sqrt(1 - (RADIUS / D) ** 2)
+    return centre_cam * (1 - (RADIUS / D) ** 2) + rho * (np.cos(phi) * a + np.sin(phi) * b)
+
+
+def polygon_area_centroid(uv: np.ndarray) -> tuple[float, np.ndarray]:
+    x, y = uv.T
+    xn, yn = np.roll(x, -1), np.roll(y, -1)
+    cross = x * yn - xn * y
+    area = cross.sum() / 2
+    return abs(area), np.array([((x + xn) * cross).sum(), ((y + yn) * cross).sum()]) / (6 * area)
+
+
+def mask_area_centroid(mask: np.ndarray) -> tuple[float, np.ndarray]:
+    v, u = np.nonzero(mask)
+    return float(mask.sum()), np.array([u.mean(), v.mean()])
+
+
+def test_sphere_silhouette_and_centre_depth_match_projection(sphere):
+    camera = Camera(640, 480, cv.K_matrix(1500.0, 1500.0, 337.3, 230.4))
+    centre_cam = np.array([0.0, 0.0, 3.0])
+    w2c, centre_world = pose_looking_at(centre_cam)
+    with Renderer(sphere.copy().apply_translation(centre_world)) as renderer:
+        out = renderer.render(camera, w2c)
+    area, centroid = mask_area_centroid(out.mask)
+    true_area, true_centroid = polygon_area_centroid(camera.project(rim(centre_cam)))
+    radius_err = np.sqrt(area / np.pi) - np.sqrt(true_area / np.pi)
+    print(f"silhouette radius error {radius_err:+.4f} px, centroid error {centroid - true_centroid} px")
+    assert abs(radius_err) <= 0.05
+    assert np.abs(centroid - true_centroid).max() <= 0.05
+    assert np.allclose(true_centroid, [camera.cx, camera.cy], atol=1e-9)  # on-axis sphere: centred on (cx, cy)
+    u, v = round(camera.cx), round(camera.cy)
+    assert out.depth[v, u] == pytest.approx(centre_cam[2] - RADIUS, rel=2e-5)
+    assert out.depth[~out.mask].max() == 0 and out.depth.dtype == np.float32
+
+
+def test_depth_is_z_depth_not_range(sphere):
+    camera = Camera(640, 480, cv.K_matrix(700.0, 700.0, 300.0, 250.0))
+    centre_cam = np.array([0.35, -0.2, 2.5])  # off axis: range and z-depth differ by up to 4 %
+    w2c, centre_world = pose_looking_at(centre_cam)
+    with Renderer(sphere.copy().apply_translation(centre_world)) as renderer:
+        depth = renderer.render(camera, w2c, depth_only=True).depth
+    v, u = np.nonzero(depth)
+    rays = np.column_stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(len(u))])
+    d = depth[v, u].astype(np.float64)[:, None]
+    as_z = np.abs(np.linalg.norm(d * rays - centre_cam, axis=1) - RADIUS)
+    unit_rays = rays / np.linalg.norm(rays, axis=1, keepdims=True)
+    as_range = np.abs(np.linalg.norm(d * unit_rays - centre_cam, axis=1) - RADIUS)
+    print(f"z-depth surface residual: max {as_z.max():.2e}, as range: median {np.median(as_range):.2e}")
+    assert as_z.max() < 2e-4 * RADIUS
+    assert np.median(as_range) > 10 * as_z.max()
+
+
+def test_principal_point_moves_content_by_exactly_its_offset(sphere):
+    centre_cam = np.array([0.0, 0.0, 3.0])
+    w2c, centre_world = pose_looking_at(centre_cam)
+    shift = np.array([13.37, -7.71])
+    with Renderer(sphere.copy().apply_translation(centre_world)) as renderer:
+        centroids = [
+            mask_area_centroid(renderer.render(Camera(640, 480, cv.K_matrix(1500.0, 1500.0, cx, cy)), w2c).mask)[1]
+            for cx, cy in ([319.5, 239.5], [319.5 + shift[0], 239.5 + shift[1]])
+        ]
+    moved = centroids[1] - centroids[0]
+    print(f"content moved by {moved}, principal point by {shift}")
+    assert np.abs(moved - shift).max() <= 0.05
+    assert np.abs(centroids[0] - [319.5, 239.5]).max() <= 0.05  # pixel centres at integers, not +0.5
+
+
+def test_colours_are_unlit_texture_vertex_or_grey(sphere):
+    camera = Camera(160, 120, cv.K_matrix(300.0, 300.0, 80.0, 60.0))
+    w2c, centre_world = pose_looking_at(np.array([0.0, 0.0, 2.0]))
+    placed = sphere.copy().apply_translation(centre_world)
+    texture = np.full((8, 8, 3), (200, 50, 120), np.uint8)
+    textured = trimesh.Trimesh(placed.vertices, placed.faces, process=False, visual=trimesh.visual.TextureVisuals(
+        uv=np.full((len(placed.vertices), 2), 0.5), image=Image.fromarray(texture)))
+    coloured = trimesh.Trimesh(placed.vertices, placed.faces, process=False, vertex_colors=(10, 220, 90, 255))
+    for mesh, expected in ((textured, (200, 50, 120)), (coloured, (10, 220, 90)), (placed, (128, 128, 128))):
+        with Renderer(mesh, bg_color=(1, 2, 3)) as renderer:
+            out = renderer.render(camera, w2c)
+        assert out.mask.sum() > 5000
+        assert np.array_equal(np.unique(out.color[out.mask], axis=0), [expected])
+        assert np.array_equal(np.unique(out.color[~out.mask], axis=0), [(1, 2, 3)])
+
+
+def test_resizing_reused_renderer_matches_fresh_renderer(sphere):
+    w2c, centre_world = pose_looking_at(np.array([0.05, 0.0, 3.0]))
+    mesh = sphere.copy().apply_translation(centre_world)
+    cameras = [Camera(w, h, cv.K_matrix(900.0, 900.0, w / 2 - 3.2, h / 2 + 1.7)) for w, h in
+               ((320, 240), (240, 320), (641, 479), (320, 240))]
+    with Renderer(mesh) as reused:
+        outs = [reused.render(c, w2c) for c in cameras]
+    for camera, out in zip(cameras, outs):
+        with Renderer(mesh) as fresh:
+            ref = fresh.render(camera, w2c)
+        assert out.color.shape == (camera.height, camera.width, 3)
+        assert np.array_equal(out.color, ref.color) and np.array_equal(out.depth, ref.depth)
+
+
+def test_render_rejects_distortion_and_depth_only_has_no_colour(sphere):
+    with Renderer(sphere) as renderer:
+        with pytest.raises(ValueError):
+            renderer.render(Camera(64, 48, cv.K_matrix(50, 50, 32, 24), DIST), np.eye(4))
+        w2c = cv.homogeneous(np.column_stack([np.eye(3), [0, 0, 2.0]]))
+        full = renderer.render(Camera(64, 48, cv.K_matrix(50, 50, 32, 24)), w2c)
+        depth_only = renderer.render(Camera(64, 48, cv.K_matrix(50, 50, 32, 24)), w2c, depth_only=True)
+    assert depth_only.color is None and np.array_equal(depth_only.depth, full.depth)
+
+
+@pytest.mark.parametrize("f", [4344.0, 700.0])  # FaceScape-like narrow field of view, and a wide one
+def test_undistortion_map_round_trips_below_1e6_px(f):
+    camera = Camera(1086, 724, cv.K_matrix(f, f, 560.3, 340.2), DIST)
+    xy = undistortion_map(camera)
+    uv = camera.project(np.column_stack([xy.reshape(-1, 2), np.ones(xy.shape[0] * xy.shape[1])]))
+    grid = np.stack(np.meshgrid(np.arange(1086), np.arange(724)), axis=-1).reshape(-1, 2)
+    err = np.abs(uv - grid).max()
+    print(f"f={f}: max round-trip error {err:.2e} px")
+    assert err < 1e-6
+
+
+def test_distort_image_equals_direct_computation():
+    camera = Camera(320, 240, cv.K_matrix(600.0, 600.0, 150.2, 128.9), DIST)
+    pinhole_K = cv.K_matrix(600.0, 600.0, 180.0, 150.0)
+    rng = np.random.default_rng(3)
+    pinhole = cv2.GaussianBlur(rng.random((300, 380)), (0, 0), 2.0)
+    out = distort_image(pinhole, pinhole_K, camera)
+    nearest = distort_image(pinhole, pinhole_K, camera, interpolation=cv2.INTER_NEAREST)
+    for u, v in rng.uniform([0, 0], [319, 239], (40, 2)).round():
+        def residual(xy):
+            return camera.project([[xy[0], xy[1], 1.0]])[0] - (u, v)
+        xy = optimize.fsolve(residual, [(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy], xtol=1e-12)
+        assert np.abs(residual(xy)).max() < 1e-6
+        p = pinhole_K[:2, :2] @ xy + pinhole_K[:2, 2]
+        direct = ndimage.map_coordinates(pinhole, [[p[1]], [p[0]]], order=1)[0]
+        assert out[int(v), int(u)] == pytest.approx(direct, abs=1e-9)
+        assert nearest[int(v), int(u)] == pinhole[int(np.floor(p[1] + 0.5)), int(np.floor(p[0] + 0.5))]
+    uint8 = distort_image(np.rint(pinhole * 255).astype(np.uint8), pinhole_K, camera)
+    assert uint8.dtype == np.uint8 and np.abs(uint8 - out * 255).max() <= 1.0
+
+
+def test_distorted_render_silhouette_and_depth_match_projection(sphere):
+    camera = Camera(640, 480, cv.K_matrix(1200.0, 1200.0, 331.7, 228.1), DIST)
+    centre_cam = np.array([0.25, 0.15, 3.0])  # towards a corner, where the distortion is largest
+    w2c, centre_world = pose_looking_at(centre_cam)
+    with Renderer(sphere.copy().apply_translation(centre_world)) as renderer:
+        out = distorted_render(renderer, camera, w2c)
+        pinhole_area = renderer.render(camera.pinhole(), w2c).mask.sum()
+    area, centroid = mask_area_centroid(out.mask)
+    true_area, true_centroid = polygon_area_centroid(camera.project(rim(centre_cam)))
+    radius_err = np.sqrt(area / np.pi) - np.sqrt(true_area / np.pi)
+    print(f"distorted silhouette radius error {radius_err:+.4f} px, centroid error {centroid - true_centroid} px, "
+          f"pinhole area differs by {pinhole_area - area} px")
+    assert abs(radius_err) <= 0.05
+    assert np.abs(centroid - true_centroid).max() <= 0.05
+    assert abs(pinhole_area - area) > 200  # the distortion is really there
+    # Depth: z-depth along each distorted pixel's ray; never blended with the background at silhouettes.
+    v, u = np.nonzero(out.mask)
+    xy = cv2.undistortPoints(np.column_stack([u, v]).astype(np.float64).reshape(-1, 1, 2), camera.K, camera.dist,
+                             None, None, None, (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12))
+    points = out.depth[v, u].astype(np.float64)[:, None] * np.column_stack([xy.reshape(-1, 2), np.ones(len(u))])
+    residual = np.abs(np.linalg.norm(points - centre_cam, axis=1) - RADIUS)
+    interior = cv2.erode(out.mask.astype(np.uint8), np.ones((3, 3)))[v, u] > 0
+    print(f"distorted depth surface residual: interior max {residual[interior].max():.2e}, "
+          f"silhouette max {residual[~interior].max():.2e}")
+    assert residual.max() < 2e-4 * RADIUS  # as good as the pinhole render (facets of the icosphere)
+
+
+def test_distorted_render_without_exact_edges_keeps_surface_depths(sphere):
+    camera = Camera(640, 480, cv.K_matrix(1200.0, 1200.0, 331.7, 228.1), DIST)
+    centre_cam = np.array([0.25, 0.15, 3.0])
+    w2c, centre_world = pose_looking_at(centre_cam)
+    with Renderer(sphere.copy().apply_translation(centre_world)) as renderer:
+        exact = distorted_render(renderer, camera, w2c)
+        cheap = distorted_render(renderer, camera, w2c, exact_edges=False)
+    differ = exact.mask != cheap.mask
+    print(f"nearest-neighbour edges: {differ.sum()} of {exact.mask.sum()} mask pixels differ")
+    assert differ.sum() < 0.01 * exact.mask.sum()
+    assert np.array_equal(exact.color, cheap.color)
+    assert cheap.depth[cheap.mask].min() >= centre_cam[2] - RADIUS - 1e-4  # never blended with 0
