@@ -4,7 +4,8 @@ An exporter module provides:
 
 - ``NAME`` and ``SUMMARY`` (one line, shown by ``fsconvert --help``);
 - ``Options``: a frozen dataclass with an ``image: ImageOptions`` field plus format options;
-- ``add_arguments(parser)`` and ``options_from_args(args) -> Options`` for its ``to-<name>`` command;
+- ``add_arguments(group)`` and ``options_from_args(args, image: ImageOptions) -> Options`` for its
+  ``to-<name>`` command (``default_image_format(args)`` optionally picks "jpg" or "png");
 - ``write(capture, out_dir, options=Options(), *, overwrite=False, workers=1, progress=False) -> Path``:
   writes atomically (``fsconvert.export.staging``) and records ``fsconvert/manifest.json``;
 - ``read(out_dir) -> list[ExportedView]``: the export read back through the target's own reader,

@@ -1,0 +1,592 @@
+"""NeRF family: `transforms.json` (nerfstudio, instant-ngp) or Blender `transforms_{train,val,test}.json`.
+
+Default format, one folder that nerfstudio's `nerfstudio-data` parser and instant-ngp load unmodified:
+
+    OUT/transforms.json        camera_model OPENCV, applied_transform + applied_scale, aabb_scale,
+                               ply_file_path, optional train/val/test_filenames, and per frame
+                               file_path (with extension), transform_matrix (camera→world, OpenGL
+                               axes), fl_x fl_y cx cy (pixel corner origin: OpenCV c + 0.5) w h,
+                               k1 k2 k3 p1 p2 when the lens model is kept, mask_path, depth_file_path
+    OUT/images/<id>.<ext>      OUT/masks/<id>.png (255 = mesh, within the undistorted image's data)
+    OUT/depths/<id>.png        (uint16 z-depth, 0 = background)
+    OUT/mesh.ply  OUT/points3D.ply (x y z nx ny nz red green blue: mesh vertices, splatting init)
+
+`--variant blender` writes `transforms_{train,val,test}.json` (camera_angle_x, file_path without
+extension) and PNG images resampled to one horizontal field of view with a centred principal point,
+for the original NeRF, 3DGS and nerfstudio's `blender-data`; the point cloud is `points3d.ply`, the
+name 3DGS's Blender reader looks for; with `--masks` the mask is the PNG's alpha channel.
+
+Normalization is a world similarity X' = s·R·X + t (R = I here). The files hold the normalized frame
+and record it the way nerfstudio composes it, X' = applied_scale · (applied_transform · X), i.e.
+applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in units of
+`depth_unit` (default 0.001) of the SOURCE frame: nerfstudio reads value × depth_unit_scale_factor
+(default 0.001) × dataparser_scale, and its dataparser_scale already includes applied_scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import trimesh
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from fsconvert import conventions as cv
+from fsconvert.errors import InputError, OutputError
+from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
+from fsconvert.mesh import load_mesh, vertex_colors
+from fsconvert.model import Camera, Capture
+
+NAME = "nerf"
+SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_*.json (NeRF, 3DGS)"
+
+VARIANTS = ("nerfstudio", "blender")
+NORMALIZATIONS = ("none", "sphere", "cameras")
+SPLITS = ("train", "val", "test")
+BLENDER_SPLIT = (0.8, 0.1, 0.1)
+TRANSFORMS = "transforms.json"
+IMAGES, MASKS, DEPTHS = "images", "masks", "depths"
+MESH = "mesh.ply"
+POINTS = "points3D.ply"
+BLENDER_POINTS = "points3d.ply"
+"""3DGS's Blender reader loads `points3d.ply` (else it draws 100k random points)."""
+CAMERA_MODEL = "OPENCV"
+PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+"""nerfstudio camera models that are the perspective k1..k4 p1 p2 model."""
+LEGACY_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
+"""nerfstudio assumes this when applied_transform is absent and colmap/sparse/0 exists."""
+NGP_SCALE = 0.33
+"""instant-ngp's default scene scale: the aabb_scale box spans ±aabb_scale / (2·0.33) NeRF units."""
+AABB_SCALE_MAX = 128
+DEPTH_MAX = 65535
+RIGID_TOL = 1e-6
+_NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
+
+
+@dataclass(frozen=True)
+class Options:
+    image: ImageOptions = field(default_factory=ImageOptions)
+    variant: Literal["nerfstudio", "blender"] = "nerfstudio"
+    normalize: Literal["none", "sphere", "cameras"] = "sphere"
+    """sphere: the mesh's bounding sphere (centre of its bounding box) → origin, radius `radius`;
+    cameras: mean camera centre → origin, farthest camera at `radius`; none: the source world."""
+    radius: float = 1.0
+    masks: bool = False
+    depth: bool = False
+    depth_unit: float = 0.001
+    """Source-frame units per depth PNG step (nerfstudio's depth_unit_scale_factor)."""
+    split: tuple[float, float, float] | None = None
+    """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if not (np.isfinite(self.radius) and self.radius > 0):
+            raise InputError(f"radius must be a positive number, got {self.radius}")
+        if not (np.isfinite(self.depth_unit) and self.depth_unit > 0):
+            raise InputError(f"depth_unit must be a positive number, got {self.depth_unit}")
+        if self.split is not None:
+            split = tuple(float(f) for f in self.split)
+            if len(split) != 3 or min(split) < 0 or split[0] <= 0 or abs(sum(split) - 1) > 1e-6:
+                raise InputError(f"split must be 3 fractions train,val,test ≥ 0 with train > 0 summing to 1, "
+                                 f"got {self.split}")
+            object.__setattr__(self, "split", split)
+        if self.variant == "blender":
+            if not self.image.undistort:
+                raise InputError("--variant blender holds no lens distortion (NeRF/3DGS Blender readers): "
+                                 "use --distortion undistort")
+            if self.image.image_format != "png":
+                raise InputError("--variant blender needs png images (readers append '.png' to file_path)")
+            if self.depth:
+                raise InputError("--variant blender has no depth maps; use the default format for --depth")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", "--format", dest="variant", choices=VARIANTS, default=Options.variant,
+                        help="nerfstudio: transforms.json for nerfstudio and instant-ngp (default); blender: "
+                        "transforms_{train,val,test}.json, png, one centred FoV (original NeRF, 3DGS)")
+    parser.add_argument("--normalize", choices=NORMALIZATIONS, default=Options.normalize,
+                        help="world similarity recorded as applied_transform/applied_scale: mesh bounding sphere "
+                        "(default) or camera centres at the origin within --radius; none keeps the SfM world")
+    parser.add_argument("--radius", type=float, default=Options.radius,
+                        help=f"radius of the normalized scene (default {Options.radius})")
+    parser.add_argument("--masks", action="store_true",
+                        help="render mesh silhouettes: masks/<id>.png, 255 = object with image data (blender: "
+                        "PNG alpha)")
+    parser.add_argument("--depth", action="store_true",
+                        help="render mesh z-depth: depths/<id>.png, uint16, 0 = background")
+    parser.add_argument("--depth-unit", type=float, default=Options.depth_unit,
+                        help="source-frame units per depth step (default 0.001: millimetres as nerfstudio reads "
+                        "them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
+    parser.add_argument("--split", type=_parse_split, metavar="TRAIN,VAL,TEST",
+                        help="deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)")
+
+
+def _parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VAL,TEST, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
+    return Options(image=image, variant=args.variant, normalize=args.normalize, radius=args.radius,
+                   masks=args.masks, depth=args.depth, depth_unit=args.depth_unit, split=args.split)
+
+
+def default_image_format(args: argparse.Namespace) -> str:
+    return "png" if args.variant == "blender" else "jpg"
+
+
+# ---- write -----------------------------------------------------------------------------------------
+
+
+def write(
+    capture: Capture,
+    out_dir: str | Path,
+    options: Options = Options(),
+    *,
+    overwrite: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write the export (see the module docstring); returns `out_dir`."""
+    if capture.mesh is None:
+        raise InputError("the NeRF export needs the tuple's mesh (normalization, mesh.ply, point cloud): "
+                         "give --mesh", file=capture.root)
+    mesh = load_mesh(capture.mesh)
+    options = replace(options, image=effective_image_options(capture, options))
+    plans = plan_views(capture.views, options.image)
+    centres = np.array([p.view.centre for p in plans])
+    similarity = normalization(options, mesh.vertices, centres)
+    S = cv.similarity_matrix(*similarity)
+    blender = options.variant == "blender"
+    digits = max(3, len(str(max(v.id for v in capture.views))))
+    stems = [f"{p.view.id:0{digits}d}" for p in plans]
+    names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems, plans)]
+    splits = assign_splits(len(plans), options.split or (BLENDER_SPLIT if blender else None))
+    if blender and splits is not None and len(set(splits)) < len(SPLITS):
+        empty = [s for k, s in enumerate(SPLITS) if k not in splits]
+        raise InputError(f"--variant blender needs a view in every split; {', '.join(empty)} got none of "
+                         f"{len(plans)} views (change --split)")
+    if not options.image.undistort and any(p.camera.dist[4] != 0 for p in plans):
+        k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
+        print(f"fsconvert: warning: {NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it "
+              "(it models k1 k2 p1 p2 only); use --distortion undistort for instant-ngp", file=sys.stderr)
+    frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, stems)]
+    record = applied_transform(*similarity)
+    with staging(out_dir, overwrite) as tmp:
+        write_images(plans, names, tmp, workers=workers, progress=progress)
+        if options.masks or options.depth:
+            _write_renders(mesh, plans, stems, options, tmp, progress)
+        if blender:
+            if options.masks:
+                _add_alpha(tmp, names, stems)
+            _write_blender(tmp, frames, splits, options, record)
+        else:
+            extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
+            _write_transforms(tmp, frames, names, splits, options, record, extent)
+        _write_mesh(tmp / MESH, mesh, S)
+        _write_points(tmp / (BLENDER_POINTS if blender else POINTS), mesh, S)
+        write_manifest(tmp, NAME, capture, options, names,
+                       {"normalization": {"method": options.normalize, "similarity": S.tolist(), **record}})
+    return Path(out_dir)
+
+
+def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
+    """The image options used: for blender, principal point centred and one horizontal FoV for every
+    view (the given fov_x, else the median of the views' undistorted FoVs)."""
+    image = options.image
+    if options.variant != "blender":
+        return image
+    fov = image.fov_x
+    if fov is None:
+        plans = plan_views(capture.views, replace(image, principal_point="center"))
+        fov = float(np.median([2 * np.arctan(p.camera.width / (2 * p.camera.fx)) for p in plans]))
+    return replace(image, principal_point="center", fov_x=fov)
+
+
+def normalization(options: Options, vertices: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(s, R, t) of the world similarity X' = s·R·X + t of `options.normalize` (R = I; identity for 'none')."""
+    if options.normalize == "none":
+        return 1.0, np.eye(3), np.zeros(3)
+    sphere = options.normalize == "sphere"
+    points = np.asarray(vertices if sphere else centres, dtype=np.float64)
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2 if sphere else points.mean(axis=0)
+    size = float(np.linalg.norm(points - centre, axis=1).max())
+    if size <= 0:
+        raise InputError(f"--normalize {options.normalize}: the {'mesh' if sphere else 'cameras'} have no extent")
+    s = options.radius / size
+    return s, np.eye(3), -s * centre
+
+
+def applied_transform(s: float, R: np.ndarray, t: np.ndarray) -> dict:
+    """nerfstudio's record of X' = s·R·X + t, which it composes as X' = applied_scale·(applied_transform·X)."""
+    return {"applied_transform": np.column_stack([R, t / s]).tolist(), "applied_scale": float(s)}
+
+
+def similarity_from_applied(A: np.ndarray, s: float) -> np.ndarray:
+    """The 4×4 similarity X' = applied_scale · (applied_transform · X)."""
+    A = np.asarray(A, dtype=np.float64)
+    return cv.similarity_matrix(s, A[:, :3], s * A[:, 3])
+
+
+def assign_splits(n: int, fractions: tuple[float, float, float] | None) -> list[int] | None:
+    """Split index (0 train, 1 val, 2 test) per view, interleaved: each view goes to the split
+    furthest below its quota (ties to the earlier split). Deterministic; None without fractions."""
+    if fractions is None:
+        return None
+    counts, out = [0, 0, 0], []
+    for i in range(n):
+        k = max(range(3), key=lambda j: (fractions[j] * (i + 1) - counts[j], -j))
+        counts[k] += 1
+        out.append(k)
+    return out
+
+
+def _apply(S: np.ndarray, points) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    return points @ S[:3, :3].T + S[:3, 3]
+
+
+def _frame(plan: ViewPlan, name: str, stem: str, S: np.ndarray, options: Options) -> dict:
+    """One frame: pose in the normalized world, OpenGL camera→world; intrinsics in corner origin."""
+    c2w = cv.w2c_cv_to_c2w_gl(cv.w2c_in_similar_world(plan.world_to_cam, S))
+    if options.variant == "blender":
+        return {"file_path": "./" + os.path.splitext(name)[0], "transform_matrix": c2w.tolist()}
+    K = cv.K_to_corner_origin(plan.camera.K)
+    frame = {"file_path": name, "transform_matrix": c2w.tolist(),
+             "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2],
+             "w": plan.camera.width, "h": plan.camera.height}
+    if plan.camera.has_distortion:
+        k1, k2, p1, p2, k3 = (float(d) for d in plan.camera.dist)
+        frame |= {"k1": k1, "k2": k2, "k3": k3, "p1": p1, "p2": p2}
+    if options.masks:
+        frame["mask_path"] = f"{MASKS}/{stem}.png"
+    if options.depth:
+        frame["depth_file_path"] = f"{DEPTHS}/{stem}.png"
+    return frame
+
+
+def aabb_scale(extent: float) -> int:
+    """Smallest power of 2 (≤ 128) whose instant-ngp box, ±aabb_scale/(2·0.33) around the origin,
+    holds every camera centre and mesh vertex (largest |coordinate| = `extent`)."""
+    needed = 2 * NGP_SCALE * extent
+    scale = 1
+    while scale < needed and scale < AABB_SCALE_MAX:
+        scale *= 2
+    if scale < needed:
+        print(f"fsconvert: warning: {NAME}: the scene spans ±{extent:.3g} units, beyond instant-ngp's largest "
+              f"box (aabb_scale {AABB_SCALE_MAX}); use --normalize sphere", file=sys.stderr)
+    return scale
+
+
+def _write_transforms(tmp: Path, frames: list[dict], names: list[str], splits: list[int] | None,
+                      options: Options, record: dict, extent: float) -> None:
+    meta: dict = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent), "ply_file_path": POINTS}
+    if options.depth:
+        meta["depth_unit_scale_factor"] = options.depth_unit
+    if splits is not None:
+        for k, split in enumerate(SPLITS):
+            meta[f"{split}_filenames"] = [n for n, s in zip(names, splits) if s == k]
+    meta["frames"] = frames
+    _write_json(tmp / TRANSFORMS, meta)
+
+
+def _write_blender(tmp: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
+    for k, split in enumerate(SPLITS):
+        meta = {"camera_angle_x": options.image.fov_x, **record,
+                "frames": [f for f, s in zip(frames, splits) if s == k]}
+        _write_json(tmp / f"transforms_{split}.json", meta)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Indented JSON with every list of numbers on one line (a matrix is one row per line)."""
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m[1].split(",")) + "]",
+                            json.dumps(data, indent=2))
+    try:
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+# ---- masks and depth -------------------------------------------------------------------------------
+
+
+def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], options: Options, tmp: Path,
+                   progress: bool) -> None:
+    """Render every output camera (source world, lens model included) into masks/ and depths/ PNGs."""
+    from fsconvert.render import Renderer, distorted_render  # pyrender/OpenGL only when rendering
+
+    folders = [f for f, wanted in ((MASKS, options.masks), (DEPTHS, options.depth)) if wanted]
+    for folder in folders:
+        (tmp / folder).mkdir()
+    with Renderer(mesh) as renderer:
+        for plan, stem in zip(tqdm(plans, desc="masks/depth", unit="view", disable=not progress, leave=False), stems):
+            depth = distorted_render(renderer, plan.camera, plan.world_to_cam, depth_only=True).depth
+            if options.masks:
+                mask = np.where((depth > 0) & footprint(plan), 255, 0).astype(np.uint8)
+                _write_png(tmp / MASKS / f"{stem}.png", mask)
+            if options.depth:
+                _write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, options.depth_unit, plan.view.id))
+
+
+def footprint(plan: ViewPlan) -> np.ndarray:
+    """H×W bool: output pixels interpolated from source pixels only (not the empty border that
+    undistortion leaves where the source image has no data)."""
+    if not plan.resample:
+        return np.ones((plan.camera.height, plan.camera.width), bool)
+    mx, my = plan.maps()
+    W, H = (-(-n // plan.reduce) for n in plan.view.camera.size)  # decoded size
+    return (mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1)
+
+
+def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
+    """uint16 depth in `unit` steps (foreground ≥ 1, 0 = background); InputError when it overflows."""
+    steps = np.rint(depth.astype(np.float64) / unit)
+    if steps.max() > DEPTH_MAX:
+        raise InputError(f"depth up to {depth.max():.6g} source units is {steps.max():.0f} steps of {unit:g}, "
+                         f"beyond uint16 ({DEPTH_MAX}); raise --depth-unit (and nerfstudio's "
+                         "--depth-unit-scale-factor with it)", view=view)
+    return np.where(depth > 0, np.maximum(steps, 1), 0).astype(np.uint16)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OutputError(f"{path}: cannot encode image")
+    try:
+        path.write_bytes(buf.tobytes())
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _add_alpha(tmp: Path, names: list[str], stems: list[str]) -> None:
+    """Blender masks: the rendered mask becomes the image's alpha channel (masks/ is removed)."""
+    for name, stem in zip(names, stems):
+        alpha = cv2.imread(str(tmp / MASKS / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        _write_png(tmp / name, np.dstack([read_image(tmp / name), alpha]))
+        (tmp / MASKS / f"{stem}.png").unlink()
+    (tmp / MASKS).rmdir()
+
+
+# ---- mesh and point cloud --------------------------------------------------------------------------
+
+
+def _ply_header(count: int, dtype: np.dtype, faces: int | None = None) -> bytes:
+    kinds = {"f8": "double", "f4": "float", "u1": "uchar"}
+    props = "".join(f"property {kinds[dtype[n].str[1:]]} {n}\n" for n in dtype.names)
+    face = f"element face {faces}\nproperty list uchar int vertex_indices\n" if faces is not None else ""
+    return (f"ply\nformat binary_little_endian 1.0\ncomment fsconvert {NAME}: normalized frame\n"
+            f"element vertex {count}\n{props}{face}end_header\n").encode("ascii")
+
+
+def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
+    """The mesh in the normalized frame: double x y z, vertex colours (texture baked) when it has any."""
+    fields = [(n, "<f8") for n in "xyz"]
+    coloured = getattr(mesh.visual, "kind", None) in ("vertex", "texture")
+    if coloured:
+        fields += [(n, "u1") for n in ("red", "green", "blue")]
+    vertex = np.empty(len(mesh.vertices), np.dtype(fields))
+    for i, n in enumerate("xyz"):
+        vertex[n] = _apply(S, mesh.vertices)[:, i]
+    if coloured:
+        vertex["red"], vertex["green"], vertex["blue"] = vertex_colors(mesh).T
+    faces = np.empty(len(mesh.faces), np.dtype([("count", "u1"), ("index", "<i4", 3)]))
+    faces["count"], faces["index"] = 3, mesh.faces
+    _write_bytes(path, _ply_header(len(vertex), vertex.dtype, len(faces)) + vertex.tobytes() + faces.tobytes())
+
+
+def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
+    """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue."""
+    dtype = np.dtype([(n, "<f8") for n in "xyz"] + [(f"n{n}", "<f4") for n in "xyz"]
+                     + [(n, "u1") for n in ("red", "green", "blue")])
+    vertex = np.empty(len(mesh.vertices), dtype)
+    xyz, normals = _apply(S, mesh.vertices), mesh.vertex_normals @ cv.split_similarity(S)[1].T
+    for i, n in enumerate("xyz"):
+        vertex[n], vertex[f"n{n}"] = xyz[:, i], normals[:, i]
+    vertex["red"], vertex["green"], vertex["blue"] = vertex_colors(mesh).T
+    _write_bytes(path, _ply_header(len(vertex), dtype) + vertex.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+# ---- read ------------------------------------------------------------------------------------------
+
+
+def read(out_dir: str | Path) -> list[ExportedView]:
+    """Read `transforms.json` by nerfstudio's `nerfstudio-data` rules, or `transforms_*.json` by the
+    Blender rules; cameras in the internal convention, normalization undone (source world)."""
+    out_dir = Path(out_dir)
+    if (out_dir / TRANSFORMS).is_file():
+        return read_transforms(out_dir / TRANSFORMS, out_dir)
+    if (out_dir / "transforms_train.json").is_file():
+        return read_blender(out_dir)
+    raise InputError(f"no {TRANSFORMS} or transforms_train.json", file=out_dir)
+
+
+def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
+    """nerfstudio rules: a top-level fl_x/fl_y/cx/cy/w/h/distortion key wins, else every frame has it;
+    file_path is relative to the JSON's folder and must name an existing file (frames sorted by it)."""
+    meta = _load_json(path)
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise InputError("no frames", file=path, key="frames")
+    model = meta.get("camera_model", "PERSPECTIVE")
+    if model not in PERSPECTIVE_MODELS + ("PERSPECTIVE",):
+        raise InputError(f"camera model {model!r} cannot be represented by k1 k2 p1 p2 k3", file=path,
+                         key="camera_model")
+    world = _source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
+    top_distortion = any(k in meta for k in ("k1", "k2", "k3", "p1", "p2", "distortion_params"))
+    views = []
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise InputError("frame is not an object", file=path, key=f"frames[{i}]")
+        image = path.parent / _string(frame, "file_path", path, i)
+        fx, fy, cx, cy = (_number(meta if k in meta else frame, k, path, None if k in meta else i)
+                          for k in ("fl_x", "fl_y", "cx", "cy"))
+        w, h = (int(_number(meta if k in meta else frame, k, path, None if k in meta else i)) for k in ("w", "h"))
+        k1, k2, k3, k4, p1, p2 = _distortion(meta if top_distortion else frame, path, None if top_distortion else i)
+        if k4 != 0:
+            raise InputError(f"k4 = {k4:g} (nerfstudio's r⁸ term) cannot be represented", file=path,
+                             key=f"frames[{i}]")
+        _check_image(image, (w, h), path, i)
+        camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), [k1, k2, p1, p2, k3])
+        views.append(ExportedView(_relative(image, out_dir), camera,
+                                  _source_w2c(frame, world, path, i)))
+    return sorted(views, key=lambda v: v.name)
+
+
+def read_blender(out_dir: Path) -> list[ExportedView]:
+    """Blender rules: `transforms_{train,val,test}.json`, image = file_path + '.png' ('./' dropped),
+    focal = 0.5·W/tan(0.5·camera_angle_x) from the image width, principal point (W/2, H/2) corner origin."""
+    views = []
+    for split in SPLITS:
+        path = out_dir / f"transforms_{split}.json"
+        if not path.is_file():
+            continue
+        meta = _load_json(path)
+        fov = _number(meta, "camera_angle_x", path, None)
+        world = _source_similarity(meta, path, False)
+        frames = meta.get("frames")
+        if not isinstance(frames, list):
+            raise InputError("no frames", file=path, key="frames")
+        for i, frame in enumerate(frames):
+            image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
+            W, H = _check_image(image, None, path, i)
+            f = 0.5 * W / np.tan(0.5 * fov)
+            K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
+            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), _source_w2c(frame, world, path, i)))
+    return views
+
+
+def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
+    """The similarity from the file's world back to the source world (inverse of the recorded one)."""
+    A = meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM if legacy else np.eye(4)[:3].tolist())
+    s = meta.get("applied_scale", 1.0)
+    try:
+        A, s = np.array(A, dtype=np.float64), float(s)
+    except (TypeError, ValueError):
+        raise InputError("applied_transform must be 3×4 numbers and applied_scale a number", file=path) from None
+    if A.shape != (3, 4) or not np.isfinite(A).all() or not (np.isfinite(s) and s > 0):
+        raise InputError("applied_transform must be 3×4 finite numbers and applied_scale > 0", file=path)
+    if np.abs(A[:, :3].T @ A[:, :3] - np.eye(3)).max() > RIGID_TOL or np.linalg.det(A[:, :3]) < 0:
+        raise InputError("applied_transform is not a rotation and translation", file=path, key="applied_transform")
+    return np.linalg.inv(similarity_from_applied(A, s))
+
+
+def _source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
+    c2w = _matrix(frame, "transform_matrix", path, i)
+    R = c2w[:3, :3]
+    if np.abs(R.T @ R - np.eye(3)).max() > RIGID_TOL or np.linalg.det(R) < 0:
+        raise InputError("transform_matrix is not a rigid camera→world pose", file=path,
+                         key=f"frames[{i}].transform_matrix")
+    return cv.w2c_in_similar_world(cv.c2w_gl_to_w2c_cv(c2w), world)
+
+
+def _distortion(obj: dict, path: Path, i: int | None) -> tuple[float, ...]:
+    """(k1, k2, k3, k4, p1, p2) from `distortion_params` or the separate keys (0 when absent)."""
+    if i is None and "distortion_params" in obj:  # top level only
+        params = _matrix(obj, "distortion_params", path, i, shape=(6,))
+        return tuple(float(p) for p in params)
+    return tuple(_number(obj, k, path, i) if k in obj else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2"))
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", file=path)
+    return data
+
+
+def _key(key: str, i: int | None) -> str:
+    return key if i is None else f"frames[{i}].{key}"
+
+
+def _string(obj: dict, key: str, path: Path, i: int | None) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError("missing or not a string", file=path, key=_key(key, i))
+    return value
+
+
+def _number(obj: dict, key: str, path: Path, i: int | None) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise InputError("missing or not a number" if value is None else f"not a number: {value!r}",
+                         file=path, key=_key(key, i))
+    return float(value)
+
+
+def _matrix(obj: dict, key: str, path: Path, i: int | None, shape: tuple[int, ...] = (4, 4)) -> np.ndarray:
+    try:
+        value = np.array(obj.get(key), dtype=np.float64)
+    except (TypeError, ValueError):
+        value = np.zeros(0)
+    if shape == (4, 4) and value.shape == (3, 4):  # instant-ngp reads rows 0..2 only
+        value = cv.homogeneous(value)
+    if value.shape != shape or not np.isfinite(value).all():
+        raise InputError(f"expected {'×'.join(map(str, shape))} finite numbers", file=path, key=_key(key, i))
+    return value
+
+
+def _check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
+    try:
+        with Image.open(image) as im:
+            found = im.size
+    except FileNotFoundError:
+        raise InputError("image not found", file=image, key=f"frames[{i}].file_path") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"not a readable image: {exc}", file=image) from None
+    if size is not None and found != size:
+        raise InputError(f"image is {found[0]}×{found[1]}, {path.name} says {size[0]}×{size[1]}", file=image)
+    return found
+
+
+def _relative(image: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(image, out_dir)).as_posix()

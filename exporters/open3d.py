@@ -1,0 +1,266 @@
+"""Open3D: a pinhole camera trajectory with undistorted colour and rendered depth, ready for RGB-D fusion.
+
+Layout of OUT (frame i of both trajectories is the i-th file of color/ and of depth/ in sorted order;
+stems are zero-padded view ids):
+
+- `trajectory.json`: PinholeCameraTrajectory, per view `intrinsic` (OpenCV K, top-left pixel centre at
+  (0, 0)) and `extrinsic` (world→camera), both column-major, written with Open3D's writer (exact).
+- `trajectory.log`: the same poses as Redwood camera→world matrices (8 decimals); it holds no
+  intrinsics, so `intrinsics/<stem>.json` (PinholeCameraIntrinsic) stand beside it.
+- `color/<stem>.jpg`: images resampled to the pinhole camera (Open3D has no lens distortion model).
+- `depth/<stem>.png`: uint16 z-depth of the mesh rendered through the same camera; z = raw / depth_scale
+  in mesh units, 0 = no surface.
+- `rgbd.json`: `depth_scale` and `depth_trunc` for `RGBDImage.create_from_color_and_depth`, and
+  `mesh_radius` (half the mesh's bounding-box diagonal), the reference for the default voxel size.
+- `fused_mesh.ply` with `--fuse`: ScalableTSDFVolume fusion of the RGB-D frames (see `fuse`).
+
+The library is imported lazily (`import open3d as o3d`, the real package: imports are absolute), so
+that listing exporters does not pay its 2 s start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fsconvert.errors import InputError, OutputError
+from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.fuse import RGBDFrame, integrate
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, write_image
+from fsconvert.mesh import load_mesh
+from fsconvert.model import Camera, Capture
+from fsconvert.render import Renderer
+
+NAME = "open3d"
+SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
+
+TRAJECTORY_JSON = "trajectory.json"
+TRAJECTORY_LOG = "trajectory.log"
+INTRINSICS = "intrinsics"
+COLOR = "color"
+DEPTH = "depth"
+RGBD = "rgbd.json"
+FUSED = "fused_mesh.ply"
+
+DEPTH_MAX_RAW = 65535
+DEPTH_MAX_RELATIVE_ERROR = 1e-4
+"""Largest allowed depth quantisation error (half a raw step) relative to the depth."""
+VOXELS_PER_RADIUS = 256
+"""Default TSDF voxel size = mesh_radius / this."""
+
+
+@dataclass(frozen=True)
+class Options:
+    image: ImageOptions = field(default_factory=ImageOptions)
+    fuse: bool = False
+    """Also write fused_mesh.ply (TSDF fusion of the exported RGB-D frames)."""
+    voxel_size: float | None = None
+    """TSDF voxel size in mesh units; default mesh_radius / VOXELS_PER_RADIUS."""
+
+    def __post_init__(self) -> None:
+        if not self.image.undistort:
+            raise InputError("Open3D has no lens distortion model: use --distortion undistort")
+        if self.voxel_size is not None and not self.fuse:
+            raise InputError("voxel_size applies to fusion only: add --fuse")
+        if self.voxel_size is not None and not self.voxel_size > 0:
+            raise InputError(f"voxel_size must be positive, got {self.voxel_size}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fuse", action="store_true",
+                        help=f"also fuse the RGB-D frames (Open3D ScalableTSDFVolume) into {FUSED}")
+    parser.add_argument("--voxel-size", type=float,
+                        help=f"TSDF voxel size in mesh units (default: mesh radius / {VOXELS_PER_RADIUS})")
+
+
+def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
+    return Options(image=image, fuse=args.fuse, voxel_size=args.voxel_size)
+
+
+def write(
+    capture: Capture,
+    out_dir: str | Path,
+    options: Options = Options(),
+    *,
+    overwrite: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write the layout described in the module docstring; depth needs the capture's mesh."""
+    if capture.mesh is None:
+        raise InputError("the Open3D export renders depth from the mesh, and this capture has none", file=capture.root)
+    mesh = load_mesh(capture.mesh)
+    plans = plan_views(capture.views, options.image)
+    width = max(6, len(str(max(p.view.id for p in plans))))
+    stems = [f"{p.view.id:0{width}d}" for p in plans]
+    names = [f"{COLOR}/{s}{p.suffix}" for s, p in zip(stems, plans)]
+    scale = depth_scale(_max_depth(mesh.vertices, plans))
+    lo, hi = mesh.bounds
+    rgbd = {
+        "depth_scale": scale,
+        "depth_trunc": (DEPTH_MAX_RAW + 1) / scale,
+        "mesh_radius": float(np.linalg.norm(hi - lo) / 2),
+    }
+    with staging(out_dir, overwrite) as tmp:
+        write_images(plans, names, tmp, workers=workers, progress=progress)
+        _write_depths(mesh, plans, [tmp / DEPTH / f"{s}.png" for s in stems], scale, progress)
+        _write_cameras(plans, stems, tmp)
+        (tmp / RGBD).write_text(json.dumps(rgbd, indent=2) + "\n")
+        if options.fuse:
+            fuse(tmp, options.voxel_size, progress=progress)
+        write_manifest(tmp, NAME, capture, options, names)
+    return Path(out_dir)
+
+
+def depth_scale(max_depth: float) -> float:
+    """Raw units per mesh unit: the largest 3-significant-digit number mapping `max_depth` into uint16."""
+    if not max_depth > 0:
+        raise InputError("the mesh is behind every camera")
+    s = DEPTH_MAX_RAW / max_depth
+    step = 10.0 ** (np.floor(np.log10(s)) - 2)
+    return float(f"{np.floor(s / step) * step:.3g}")
+
+
+def read(out_dir: str | Path) -> list[ExportedView]:
+    """Cameras from `trajectory.json` through `o3d.io.read_pinhole_camera_trajectory`, named by color/."""
+    out = Path(out_dir)
+    names = frame_names(out)
+    params = _read_trajectory(out / TRAJECTORY_JSON, len(names))
+    return [ExportedView(n, _camera(p.intrinsic, out / TRAJECTORY_JSON), p.extrinsic) for n, p in zip(names, params)]
+
+
+def read_log(out_dir: str | Path) -> list[ExportedView]:
+    """Poses from `trajectory.log` (Open3D's reader inverts them), intrinsics from `intrinsics/<stem>.json`."""
+    import open3d as o3d
+
+    out = Path(out_dir)
+    names = frame_names(out)
+    params = _read_trajectory(out / TRAJECTORY_LOG, len(names))
+    views = []
+    for name, p in zip(names, params):
+        path = out / INTRINSICS / f"{Path(name).stem}.json"
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            intrinsic = o3d.io.read_pinhole_camera_intrinsic(str(path))
+        views.append(ExportedView(name, _camera(intrinsic, path), p.extrinsic))
+    return views
+
+
+def frame_names(out_dir: Path) -> list[str]:
+    """`color/<file>` for every colour image, sorted: frame i of the trajectories."""
+    folder = Path(out_dir) / COLOR
+    if not folder.is_dir():
+        raise InputError(f"not an Open3D export (no {COLOR}/ folder)", file=out_dir)
+    return [f"{COLOR}/{p.name}" for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def fuse(out_dir: str | Path, voxel_size: float | None = None, *, progress: bool = False) -> Path:
+    """TSDF-fuse the export's RGB-D frames (cameras read back from trajectory.json) into `fused_mesh.ply`.
+
+    Voxel size defaults to mesh_radius / VOXELS_PER_RADIUS; depth_scale and depth_trunc come from rgbd.json.
+    """
+    import open3d as o3d
+
+    out = Path(out_dir)
+    rgbd = read_rgbd_json(out)
+    frames = [
+        RGBDFrame(out / v.name, out / DEPTH / f"{Path(v.name).stem}.png", v.camera, v.world_to_cam) for v in read(out)
+    ]
+    mesh = integrate(
+        frames,
+        voxel_size=voxel_size if voxel_size is not None else rgbd["mesh_radius"] / VOXELS_PER_RADIUS,
+        depth_scale=rgbd["depth_scale"],
+        depth_trunc=rgbd["depth_trunc"],
+        progress=progress,
+    )
+    if len(mesh.vertices) == 0:
+        raise InputError("TSDF fusion produced an empty mesh (no depth inside the truncation range)", file=out)
+    path = out / FUSED
+    if not o3d.io.write_triangle_mesh(str(path), mesh):
+        raise OutputError(f"{path}: cannot write")
+    return path
+
+
+def read_rgbd_json(out_dir: str | Path) -> dict[str, float]:
+    """`rgbd.json`: depth_scale, depth_trunc, mesh_radius (all positive numbers)."""
+    path = Path(out_dir) / RGBD
+    try:
+        data = json.loads(path.read_text())
+        values = {key: float(data[key]) for key in ("depth_scale", "depth_trunc", "mesh_radius")}
+    except FileNotFoundError:
+        raise InputError("missing (not an Open3D export?)", file=path) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"unreadable: {exc!r}", file=path) from None
+    for key, value in values.items():
+        if not value > 0:
+            raise InputError(f"must be positive, got {value}", file=path, key=key)
+    return values
+
+
+def _max_depth(vertices: np.ndarray, plans: list[ViewPlan]) -> float:
+    """An upper bound of every rendered depth: the largest vertex z over all output cameras."""
+    return max(float(np.max(vertices @ p.world_to_cam[2, :3] + p.world_to_cam[2, 3])) for p in plans)
+
+
+def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool) -> None:
+    """Render z-depth through every output camera; write round(z·scale) as uint16 PNG."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    png = ImageOptions(image_format="png")
+    with Renderer(mesh) as renderer:
+        for plan, path in tqdm(list(zip(plans, paths)), desc="depth", unit="img", disable=not progress, leave=False):
+            z = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth.astype(np.float64)
+            near = z[z > 0].min(initial=np.inf)
+            if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
+                raise InputError(
+                    f"depth range {near:.6g}..{DEPTH_MAX_RAW / scale:.6g} does not fit uint16 with "
+                    f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
+                    view=plan.view.id,
+                )
+            write_image(path, np.rint(z * scale).astype(np.uint16), png)
+
+
+def _write_cameras(plans: list[ViewPlan], stems: list[str], out: Path) -> None:
+    """trajectory.json, trajectory.log and intrinsics/<stem>.json, all with Open3D's own writers."""
+    import open3d as o3d
+
+    (out / INTRINSICS).mkdir()
+    params = []
+    for plan, stem in zip(plans, stems):
+        p = o3d.camera.PinholeCameraParameters()
+        p.intrinsic = o3d.camera.PinholeCameraIntrinsic(plan.camera.width, plan.camera.height, plan.camera.K)
+        p.extrinsic = plan.world_to_cam
+        params.append(p)
+        _check_written(o3d.io.write_pinhole_camera_intrinsic(str(out / INTRINSICS / f"{stem}.json"), p.intrinsic),
+                       out / INTRINSICS / f"{stem}.json")
+    trajectory = o3d.camera.PinholeCameraTrajectory()
+    trajectory.parameters = params  # a copy-out property: assign the whole list
+    for name in (TRAJECTORY_JSON, TRAJECTORY_LOG):
+        _check_written(o3d.io.write_pinhole_camera_trajectory(str(out / name), trajectory), out / name)
+
+
+def _check_written(ok: bool, path: Path) -> None:
+    if not ok:
+        raise OutputError(f"{path}: Open3D could not write it")
+
+
+def _read_trajectory(path: Path, expected: int) -> list:
+    """PinholeCameraParameters of a .json or .log trajectory; Open3D only logs failures, so count them."""
+    import open3d as o3d
+
+    if not path.is_file():
+        raise InputError("missing", file=path)
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        params = o3d.io.read_pinhole_camera_trajectory(str(path)).parameters
+    if len(params) != expected:
+        raise InputError(f"Open3D read {len(params)} camera(s), but there are {expected} colour images", file=path)
+    return params
+
+
+def _camera(intrinsic, path: Path) -> Camera:
+    if intrinsic.width <= 0 or intrinsic.height <= 0:
+        raise InputError("Open3D read no valid intrinsic (width/height missing)", file=path)
+    return Camera(intrinsic.width, intrinsic.height, intrinsic.intrinsic_matrix)
