@@ -1,6 +1,8 @@
 """fsconvert: FaceScape multi-view tuples to COLMAP, NeRF and Open3D, with a re-projection proof."""
 
 import os
+import zlib  # noqa: F401  (must load before pycolmap: pycolmap 4.2.1 exports its own zlib symbols, and PNG
+#              encoding then aborts with "free(): invalid pointer" unless the system zlib came first)
 
 import numpy as np
 

@@ -93,12 +93,11 @@ class Renderer:
             self._scene.remove_node(self._camera_node)
         self._camera_node = self._scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
         self._resize(camera.width, camera.height)
-        flags = pyrender.RenderFlags.SKIP_CULL_FACES
-        if depth_only:
-            depth = self._offscreen.render(self._scene, flags | pyrender.RenderFlags.DEPTH_ONLY)
-            return Render(None, depth)
-        color, depth = self._offscreen.render(self._scene, flags | pyrender.RenderFlags.FLAT)
-        return Render(color, depth)
+        # Always a colour pass: pyrender's DEPTH_ONLY pass culls back faces whatever the flags say, which
+        # would see through a mesh with reversed winding.
+        flags = pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT
+        color, depth = self._offscreen.render(self._scene, flags)
+        return Render(None if depth_only else color, depth)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
