@@ -8,6 +8,7 @@ when the output is at least that much smaller; images needing no resampling are 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -178,7 +179,12 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
     w2c = view.world_to_cam
     if rotated:
         K, w2c, dist = cv.rotate180_K(K, w, h), cv.rotate180_w2c(w2c), cv.rotate180_dist(dist)
-    reduce = next(r for r in REDUCTIONS if sx * r <= 1 + 1e-9 and sy * r <= 1 + 1e-9)
+    # Decode reduced when the reduced image still samples at least as densely as the output. The
+    # output size at the source focal is compared with the reduced size ⌈W/r⌉: a rounded-up output
+    # (1086 px at 1/4 → 272 = ⌈1086/4⌉) still decodes at 1/4; a zoomed-in fov_x needs more pixels.
+    need = (max(w, K[0, 0] / src.fx * src.width), max(h, K[1, 1] / src.fy * src.height))
+    reduce = next((r for r in REDUCTIONS
+                   if need[0] <= -(-src.width // r) + 1e-9 and need[1] <= -(-src.height // r) + 1e-9), 1)
     return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options)
 
 
@@ -229,13 +235,18 @@ def run_plan(plan: ViewPlan, dest: Path) -> Path:
                 view=view.id,
             )
         plan = replace(plan, reduce=1)
-    if plan.options.undistort or plan.camera.size != (img.shape[1], img.shape[0]):
-        mx, my = plan.maps()
-        img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    if _needs_remap(plan):
+        img = cv2.remap(img, *plan.maps(), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     elif plan.rotated:
         img = cv2.flip(img, -1)
     write_image(dest, img, plan.options)
     return dest
+
+
+def _needs_remap(plan: ViewPlan) -> bool:
+    """False only when the decoded pixels are already the output's (up to a 180° flip)."""
+    w, h = plan.camera.size
+    return plan.options.undistort or (w * plan.reduce, h * plan.reduce) != plan.view.camera.size
 
 
 def _place_original(src: Path, dest: Path, link: str) -> None:
@@ -280,7 +291,9 @@ def run_plans(
                 out.append(_run(job))
                 bar.update()
             return out
-        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_init_worker) as pool:
+        # spawn: a forked worker deadlocks in OpenCV once the parent has run a multithreaded cv2 call.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
             out = []
             for path in pool.map(_run, jobs, chunksize=1):
                 out.append(path)

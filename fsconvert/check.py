@@ -1,0 +1,367 @@
+"""The projection check: an export read back through its target's reader, measured against the source.
+
+For every view of the manifest: mesh vertices projected by the source camera (with distortion) and
+carried through the image stage's transform into the exported pixel frame, against their projection
+through the read-back camera (max and mean difference in exported pixels); then the mesh rendered
+from the read-back camera and from the expected output camera (silhouette IoU, relative z-depth
+difference), and the read-back render blended over the exported image (`check/mv_result_<view>.jpg`).
+Views missing from the read-back, extra ones and unreadable exports are failures, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import conventions as cv
+from .errors import FsconvertError, InputError, OutputError
+from .export import ExportedView, options_from_dict, read_manifest
+from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
+from .loader import load_capture
+from .mesh import load_mesh
+from .model import Camera
+from .render import Render, Renderer, distorted_render
+
+CHECK_DIR = Path("check")
+REPORT = CHECK_DIR / "check.json"
+OVERLAY_ALPHA = 0.5
+"""Weight of the rendered mesh in the overlays."""
+OUTLINE_BGR = (0, 255, 0)
+"""Colour of the rendered silhouette's outline in the overlays."""
+_SAME_CAMERA_TOL = 1e-12
+"""Read-back and expected cameras this close render identically (float32 GL): one render serves both."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass limits; the defaults are strict (a correct export is exact to float precision)."""
+
+    camera_px: float = 0.01
+    """Max re-projection difference, exported pixels."""
+    silhouette_iou: float = 0.99
+    """Min IoU of the silhouettes rendered from the read-back and the expected camera."""
+    depth_rel: float = 1e-3
+    """Max mean relative z-depth difference where both renders see the mesh."""
+
+
+@dataclass
+class ViewCheck:
+    """The numbers of one exported view; `problems` says why it fails (empty: it passes)."""
+
+    id: int
+    name: str
+    points: int = 0
+    """Mesh vertices compared (in front of the source camera, inside source and exported images)."""
+    camera_max_px: float | None = None
+    camera_mean_px: float | None = None
+    iou: float | None = None
+    depth_rel: float | None = None
+    render_size: tuple[int, int] | None = None
+    overlay: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class CheckReport:
+    """The whole check: per-view numbers, export-level problems, and the thresholds they were held to."""
+
+    export_dir: Path
+    format: str
+    source: str
+    thresholds: Thresholds
+    views: list[ViewCheck]
+    problems: list[str]
+    """Export-level failures: read-back errors, extra or unknown views."""
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and bool(self.views) and all(v.passed for v in self.views)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "format": self.format,
+            "source": self.source,
+            "thresholds": asdict(self.thresholds),
+            "problems": self.problems,
+            "views": [{**asdict(v), "passed": v.passed} for v in self.views],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def check_export(
+    export_dir: str | Path,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    overlays: bool = True,
+    max_points: int = 20000,
+    render_max_side: int = 1024,
+) -> CheckReport:
+    """Check every view of the export at `export_dir`; write `check/check.json` (and overlays)."""
+    from exporters import get
+
+    start = time.perf_counter()
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    module = get(manifest["format"])
+    options = options_from_dict(module.Options, manifest["options"])
+    src = manifest["source"]
+    capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"])
+    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
+    report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [])
+
+    read_failed = False
+    try:
+        readback = module.read(export_dir)
+    except Exception as exc:  # any reader failure is a finding of the check, not a crash
+        reason = str(exc) if isinstance(exc, FsconvertError) else f"{type(exc).__name__}: {exc}"
+        report.problems.append(f"read-back failed: {reason}")
+        readback, read_failed = [], True
+    by_name: dict[str, ExportedView] = {}
+    for view in readback:
+        if view.name in by_name:
+            report.problems.append(f"read-back holds '{view.name}' twice")
+        by_name[view.name] = view
+    names = {entry["name"] for entry in manifest["views"]}
+    extra = sorted(set(by_name) - names)
+    if extra:
+        report.problems.append(f"read-back has {len(extra)} view(s) not in the manifest: {', '.join(extra)}")
+    dropped = sorted(set(plans) - {entry["id"] for entry in manifest["views"]})
+    if dropped:
+        report.problems.append(f"source view(s) {dropped} are not in the export manifest")
+
+    mesh = load_mesh(capture.mesh)
+    points = _subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
+    out_dir = export_dir / CHECK_DIR
+    _clear(out_dir)
+    with Renderer(mesh) as renderer:
+        for entry in manifest["views"]:
+            result = ViewCheck(int(entry["id"]), entry["name"])
+            report.views.append(result)
+            plan, view = plans.get(result.id), by_name.get(result.name)
+            if plan is None:
+                result.problems.append(f"view {result.id} is not in the source tuple")
+            elif view is None:
+                result.problems.append("not read back: the reader failed" if read_failed
+                                       else "missing from the read-back (dropped view)")
+            else:
+                _check_view(result, plan, view, points, renderer, export_dir, thresholds,
+                            render_max_side, out_dir if overlays else None)
+    report.seconds = time.perf_counter() - start
+    _write_json(export_dir / REPORT, report.to_dict())
+    return report
+
+
+def _check_view(
+    result: ViewCheck,
+    plan: ViewPlan,
+    view: ExportedView,
+    points: np.ndarray,
+    renderer: Renderer,
+    export_dir: Path,
+    thresholds: Thresholds,
+    render_max_side: int,
+    overlay_dir: Path | None,
+) -> None:
+    expected_size = plan.camera.size
+    if view.camera.size != expected_size:
+        result.problems.append(f"camera is {_size(view.camera.size)}, expected {_size(expected_size)}")
+    image_size = _image_size(export_dir / view.name)
+    if isinstance(image_size, str):
+        result.problems.append(image_size)
+    elif image_size != view.camera.size:
+        result.problems.append(f"image is {_size(image_size)} but its camera says {_size(view.camera.size)}")
+
+    _camera_fidelity(result, plan, view, points, thresholds)
+
+    s = min(1.0, render_max_side / max(expected_size))
+    w, h = max(1, round(expected_size[0] * s)), max(1, round(expected_size[1] * s))
+    sx, sy = w / expected_size[0], h / expected_size[1]
+    result.render_size = (w, h)
+    expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, sx, sy), plan.camera.dist)
+    readback_cam = Camera(w, h, cv.resize_K(view.camera.K, sx, sy), view.camera.dist)
+    want_color = overlay_dir is not None
+    try:
+        readback = distorted_render(renderer, readback_cam, view.world_to_cam, depth_only=not want_color)
+    except (RuntimeError, ValueError) as exc:  # e.g. a lens model that cannot be inverted
+        result.problems.append(f"cannot render through the read-back camera: {exc}")
+        return
+    if _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam):
+        expected = readback
+    else:
+        expected = distorted_render(renderer, expected_cam, plan.world_to_cam, depth_only=True)
+    _render_fidelity(result, expected, readback, thresholds)
+
+    if want_color and not isinstance(image_size, str):
+        path = overlay_dir / f"mv_result_{result.id}.jpg"
+        try:
+            _write_overlay(path, export_dir / view.name, readback, (w, h))
+        except InputError:
+            result.problems.append(f"exported image {view.name} cannot be decoded")
+        else:
+            result.overlay = str(path.relative_to(export_dir))
+
+
+def _camera_fidelity(
+    result: ViewCheck, plan: ViewPlan, view: ExportedView, points: np.ndarray, thresholds: Thresholds
+) -> None:
+    src = plan.view
+    X_src = src.to_camera(points)
+    front = X_src[:, 2] > 0
+    uv_src = src.camera.project(X_src[front])
+    # Inside the source image both with and without distortion: far outside it, the lens polynomial
+    # may fold back and its inverse (used by the image stage) is not defined.
+    uv_pin = src.camera.pinhole().project(X_src[front])
+    inside = _inside(uv_src, src.camera.size) & _inside(uv_pin, src.camera.size)
+    X = points[front][inside]
+    expected = plan.src_to_out(uv_src[inside])
+    keep = _inside(expected, plan.camera.size)
+    X, expected = X[keep], expected[keep]
+    result.points = len(X)
+    if not len(X):
+        result.problems.append("no mesh vertex projects into this view: nothing to compare")
+        return
+    X_cam = X @ view.world_to_cam[:3, :3].T + view.world_to_cam[:3, 3]
+    behind = X_cam[:, 2] <= 0
+    if behind.any():
+        result.problems.append(f"{behind.sum()} of {len(X)} mesh vertices are behind the read-back camera")
+    if behind.all():
+        return
+    err = np.linalg.norm(view.camera.project(X_cam[~behind]) - expected[~behind], axis=1)
+    finite = np.isfinite(err)
+    if not finite.all():
+        result.problems.append(f"{np.count_nonzero(~finite)} projections through the read-back camera are not finite")
+        if not finite.any():
+            return
+        err = err[finite]
+    result.camera_max_px, result.camera_mean_px = float(err.max()), float(err.mean())
+    if result.camera_max_px > thresholds.camera_px:
+        result.problems.append(f"camera error {result.camera_max_px:.4g} px > {thresholds.camera_px:g} px")
+
+
+def _render_fidelity(result: ViewCheck, expected: Render, readback: Render, thresholds: Thresholds) -> None:
+    a, b = readback.mask, expected.mask
+    union = int(np.count_nonzero(a | b))
+    if union == 0:
+        result.problems.append("the mesh is not visible in the rendered view")
+        return
+    both = a & b
+    result.iou = float(np.count_nonzero(both) / union)
+    if result.iou < thresholds.silhouette_iou:
+        result.problems.append(f"silhouette IoU {result.iou:.4f} < {thresholds.silhouette_iou:g}")
+    if both.any():
+        d_exp = expected.depth[both].astype(np.float64)
+        result.depth_rel = float(np.mean(np.abs(readback.depth[both] - d_exp) / d_exp))
+        if result.depth_rel > thresholds.depth_rel:
+            result.problems.append(f"depth differs by {result.depth_rel:.2e} (relative) > {thresholds.depth_rel:g}")
+
+
+def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int, int]) -> None:
+    """The exported image at render size, the read-back render blended over it and outlined."""
+    with Image.open(image_path) as im:
+        full = im.size
+    reduce = next((r for r in REDUCTIONS if -(-full[0] // r) >= size[0] and -(-full[1] // r) >= size[1]), 1)
+    img = read_image(image_path, reduce)
+    if img.shape[1::-1] != size:
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    mask = render.mask.astype(np.uint8)
+    out = img.copy()
+    blend = cv2.addWeighted(img, 1 - OVERLAY_ALPHA, cv2.cvtColor(render.color, cv2.COLOR_RGB2BGR), OVERLAY_ALPHA, 0)
+    cv2.copyTo(blend, mask, out)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, OUTLINE_BGR, 1)
+    _, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    _write_bytes(path, buf.tobytes())
+
+
+def format_report(report: CheckReport) -> str:
+    """One line per view (id, name, camera max/mean px, IoU, depth, PASS/FAIL and why) and a summary."""
+    name_w = max([4] + [len(v.name) for v in report.views])
+    lines = [f"{'view':>5}  {'name':<{name_w}}  {'cam max px':>10}  {'cam mean px':>11}  {'IoU':>6}  "
+             f"{'depth rel':>9}  result"]
+    for v in report.views:
+        why = f"  {'; '.join(v.problems)}" if v.problems else ""
+        lines.append(f"{v.id:>5}  {v.name:<{name_w}}  {_num(v.camera_max_px, '10.2e')}  "
+                     f"{_num(v.camera_mean_px, '11.2e')}  {_num(v.iou, '6.4f')}  {_num(v.depth_rel, '9.1e')}  "
+                     f"{'PASS' if v.passed else 'FAIL'}{why}")
+    lines += [f"FAIL: {p}" for p in report.problems]
+    passed = sum(v.passed for v in report.views)
+    t = report.thresholds
+    lines.append(
+        f"{'PASS' if report.passed else 'FAIL'}: {passed}/{len(report.views)} views of the {report.format} export "
+        f"of {report.source} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, depth ≤ {t.depth_rel:g} "
+        f"({report.seconds:.1f} s; every number in {REPORT})"
+    )
+    return "\n".join(lines)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    width = int(fmt.split(".")[0])
+    return f"{'—':>{width}}" if value is None else format(value, fmt)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}×{size[1]}"
+
+
+def _subsample(points: np.ndarray, n: int) -> np.ndarray:
+    """At most `n` points, evenly spaced in vertex order (deterministic)."""
+    if len(points) <= n:
+        return points
+    return points[np.unique(np.linspace(0, len(points) - 1, n).round().astype(np.intp))]
+
+
+def _inside(uv: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixels inside a width×height image (OpenCV convention: pixel centres at integers)."""
+    return np.all((uv >= -0.5) & (uv <= np.array(size) - 0.5), axis=1)
+
+
+def _same(cam_a: Camera, w2c_a: np.ndarray, cam_b: Camera, w2c_b: np.ndarray) -> bool:
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return np.allclose(a, b, rtol=_SAME_CAMERA_TOL, atol=_SAME_CAMERA_TOL)
+
+    same_camera = cam_a.size == cam_b.size and close(cam_a.K, cam_b.K) and close(cam_a.dist, cam_b.dist)
+    return same_camera and close(w2c_a, w2c_b)
+
+
+def _image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the image header, or why it cannot be read."""
+    if not path.is_file():
+        return f"exported image {path.name} is missing"
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return f"exported image {path.name} is not a readable image"
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove the previous check's results (stale overlays of views that are now gone)."""
+    try:
+        out_dir.mkdir(exist_ok=True)
+        for old in out_dir.glob("mv_result_*.jpg"):
+            old.unlink()
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write the check results: {exc.strerror or exc}") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
