@@ -35,7 +35,10 @@ def available() -> dict[str, ModuleType]:
             print(f"fsconvert: warning: exporter '{ep.name}' failed to load: {exc}", file=sys.stderr)
     for name in BUILTIN:
         if name not in found:
-            found[name] = importlib.import_module(f"exporters.{name}")
+            try:
+                found[name] = importlib.import_module(f"exporters.{name}")
+            except ImportError as exc:
+                print(f"fsconvert: warning: exporter '{name}' is unavailable: {exc}", file=sys.stderr)
     return dict(sorted(found.items()))
 
 

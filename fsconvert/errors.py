@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_KEY_CHARS = 80
+"""Longer keys (from damaged files) are shortened in messages."""
+
+
+def one_line(text: str) -> str:
+    """`text` with every non-printable character (newline, escape, lone surrogate, ...) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
 
 class FsconvertError(Exception):
-    """An error caused by the user's input or environment, reported as one line."""
+    """An error caused by the user's input or environment, reported as one printable line."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class InputError(FsconvertError):
@@ -27,7 +38,8 @@ class InputError(FsconvertError):
         if view is not None:
             where.append(f"view {view}")
         if key is not None:
-            where.append(f"key '{key}'")
+            shown = key if len(key) <= MAX_KEY_CHARS else key[:MAX_KEY_CHARS] + "…"
+            where.append(f"key '{shown}'")
         super().__init__(": ".join(where + [message]))
 
 

@@ -40,39 +40,66 @@ class ExportedView:
 def staging(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` by rename.
 
-    On any error the temporary folder is removed and `out_dir` is left as it was.
+    On any error the temporary folder is removed and `out_dir` is left as it was; OS errors (disk
+    full, read-only, ...) raised inside become one-line OutputErrors naming final paths. Every
+    finished folder holds `MANIFEST` (a minimal one unless the caller wrote it), and `overwrite` only
+    replaces such a folder or an empty one: a dataset given as output by mistake is never deleted.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise OutputError(f"{out_dir}: already exists (use --overwrite to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a folder")
-    parent = out_dir.absolute().parent
+    dest = Path(os.path.abspath(out_dir))  # "out/..", "." have no usable name
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+        if dest.parent == dest:
+            raise OutputError(f"{out_dir}: cannot replace the root folder")
+        _check_replaceable(dest, overwrite, out_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot create output: {exc.strerror or exc}") from None
     try:
         yield tmp
+        if not (tmp / MANIFEST).is_file():
+            (tmp / MANIFEST).parent.mkdir(exist_ok=True)
+            (tmp / MANIFEST).write_text(json.dumps({"fsconvert": __version__}) + "\n")
         os.chmod(tmp, 0o755)
-        _replace(tmp, out_dir)
+        _replace(tmp, dest, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = str(exc.filename or tmp).replace(str(tmp), str(out_dir))
+        raise OutputError(f"{where}: {exc.strerror or exc}") from None
+    except OutputError as exc:  # name files by their final path, not the temporary one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(str(exc).replace(str(tmp), str(out_dir))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
+def _check_replaceable(dest: Path, overwrite: bool, shown: Path) -> None:
+    if not dest.exists():
+        return
+    if not overwrite:
+        raise OutputError(f"{shown}: already exists (use --overwrite to replace it)")
+    if not dest.is_dir():
+        raise OutputError(f"{shown}: exists and is not a folder")
+    if not (dest / MANIFEST).is_file() and any(dest.iterdir()):
+        raise OutputError(f"{shown}: not written by fsconvert (no {MANIFEST}); refusing to replace it")
+
+
+def _replace(tmp: Path, dest: Path, shown: Path) -> None:
     old = None
     try:
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
     except OSError as exc:
-        if old is not None and not out_dir.exists():
-            os.rename(old, out_dir)
-        raise OutputError(f"{out_dir}: cannot move the finished export into place: {exc.strerror or exc}") from None
+        reason = f"{shown}: cannot move the finished export into place: {exc.strerror or exc}"
+        if old is not None and not dest.exists():
+            try:
+                os.rename(old, dest)
+            except OSError:
+                raise OutputError(f"{reason}; the previous one is now {old}") from None
+        raise OutputError(reason) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -114,11 +141,14 @@ def write_manifest(
 def read_manifest(export_dir: str | Path) -> dict:
     path = Path(export_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"not an fsconvert export (no {MANIFEST})", file=export_dir) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"unreadable manifest: {exc}", file=path) from None
+    if not isinstance(manifest, dict) or "format" not in manifest:
+        raise InputError("not an export (fsconvert wrote this folder, but not with a to-<format> command)", file=path)
+    return manifest
 
 
 def options_to_dict(options: Any) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .mesh import load_mesh
 from .model import Camera, Capture, View
 
 PARAMS = "params.json"
@@ -21,6 +21,13 @@ REQUIRED_KEYS = ("K", "Rt", "distortion", "width", "height")
 OPTIONAL_KEYS = ("valid", "matches", "sn", "ori")
 _KEY = re.compile(r"^(?P<view>[^_]+)_(?P<key>.+)$")
 ROTATION_TOL = 1e-6
+MAX_SIDE = 65535
+"""Largest image width or height (JPEG's limit)."""
+MAX_ID_DIGITS = 9
+"""Longest view id (longer ones come from damaged files; Python refuses int() beyond 4300 digits)."""
+JPEG_END = b"\xff\xd9"
+JPEG_TAIL_BYTES = 65536
+"""A complete JPEG has its end marker within this many bytes of the end of the file."""
 
 
 def is_tuple_dir(path: Path) -> bool:
@@ -38,6 +45,7 @@ def load_capture(
     """Load one tuple `IMGS_ROOT/<id>/<exp>/` with its cameras, images and mesh path.
 
     Views marked valid=false are left out (listed in `Capture.excluded`) unless `include_invalid`.
+    With `require_mesh`, the mesh is loaded once to prove it readable (faces, finite vertices).
     """
     tuple_dir = Path(tuple_dir)
     params_path = tuple_dir / PARAMS
@@ -57,8 +65,7 @@ def load_capture(
                 "give --mesh or --mesh-root",
                 file=tuple_dir,
             )
-        if not mesh_path.is_file():
-            raise InputError("mesh file not found", file=mesh_path)
+        load_mesh(mesh_path)
     return Capture(
         subject=tuple_dir.parent.name,
         expression=tuple_dir.name,
@@ -81,18 +88,22 @@ def parse_params(path: Path) -> dict[int, dict[str, object]]:
         raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
     except RecursionError:
         raise InputError("invalid JSON: nested too deeply", file=path) from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
+        raise InputError(f"invalid JSON: {exc}", file=path) from None
     if not isinstance(data, dict):
         raise InputError("expected a JSON object of '<view>_<key>' entries", file=path)
     views: dict[int, dict[str, object]] = {}
     spelled: dict[int, str] = {}
     for name, value in data.items():
-        m = _KEY.match(name)
+        m = _KEY.fullmatch(name)
         if not m or m["key"] not in REQUIRED_KEYS + OPTIONAL_KEYS:
             raise InputError(
                 f"unknown key (expected '<view>_<{'|'.join(REQUIRED_KEYS + OPTIONAL_KEYS)}>')", file=path, key=name
             )
         if not m["view"].isdigit() or not m["view"].isascii():
             raise InputError("view id is not a non-negative integer", file=path, key=name)
+        if len(m["view"]) > MAX_ID_DIGITS:
+            raise InputError(f"view id longer than {MAX_ID_DIGITS} digits", file=path, key=name)
         vid = int(m["view"])
         if spelled.setdefault(vid, m["view"]) != m["view"]:
             raise InputError(f"duplicate view id {vid} (also spelled '{spelled[vid]}')", file=path, key=name)
@@ -135,8 +146,9 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     if Rt.shape == (4, 4) and not np.array_equal(Rt[3], [0, 0, 0, 1]):
         raise InputError("a 4×4 Rt must have a last row of (0, 0, 0, 1)", **where("Rt"))
     R = Rt[:3, :3]
-    ortho = float(np.abs(R.T @ R - np.eye(3)).max())
-    if ortho > ROTATION_TOL:
+    with np.errstate(over="ignore", invalid="ignore"):
+        ortho = float(np.abs(R.T @ R - np.eye(3)).max())
+    if not ortho <= ROTATION_TOL:
         raise InputError(f"R is not a rotation (max |RᵀR − I| = {ortho:.2g})", **where("Rt"))
     if np.linalg.det(R) < 0:
         raise InputError("R has determinant −1 (a reflection, not a rotation)", **where("Rt"))
@@ -144,7 +156,7 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     dist = _matrix(entry["distortion"], {(5,), (4,), (1, 5), (1, 4)}, where("distortion")).ravel()
     dist = np.concatenate([dist, np.zeros(5 - dist.size)])
 
-    width, height = (_positive_int(entry[k], where(k)) for k in ("width", "height"))
+    width, height = (_image_side(entry[k], where(k)) for k in ("width", "height"))
     if not (0 <= K[0, 2] < width and 0 <= K[1, 2] < height):
         raise InputError(f"principal point ({K[0, 2]:g}, {K[1, 2]:g}) outside the {width}×{height} image", **where("K"))
 
@@ -152,14 +164,14 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     if isinstance(valid, int) and not isinstance(valid, bool) and valid in (0, 1):
         valid = bool(valid)
     if not isinstance(valid, bool):
-        raise InputError(f"expected true or false, got {valid!r}", **where("valid"))
+        raise InputError(f"expected true or false, got {_show(valid)}", **where("valid"))
     matches = entry.get("matches", 0)
-    if isinstance(matches, bool) or not isinstance(matches, (int, float)) or not float(matches).is_integer():
-        raise InputError(f"expected an integer, got {matches!r}", **where("matches"))
+    if not _is_integer(matches):
+        raise InputError(f"expected an integer, got {_show(matches)}", **where("matches"))
     sn, ori = (entry.get(k, "") for k in ("sn", "ori"))
     for key, value in (("sn", sn), ("ori", ori)):
         if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise InputError(f"expected a string, got {value!r}", **where(key))
+            raise InputError(f"expected a string, got {_show(value)}", **where(key))
 
     return View(
         id=vid,
@@ -174,25 +186,49 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
 
 
 def _matrix(value: object, shapes: set[tuple[int, ...]], where: dict[str, object]) -> np.ndarray:
+    wanted = " or ".join("×".join(map(str, s)) for s in sorted(shapes, reverse=True))
+    if not _numbers_only(value):
+        raise InputError(f"expected {wanted} numbers, got {_show(value)}", **where)
     try:
         arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = None
-    if arr is None or arr.shape not in shapes:
-        wanted = " or ".join("×".join(map(str, s)) for s in sorted(shapes, reverse=True))
-        got = "×".join(map(str, arr.shape)) if arr is not None and arr.ndim else type(value).__name__
+    except ValueError:
+        raise InputError(f"expected {wanted} numbers, got rows of different lengths", **where) from None
+    except OverflowError:
+        raise InputError("contains an integer too large for a float", **where) from None
+    if arr.shape not in shapes:
+        got = "×".join(map(str, arr.shape)) if arr.ndim else "a single number"
         raise InputError(f"expected {wanted} numbers, got {got}", **where)
     if not np.isfinite(arr).all():
         raise InputError("contains NaN or infinity", **where)
     return arr
 
 
-def _positive_int(value: object, where: dict[str, object]) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"expected a positive integer, got {value!r}", **where)
-    if not float(value).is_integer() or value <= 0:
-        raise InputError(f"expected a positive integer, got {value!r}", **where)
+def _numbers_only(value: object) -> bool:
+    """True for a number or nested lists of numbers (no strings, booleans or nulls that numpy would coerce)."""
+    if isinstance(value, list):
+        return all(_numbers_only(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    """An int, or a float with an integer value (JSON writers differ); never a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _image_side(value: object, where: dict[str, object]) -> int:
+    if not _is_integer(value) or value <= 0:
+        raise InputError(f"expected a positive integer, got {_show(value)}", **where)
+    if value > MAX_SIDE:
+        raise InputError(f"{_show(value)} pixels is beyond JPEG's limit of {MAX_SIDE}", **where)
     return int(value)
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A short repr of a JSON value for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check_image(view: View, params_path: Path) -> None:
@@ -201,15 +237,28 @@ def _check_image(view: View, params_path: Path) -> None:
     try:
         with Image.open(view.image) as im:
             size = im.size
+            if im.format == "JPEG" and not _jpeg_complete(view.image, im.tile[0][2] if im.tile else 0):
+                raise InputError("truncated JPEG (no end marker after the image data)", file=view.image, view=view.id)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(f"not a readable image: {_reason(exc)}", file=view.image, view=view.id) from None
     if size != view.camera.size:
         raise InputError(
-            f"image is {size[0]}×{size[1]} but {params_path.name} says "
-            f"{view.camera.width}×{view.camera.height}",
+            f"image is {size[0]}×{size[1]} but {params_path} says {view.camera.width}×{view.camera.height}",
             file=view.image,
             view=view.id,
         )
+
+
+def _jpeg_complete(path: Path, data_start: int) -> bool:
+    """An end-of-image marker follows the first scan's data, near the end of the file.
+
+    Entropy-coded data never contains FF D9, so a file cut anywhere in its image data fails this;
+    only the tail is read (decoders accept a cut file silently, filling it with grey).
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(data_start, size - JPEG_TAIL_BYTES))
+        return JPEG_END in f.read()
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,12 +17,17 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
         raise InputError("mesh file not found", file=path)
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many types for unreadable files
+    except (ValueError, OSError) as exc:  # trimesh's own checks ("Not a ply file!", "PLY is unexpected length!")
         raise InputError(f"not a readable mesh: {exc or type(exc).__name__}", file=path) from None
+    except Exception as exc:  # a parser tripping over damaged content (IndexError, KeyError, ...)
+        reason = f"damaged or unsupported content: {type(exc).__name__}"
+        raise InputError(f"not a readable mesh ({reason})", file=path) from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
         raise InputError("mesh has no faces", file=path)
     if not np.isfinite(mesh.vertices).all():
         raise InputError("mesh has NaN or infinite vertices", file=path)
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        raise InputError(f"mesh faces index vertices outside 0..{len(mesh.vertices) - 1}", file=path)
     return mesh
 
 

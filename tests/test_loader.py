@@ -8,11 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import trimesh
 
 from fsconvert.errors import InputError
 from fsconvert.loader import find_mesh, iter_dataset, load_capture, parse_exps, parse_ids
 
 W, H = 48, 32
+TINY_PLY = trimesh.creation.box().export(file_type="ply", encoding="ascii")
+"""A valid 8-vertex, 12-face mesh: the loader proves the mesh readable."""
 
 
 def view_params(vid: int, *, portrait: bool = False, valid: bool = True) -> dict:
@@ -43,7 +46,7 @@ def write_tuple(tuple_dir: Path, params: dict, mesh: bool = True) -> Path:
     if mesh:
         mesh_path = tuple_dir.parent.parent.parent / "models" / tuple_dir.parent.name / f"{tuple_dir.name}.ply"
         mesh_path.parent.mkdir(parents=True, exist_ok=True)
-        mesh_path.write_text("ply\n")
+        mesh_path.write_bytes(TINY_PLY)
     return tuple_dir
 
 
@@ -90,7 +93,7 @@ def test_optional_keys_may_be_missing(tmp_path: Path):
 def test_mesh_given_explicitly_or_by_root(tuple_dir: Path, tmp_path: Path):
     other = tmp_path / "elsewhere" / "212" / "4_anger.ply"
     other.parent.mkdir(parents=True)
-    other.write_text("ply\n")
+    other.write_bytes(TINY_PLY)
     assert load_capture(tuple_dir, mesh=other).mesh == other
     assert find_mesh(tuple_dir, tmp_path / "elsewhere") == other
     # two candidate sibling roots are ambiguous: not guessed
@@ -161,7 +164,7 @@ def test_images_missing_wrong_size_or_corrupt(tuple_dir: Path):
     with pytest.raises(InputError, match=r"5\.jpg: view 5: image missing"):
         load_capture(tuple_dir)
     cv2.imwrite(str(tuple_dir / "5.jpg"), np.zeros((H + 1, W, 3), np.uint8))
-    with pytest.raises(InputError, match=r"view 5: image is 48×33 but params.json says 48×32"):
+    with pytest.raises(InputError, match=r"view 5: image is 48×33 but \S*/params\.json says 48×32"):
         load_capture(tuple_dir)
     (tuple_dir / "5.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(InputError, match=r"view 5: not a readable image"):
@@ -184,3 +187,18 @@ def test_every_view_invalid_and_not_json(tmp_path: Path):
     (d / "params.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a JSON object"):
         load_capture(d)
+
+
+def test_truncated_jpegs_are_refused_complete_ones_with_trailing_bytes_load(tuple_dir: Path):
+    """Decoders accept a cut JPEG silently (grey fill), so the loader looks for the end marker after
+    the image data: progressive files and bytes appended after the marker still load."""
+    img = cv2.imread(str(tuple_dir / "5.jpg"))
+    ok, progressive = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    (tuple_dir / "5.jpg").write_bytes(progressive.tobytes())
+    (tuple_dir / "0.jpg").write_bytes((tuple_dir / "0.jpg").read_bytes() + b"\0" * 5000 + b"maker trailer")
+    assert [v.id for v in load_capture(tuple_dir).views] == [0, 1, 5]
+    (tuple_dir / "5.jpg").write_bytes(progressive.tobytes()[:-2])
+    assert cv2.imread(str(tuple_dir / "5.jpg")).shape == img.shape  # what the loader must not trust
+    with pytest.raises(InputError, match=r"5\.jpg: view 5: truncated JPEG \(no end marker after the image data\)"):
+        load_capture(tuple_dir)
