@@ -77,9 +77,11 @@ _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
     variant: Literal["nerfstudio", "blender"] = "nerfstudio"
-    normalize: Literal["none", "sphere", "cameras"] = "sphere"
-    """sphere: the mesh's bounding sphere (centre of its bounding box) → origin, radius `radius`;
-    cameras: mean camera centre → origin, farthest camera at `radius`; none: the source world."""
+    normalize: Literal["none", "sphere", "cameras"] = "none"
+    """none: the source world (nerfstudio normalizes at load, and its point-cloud and depth loading
+    are only consistent when applied_scale is 1); sphere: the mesh's bounding sphere (centre of its
+    bounding box) → origin, radius `radius` (instant-ngp); cameras: mean camera centre → origin,
+    farthest camera at `radius`."""
     radius: float = 1.0
     masks: bool = False
     depth: bool = False
@@ -118,8 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nerfstudio: transforms.json for nerfstudio and instant-ngp (default); blender: "
                         "transforms_{train,val,test}.json, png, one centred FoV (original NeRF, 3DGS)")
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default=Options.normalize,
-                        help="world similarity recorded as applied_transform/applied_scale: mesh bounding sphere "
-                        "(default) or camera centres at the origin within --radius; none keeps the SfM world")
+                        help="world similarity recorded as applied_transform/applied_scale: none keeps the SfM "
+                        "world (default; best for nerfstudio), sphere fits the mesh's bounding sphere, cameras the "
+                        "camera centres, in --radius (instant-ngp)")
     parser.add_argument("--radius", type=float, default=Options.radius,
                         help=f"radius of the normalized scene (default {Options.radius})")
     parser.add_argument("--masks", action="store_true",

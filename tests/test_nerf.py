@@ -22,11 +22,12 @@ from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 
 CASES = {
-    "undistort-sphere": nerf.Options(masks=True, depth=True),
+    "undistort-sphere": nerf.Options(normalize="sphere", masks=True, depth=True),
     "keep-none": nerf.Options(image=ImageOptions(undistort=False), normalize="none"),
     "undistort-none-quarter": nerf.Options(image=ImageOptions(scale=0.25, upright=True), normalize="none",
                                            split=(0.6, 0.2, 0.2)),
-    "keep-sphere-quarter": nerf.Options(image=ImageOptions(undistort=False, scale=0.25), masks=True, depth=True),
+    "keep-sphere-quarter": nerf.Options(image=ImageOptions(undistort=False, scale=0.25), normalize="sphere",
+                                        masks=True, depth=True),
     "undistort-cameras-quarter": nerf.Options(image=ImageOptions(scale=0.25), normalize="cameras", radius=2.0),
     "blender-quarter": nerf.Options(image=ImageOptions(scale=0.25, image_format="png"), variant="blender",
                                     masks=True),
