@@ -192,7 +192,8 @@ def write(
         print(f"fsconvert: warning: {NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it "
               "(it models k1 k2 p1 p2 only); use --distortion undistort for instant-ngp", file=sys.stderr)
     frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, stems)]
-    record = applied_transform(*similarity)
+    A, scale = cv.similarity_to_nerfstudio(S)
+    record = {"applied_transform": A.tolist(), "applied_scale": scale}
     with staging(out_dir, overwrite) as tmp:
         write_images(plans, names, tmp, workers=workers, progress=progress)
         if options.masks or options.depth:
@@ -236,17 +237,6 @@ def normalization(options: Options, vertices: np.ndarray, centres: np.ndarray) -
         raise InputError(f"--normalize {options.normalize}: the {'mesh' if sphere else 'cameras'} have no extent")
     s = options.radius / size
     return s, np.eye(3), -s * centre
-
-
-def applied_transform(s: float, R: np.ndarray, t: np.ndarray) -> dict:
-    """nerfstudio's record of X' = s·R·X + t, which it composes as X' = applied_scale·(applied_transform·X)."""
-    return {"applied_transform": np.column_stack([R, t / s]).tolist(), "applied_scale": float(s)}
-
-
-def similarity_from_applied(A: np.ndarray, s: float) -> np.ndarray:
-    """The 4×4 similarity X' = applied_scale · (applied_transform · X)."""
-    A = np.asarray(A, dtype=np.float64)
-    return cv.similarity_matrix(s, A[:, :3], s * A[:, 3])
 
 
 def assign_splits(n: int, fractions: tuple[float, float, float] | None) -> list[int] | None:
@@ -515,7 +505,7 @@ def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
         raise InputError("applied_transform must be 3×4 finite numbers and applied_scale > 0", file=path)
     if np.abs(A[:, :3].T @ A[:, :3] - np.eye(3)).max() > RIGID_TOL or np.linalg.det(A[:, :3]) < 0:
         raise InputError("applied_transform is not a rotation and translation", file=path, key="applied_transform")
-    return np.linalg.inv(similarity_from_applied(A, s))
+    return cv.invert_similarity(cv.similarity_from_nerfstudio(A, s))
 
 
 def _source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:

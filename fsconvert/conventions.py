@@ -181,6 +181,25 @@ def split_similarity(S: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return s, A / s, np.asarray(S, dtype=np.float64)[:3, 3].copy()
 
 
+def invert_similarity(S: np.ndarray) -> np.ndarray:
+    """Exact inverse of X' = s·R·X + t: X = (1/s)·Rᵀ·X' − (1/s)·Rᵀ·t."""
+    s, R, t = split_similarity(S)
+    return similarity_matrix(1.0 / s, R.T, -(R.T @ t) / s)
+
+
+def similarity_to_nerfstudio(S: np.ndarray) -> tuple[np.ndarray, float]:
+    """nerfstudio's (applied_transform 3×4, applied_scale) of X' = s·R·X + t; it composes them as
+    X' = applied_scale · (applied_transform · X), so the stored translation is t / s."""
+    s, R, t = split_similarity(S)
+    return np.column_stack([R, t / s]), s
+
+
+def similarity_from_nerfstudio(applied_transform: np.ndarray, applied_scale: float) -> np.ndarray:
+    """The 4×4 similarity X' = applied_scale · (applied_transform · X)."""
+    A = np.asarray(applied_transform, dtype=np.float64)
+    return similarity_matrix(applied_scale, A[:, :3], applied_scale * A[:, 3])
+
+
 def w2c_in_similar_world(w2c: np.ndarray, S: np.ndarray) -> np.ndarray:
     """World→camera pose in the world X' = s·R·X + t, with the camera frame scaled by s too.
 

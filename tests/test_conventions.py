@@ -153,3 +153,13 @@ def test_similar_world_keeps_projections(rng):
 
 def test_pyrender_intrinsics_are_corner_origin():
     assert cv.pyrender_intrinsics(cv.K_matrix(100, 90, 31.5, 23.0)) == (100.0, 90.0, 32.0, 23.5)
+
+
+def test_similarity_inverse_and_nerfstudio_record(rng):
+    S = cv.similarity_matrix(2.75, Rotation.random(random_state=5).as_matrix(), rng.normal(size=3))
+    assert np.abs(cv.invert_similarity(S) - np.linalg.inv(S)).max() < 1e-12
+    A, s = cv.similarity_to_nerfstudio(S)
+    X = rng.normal(size=(20, 3))
+    # nerfstudio's own composition of the record: X' = applied_scale · (applied_transform · X)
+    assert np.abs(s * (X @ A[:, :3].T + A[:, 3]) - (X @ S[:3, :3].T + S[:3, 3])).max() < 1e-12
+    assert np.abs(cv.similarity_from_nerfstudio(A, s) - S).max() < 1e-12
