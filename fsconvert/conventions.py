@@ -177,7 +177,7 @@ def similarity_matrix(scale: float, rotation: np.ndarray, translation: np.ndarra
 def split_similarity(S: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(s, R, t) of a 4×4 similarity X' = s·R·X + t."""
     A = np.asarray(S, dtype=np.float64)[:3, :3]
-    s = float(np.cbrt(np.linalg.det(A)))
+    s = float(np.linalg.norm(A[:, 0]))  # exact for s·I, where the cube root of det(A) is not
     return s, A / s, np.asarray(S, dtype=np.float64)[:3, 3].copy()
 
 
