@@ -16,8 +16,6 @@ import cv2
 import numpy as np
 import pyrender
 import trimesh
-from OpenGL import arrays
-from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
 from .model import Camera
@@ -116,14 +114,9 @@ class Renderer:
         return np.where(np.isfinite(t), t, 0).astype(np.float32)
 
     def _resize(self, width: int, height: int) -> None:
-        """Set the viewport. On a size change pyrender re-creates an OSMesa context (re-uploading the
-        mesh and texture, ~0.15 s); OSMesa only needs a new colour buffer, bound at the next render."""
+        """Set the viewport. On a size change pyrender re-creates the OSMesa context (~0.15 s). Swapping
+        only OSMesa's colour buffer would be faster, but Mesa then keeps ~100 MB per size until close."""
         self._offscreen.viewport_width, self._offscreen.viewport_height = width, height
-        platform = self._offscreen._platform
-        size = (platform.viewport_width, platform.viewport_height)
-        if isinstance(platform, OSMesaPlatform) and size != (width, height):
-            platform._buffer = arrays.GLubyteArray.zeros((height, width, 4))
-            platform.viewport_width, platform.viewport_height = width, height
 
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
+
 import numpy as np
 import pytest
 import trimesh
@@ -132,6 +135,23 @@ def test_resizing_reused_renderer_matches_fresh_renderer(sphere):
             ref = fresh.render(camera, w2c)
         assert out.color.shape == (camera.height, camera.width, 3)
         assert np.array_equal(out.color, ref.color) and np.array_equal(out.depth, ref.depth)
+
+
+def test_size_changes_do_not_accumulate_memory(sphere):
+    """A renderer used at many sizes (one canvas per view) keeps its memory bounded."""
+    w2c, centre_world = pose_looking_at(np.array([0.0, 0.0, 3.0]))
+    mesh = sphere.copy().apply_translation(centre_world)
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    with Renderer(mesh) as renderer:
+        renderer.render(Camera(2000, 1500, cv.K_matrix(3000.0, 3000.0, 1000, 750)), w2c, depth_only=True)
+        before = rss_mb()
+        for i in range(1, 7):  # each size once held ~24 MB more until the renderer closed
+            w, h = 2000 + 8 * i, 1500 + 4 * i
+            renderer.render(Camera(w, h, cv.K_matrix(3000.0, 3000.0, w / 2, h / 2)), w2c, depth_only=True)
+        assert rss_mb() - before < 40
 
 
 def test_render_rejects_distortion_and_depth_only_has_no_colour(sphere):
