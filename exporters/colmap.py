@@ -48,6 +48,8 @@ WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
 SAMPLE_SEED = 0
 MAX_DEPTH_TOLERANCE = 0.05
 """Looser depth tests let hidden surfaces in (and could out-vote the visible ones on normal orientation)."""
+_VISIBILITY_MAX_SIDE = 1600
+"""Long side of the depth maps the visibility of points3D is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)
@@ -321,6 +323,10 @@ def observe(renderer: Renderer, camera: Camera, world_to_cam: np.ndarray, xyz: n
     front = z > 0
     X = np.where(front[:, None], X, 1.0)  # points behind the camera: any finite stand-in, never visible
     canvas = _pinhole_canvas(camera)
+    scale = min(1.0, _VISIBILITY_MAX_SIDE / max(canvas.size))
+    if scale < 1:  # visibility needs no full-resolution depth: bound the render's time and memory
+        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
+        canvas = Camera(*size, cv.resize_K(canvas.K, size[0] / canvas.width, size[1] / canvas.height))
     depth = renderer.render(canvas, world_to_cam, depth_only=True).depth
     visible = front & _depth_agrees(depth, canvas.project(X), z, tolerance)
     corner = Camera(camera.width, camera.height, cv.K_to_corner_origin(camera.K), camera.dist)
