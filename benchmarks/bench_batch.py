@@ -1,0 +1,248 @@
+"""Whole-dataset conversion throughput: every exporter against two image baselines, 1 → 2 workers,
+the projection check's share, and peak RSS per worker.
+
+- per core: one process, one OpenCV and one llvmpipe thread, one tuple; images/s of `<exporter>.write`
+  at scale 1 and 1/4, against the naive loop (full `cv2.imread`, `cv2.undistort`, `cv2.resize`
+  INTER_AREA, `cv2.imwrite`) and the raw OpenCV bound (decode reduced like the stage, `cv2.remap` with
+  maps precomputed outside the timing, encode; same sizes, JPEG quality 95). The check is timed apart.
+- scaling: the real command (`fsconvert to-<format> DATASET -o OUT -j N`, export + check) on four
+  tuples, wall time with 1 and 2 workers; the peak RSS (VmHWM) of every worker process.
+- fingerprint: the resume record's cost per tuple (stat of the images) against hashing them.
+
+Targets: ≥ 0.85× the bound at scale 1; ≥ 3× the naive loop at 1/4; ≥ 1.8× from 1 to 2 workers;
+check ≤ 15 % of the export time; peak RSS per worker < 700 MB for 60 views of 4344×2896.
+
+    .venv/bin/python benchmarks/bench_batch.py [--quick] [--formats colmap,nerf] [--scaling-format colmap]
+
+Input: four synthetic tuples (`fsconvert.synthetic.make_sample`, ~8 s per 4344-px view to render): a few
+unique views are rendered once, then hard-linked into 60-view tuples (decoding cost does not depend
+on which view it is); cached in $TMPDIR/fsconvert-bench-batch. --quick: 12 views of 2172×1448.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa loads: per-core numbers
+
+import fsconvert  # noqa: F401  (headless rendering set-up)
+import cv2
+import numpy as np
+
+from exporters import available
+from fsconvert.batch import fingerprint
+from fsconvert.check import Thresholds, check_export
+from fsconvert.imagestage import ImageOptions, plan_views, read_image
+from fsconvert.loader import load_capture
+
+QUALITY = 95
+SUBJECTS = ("1", "2", "3", "4")
+
+
+def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
+    """A cached dataset root: SUBJECTS × 1_neutral, `views` valid views each, hard-linked from `unique`."""
+    root = cache / f"{long_side}px-{views}views"
+    if (root / "images" / SUBJECTS[-1] / "1_neutral" / "params.json").is_file():
+        return root
+    from fsconvert.synthetic import make_sample
+
+    print(f"rendering {unique} synthetic {long_side}-px views into {root} (cached for later runs) ...", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache))
+    (src,) = make_sample(tmp / "src", n_views=unique, long_side=long_side)
+    params = json.loads((src / "params.json").read_text())
+    valid = [v for v in range(unique) if params.get(f"{v}_valid", True)]
+    for subject in SUBJECTS:
+        dest = tmp / "images" / subject / "1_neutral"
+        dest.mkdir(parents=True)
+        out = {}
+        for i in range(views):
+            v = valid[i % len(valid)]
+            os.link(src / f"{v}.jpg", dest / f"{i}.jpg")
+            out |= {f"{i}_{k.split('_', 1)[1]}": value for k, value in params.items() if k.split("_", 1)[0] == str(v)}
+        (dest / "params.json").write_text(json.dumps(out))
+        (tmp / "models" / subject).mkdir(parents=True)
+        shutil.copyfile(tmp / "src" / "models" / "1" / "1_neutral.ply", tmp / "models" / subject / "1_neutral.ply")
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+    return root
+
+
+def naive(plans, out: Path) -> None:
+    for i, p in enumerate(plans):
+        img = cv2.imread(str(p.view.image))
+        src = p.view.camera
+        img = cv2.undistort(img, src.K, src.dist)
+        if p.camera.size != src.size:
+            img = cv2.resize(img, p.camera.size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(out / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+
+
+def bound(jobs, out: Path) -> None:
+    for i, (view, reduce, mx, my) in enumerate(jobs):
+        img = read_image(view.image, reduce)
+        img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        cv2.imwrite(str(out / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
+    """images/s per core of the baselines and exporters at scale 1 and 1/4, with each exporter's check
+    time / export time. Best of `repeat` rounds; each round runs every method once, so that load from
+    other processes on a shared machine hits them alike."""
+    exporters = available()
+    n = len(capture.views)
+    few = replace(capture, views=capture.views[:2])
+    for fmt in formats:  # untimed warm-up: lazy imports (open3d takes seconds), GL context
+        exporters[fmt].write(few, tmp / f"warm-{fmt}", workers=1)
+        check_export(tmp / f"warm-{fmt}")
+    best: dict = {}
+    for scale in (1.0, 0.25):
+        image = ImageOptions(scale=None if scale == 1 else scale, jpeg_quality=QUALITY)
+        plans = plan_views(capture.views, image)
+        jobs = [(p.view, p.reduce, *p.maps()) for p in plans]
+        for _ in range(repeat):
+            for name, fn, arg in (("naive", naive, plans), ("bound", bound, jobs)):
+                out = Path(tempfile.mkdtemp(dir=tmp))
+                best[name, scale] = min(best.get((name, scale), np.inf), timed(fn, arg, out))
+                shutil.rmtree(out)
+            for fmt in formats:
+                module = exporters[fmt]
+                out = tmp / f"{fmt}-{scale:g}"
+                options = module.Options(image=image)
+                export_s = timed(lambda: module.write(capture, out, options, overwrite=True, workers=1))
+                check_s = timed(lambda: check_export(out, Thresholds()))
+                old = best.get((fmt, scale), (np.inf, np.inf))
+                best[fmt, scale] = (min(old[0], export_s), min(old[1], check_s))
+                shutil.rmtree(out)
+    rates: dict = {}
+    for (name, scale), t in best.items():
+        rates[name, scale] = n / t if isinstance(t, float) else (n / t[0], t[1] / t[0])
+    return rates
+
+
+def run_command(fmt: str, root: Path, out: Path, jobs: int) -> tuple[float, list[int], int]:
+    """Wall time of `fsconvert to-<fmt>`, the peak RSS (bytes) of each worker process, and the exit code."""
+    cmd = [sys.executable, "-m", "fsconvert.cli", f"to-{fmt}", str(root), "-o", str(out), "-q", "-j", str(jobs)]
+    # one thread per worker, as the pool's workers have: 1 worker = 1 core
+    env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for pid in [proc.pid, *_children(proc.pid)]:
+                peaks[pid] = max(peaks.get(pid, 0), _vm_hwm(pid))
+            stop.wait(0.1)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    code = proc.wait()
+    wall = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    # with 1 job the command itself is the worker; with more, its spawned children are
+    workers = [peaks[proc.pid]] if jobs == 1 else [v for pid, v in peaks.items() if pid != proc.pid and v > 0]
+    return wall, sorted(workers, reverse=True)[:jobs], code
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def fingerprint_cost(root: Path) -> tuple[float, float]:
+    """Milliseconds per tuple: the record's fingerprint (stat), and sha256 of every image instead."""
+    tuple_dir = root / "images" / SUBJECTS[0] / "1_neutral"
+    mesh = root / "models" / SUBJECTS[0] / "1_neutral.ply"
+    options = available()["facescape"].Options()
+    stat_s = timed(lambda: [fingerprint(tuple_dir, mesh, "facescape", options, False, Thresholds(), True)
+                            for _ in range(20)]) / 20
+    hash_s = timed(lambda: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tuple_dir.glob("*.jpg"))])
+    return stat_s * 1e3, hash_s * 1e3
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="12 views of 2172×1448 per tuple")
+    parser.add_argument("--formats", help="comma-separated exporters (default: all)")
+    parser.add_argument("--scaling-format", default="colmap", help="exporter for the 1 → 2 workers run")
+    parser.add_argument("--repeat", type=int, help="rounds of the per-core timings, best counts (default 2; quick 1)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fsconvert-bench-batch")
+    args = parser.parse_args()
+    views, unique, long_side = (12, 4, 2172) if args.quick else (60, 6, 4344)
+    repeat = args.repeat or (1 if args.quick else 2)
+    formats = args.formats.split(",") if args.formats else list(available())
+    root = dataset(args.cache, views, unique, long_side)
+    capture = load_capture(root / "images" / SUBJECTS[0] / "1_neutral")
+    w, h = max(v.camera.size for v in capture.views)
+    cv2.setNumThreads(1)
+    print(f"{len(SUBJECTS)} tuples × {views} views of {w}×{h} (hard-linked from {unique - 1} rendered), "
+          f"{os.cpu_count()} cores, OpenCV {cv2.__version__}; load average {os.getloadavg()[0]:.1f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = per_core(capture, formats, Path(tmp), repeat)
+        print("\nper core (1 process, 1 OpenCV and 1 render thread), images/s; check = check time / export time")
+        print(f"{'':>10}  {'scale 1':>8}  {'÷ bound':>14}  {'scale 1/4':>9}  {'÷ naive':>14}  {'check':>16}")
+        for name in ("naive", "bound"):
+            print(f"{name:>10}  {rates[name, 1.0]:>8.2f}  {'':>14}  {rates[name, 0.25]:>9.2f}")
+        for fmt in formats:
+            (r1, c1), (r4, c4) = rates[fmt, 1.0], rates[fmt, 0.25]
+            b, nv = r1 / rates["bound", 1.0], r4 / rates["naive", 0.25]
+            check = max(c1, c4)
+            print(f"{fmt:>10}  {r1:>8.2f}  {b:>8.2f}× {verdict(b >= 0.85)}  {r4:>9.2f}  {nv:>8.2f}× "
+                  f"{verdict(nv >= 3)}  {100 * c1:>3.0f} %/{100 * c4:>3.0f} % {verdict(check <= 0.15)}")
+
+        fmt = args.scaling_format
+        t1, rss1, code1 = run_command(fmt, root, Path(tmp) / "j1", 1)
+        t2, rss2, code2 = run_command(fmt, root, Path(tmp) / "j2", 2)
+        speedup = t1 / t2
+        print(f"\nscaling, `fsconvert to-{fmt}` on {len(SUBJECTS)} tuples (export + check): 1 worker {t1:.1f} s, "
+              f"2 workers {t2:.1f} s → {speedup:.2f}× {verdict(speedup >= 1.8)}"
+              + ("" if code1 == code2 == 0 else f"  (exit codes {code1}, {code2})"))
+        peak = max(rss1 + rss2)
+        mb = lambda rss: ", ".join(f"{r / 2**20:.0f}" for r in rss)  # noqa: E731
+        print(f"peak RSS per worker: 1 worker {mb(rss1)} MB; 2 workers {mb(rss2)} MB → max {peak / 2**20:.0f} MB "
+              f"{verdict(peak < 700 * 2**20)}")
+
+    stat_ms, hash_ms = fingerprint_cost(root)
+    print(f"resume fingerprint per tuple: {stat_ms:.2f} ms (params.json sha256 + image stat) vs {hash_ms:.0f} ms "
+          f"to hash the {views} images; load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

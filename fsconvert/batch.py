@@ -1,0 +1,426 @@
+"""Whole-dataset conversion: a pure per-tuple function, a resumable record, a parallel runner.
+
+`convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
+everything the output depends on) inside one staging folder, so a tuple appears complete or not at
+all. A rerun skips tuples whose record matches. `run` spreads tuples over processes, one tuple per
+process at a time with its images sequential inside (memory stays bounded to one image per worker).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import FsconvertError, InputError, OutputError
+from .export import options_to_dict, staging
+from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
+
+RECORD = Path("fsconvert") / "record.json"
+"""Inside each export, written last: the fingerprint of the inputs and settings, and the outcome."""
+
+Status = Literal["converted", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class TupleResult:
+    """What happened to one tuple."""
+
+    name: str
+    """`<id>/<exp>`."""
+    out_dir: Path
+    status: Status
+    views: int = 0
+    excluded: tuple[int, ...] = ()
+    """Views left out because params.json marks them valid=false."""
+    check_passed: bool | None = None
+    """None when the check was not run."""
+    report: str = ""
+    """The check report (`fsconvert.check.format_report`) when it ran in this call."""
+    reason: str = ""
+    """Why the tuple failed (one line)."""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TupleJob:
+    """One tuple to convert: the arguments of `convert_tuple` (picklable when `fmt` is a name)."""
+
+    source: Path
+    out_dir: Path
+    fmt: str | ModuleType
+    options: Any = None
+    mesh: Path | None = None
+    mesh_root: Path | None = None
+    include_invalid: bool = False
+    thresholds: Any = None
+    """`fsconvert.check.Thresholds`, or None to skip the projection check."""
+    overlays: bool = True
+    overwrite: bool = False
+    force: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.parent.name}/{self.source.name}"
+
+    @property
+    def images(self) -> int:
+        """Image files in the tuple folder (for progress)."""
+        return sum(1 for _ in self.source.glob(f"*{IMAGE_EXT}"))
+
+    def up_to_date(self) -> TupleResult | None:
+        """The "skipped" result when the output's record matches the inputs and settings, else None."""
+        return self._skipped(read_record(self.out_dir), self._prepare()[3])
+
+    def run(self, workers: int = 1, progress: bool = False) -> TupleResult:
+        """Convert, check and record (or skip); FsconvertErrors become a "failed" result."""
+        from .check import check_export, format_report
+
+        start = time.perf_counter()
+        out_dir = self.out_dir
+        try:
+            module, options, mesh, fp = self._prepare()
+            clean_stale(out_dir)
+            old = read_record(out_dir)
+            skipped = self._skipped(old, fp)
+            if skipped is not None:
+                return replace(skipped, seconds=time.perf_counter() - start)
+            if out_dir.exists() and not (self.overwrite or self.force):
+                why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
+                raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
+            capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
+            with staging(out_dir, overwrite=True) as tmp:
+                module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
+                passed, report = None, ""
+                if self.thresholds is not None:
+                    checked = check_export(tmp, self.thresholds, overlays=self.overlays)
+                    passed, report = bool(checked.passed), format_report(checked)
+                excluded = tuple(v.id for v in capture.excluded)
+                write_record(tmp, fp, {"views": [v.id for v in capture.views], "excluded": list(excluded),
+                                       "check_passed": passed})
+        except FsconvertError as exc:
+            return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
+        return TupleResult(self.name, out_dir, "converted", len(capture.views), excluded, passed, report,
+                           seconds=time.perf_counter() - start)
+
+    def _skipped(self, old: dict | None, fp: dict) -> TupleResult | None:
+        if self.force or old is None or old.get("fingerprint") != fp:
+            return None
+        done = old["result"]
+        return TupleResult(self.name, self.out_dir, "skipped", len(done["views"]), tuple(done["excluded"]),
+                           done["check_passed"])
+
+    def _prepare(self) -> tuple[ModuleType, Any, Path | None, dict]:
+        module = _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
+        options = module.Options() if self.options is None else self.options
+        mesh = Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
+        fp = fingerprint(self.source, mesh, module.NAME, options, self.include_invalid, self.thresholds, self.overlays)
+        return module, options, mesh, fp
+
+
+@functools.cache
+def _exporter(name: str) -> ModuleType:
+    """`exporters.get`, once per process (it scans the entry points: ~10 ms)."""
+    from exporters import get
+
+    return get(name)
+
+
+def convert_tuple(
+    source: str | Path,
+    out_dir: str | Path,
+    fmt: str | ModuleType,
+    options: Any = None,
+    *,
+    mesh: str | Path | None = None,
+    mesh_root: str | Path | None = None,
+    include_invalid: bool = False,
+    thresholds: Any = None,
+    overlays: bool = True,
+    overwrite: bool = False,
+    force: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+) -> TupleResult:
+    """Export the tuple folder `source` to `out_dir` in format `fmt`, check it, record it.
+
+    Skips (status "skipped") when `out_dir` holds a record of the same inputs and settings, unless
+    `force`. An existing output that is not up to date is replaced only with `overwrite`. Any
+    `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
+    `thresholds` (`fsconvert.check.Thresholds`) runs the projection check; None skips it.
+    Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
+    tuple twice at the same time (`run` holds a lock on the output root for that).
+    """
+    job = TupleJob(Path(source), Path(out_dir), fmt, options, None if mesh is None else Path(mesh),
+                   None if mesh_root is None else Path(mesh_root), include_invalid, thresholds, overlays,
+                   overwrite, force)
+    return job.run(workers=workers, progress=progress)
+
+
+# ---- the record -----------------------------------------------------------------------------------
+
+
+def fingerprint(
+    source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Any, overlays: bool
+) -> dict:
+    """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
+
+    Images are fingerprinted by size and mtime_ns, not hashed: hashing a 60-view tuple of 4–12 MP
+    JPEGs reads ~200 MB, while the stat calls take well under a millisecond (benchmarks/bench_batch.py).
+    """
+    params = source / PARAMS
+    try:
+        digest = hashlib.sha256(params.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
+    fp = {
+        "fsconvert": __version__,
+        "format": fmt,
+        "options": options_to_dict(options),
+        "include_invalid": include_invalid,
+        "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
+        "source": str(source.resolve()),
+        "params_sha256": digest,
+        "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
+        "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
+    }
+    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _changed(old: dict | None, new: dict) -> str:
+    """Which parts of a fingerprint differ, for messages ("images 3.jpg, 7.jpg changed")."""
+    old = old if isinstance(old, dict) else {}
+    keys = [k for k in new if old.get(k) != new[k]]
+    if "images" in keys:
+        before = old.get("images") if isinstance(old.get("images"), dict) else {}
+        names = sorted(k for k in before.keys() | new["images"].keys() if before.get(k) != new["images"].get(k))
+        keys[keys.index("images")] = "images " + ", ".join(names[:3]) + (" …" if len(names) > 3 else "")
+    return ", ".join(keys) + " changed"
+
+
+def read_record(out_dir: Path) -> dict | None:
+    """The record of an export, or None when absent or unreadable (then it is not up to date)."""
+    try:
+        record = json.loads((Path(out_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
+        return None
+    result = record.get("result")
+    if not isinstance(result, dict) or not {"views", "excluded", "check_passed"} <= result.keys():
+        return None
+    return record
+
+
+def write_record(export_dir: Path, fp: dict, result: dict) -> None:
+    path = export_dir / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": fp, "result": result}, indent=1, sort_keys=True) + "\n")
+
+
+def clean_stale(out_dir: Path) -> None:
+    """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it.
+
+    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`;
+    an exporter staging inside that folder adds `..<name>.XXXX.partial.YYYY.partial`.
+    """
+    stale = re.compile(rf"^\.\.?{re.escape(out_dir.name)}\..*\.(partial|old)$")
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if stale.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# ---- running many ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def output_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder `root` (created if needed) while converting into it.
+
+    Released by the kernel when the process dies, so a killed run never blocks the next one.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputError(f"{root}: cannot create output: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"fsconvert: waiting for another fsconvert run writing into {root}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def run(
+    jobs: Sequence[TupleJob],
+    *,
+    workers: int = 1,
+    progress: bool = False,
+    on_result: Callable[[TupleResult], None] | None = None,
+) -> list[TupleResult]:
+    """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
+
+    A single job runs in this process with `workers` image processes and the exporter's own progress.
+    A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
+    reported as failed, with the traceback on stderr; the others go on.
+    """
+    if len(jobs) == 1:
+        result = jobs[0].run(workers=workers, progress=progress)
+        if on_result:
+            on_result(result)
+        return [result]
+    results: list[TupleResult | None] = [None] * len(jobs)
+    counts = [j.images for j in jobs]
+    bars = [tqdm(total=len(jobs), desc="tuples", unit="tuple", disable=not progress, position=0),
+            tqdm(total=sum(counts), desc="images", unit="img", disable=not progress, position=1)]
+
+    def done(i: int, result: TupleResult) -> None:
+        results[i] = result
+        bars[0].update()
+        bars[1].update(counts[i])
+        if on_result:
+            on_result(result)
+
+    try:
+        todo = []
+        for i, job in enumerate(jobs):  # skip up-to-date tuples here, without starting workers
+            try:
+                skipped = job.up_to_date()
+            except FsconvertError:  # reported by the conversion
+                skipped = None
+            if skipped is None:
+                todo.append(i)
+            else:
+                clean_stale(job.out_dir)  # e.g. the parked old version of a replace that was killed
+                done(i, skipped)
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                done(i, _guarded(jobs[i]))
+        else:
+            _run_pool(jobs, todo, min(workers, len(todo)), done)
+    finally:
+        for bar in bars:
+            bar.close()
+    return [r for r in results if r is not None]
+
+
+def _run_pool(
+    jobs: Sequence[TupleJob], todo: list[int], workers: int, done: Callable[[int, TupleResult], None]
+) -> None:
+    # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        futures: dict[Future, int] = {pool.submit(_guarded, jobs[i]): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = _failed(jobs[i], "not converted: a worker process died (killed, or out of memory)")
+            done(i, result)
+    except BaseException:
+        # Ctrl-C: stop now, not after the running tuples (the next run removes their staging folders).
+        # shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
+        for process in list((pool._processes or {}).values()):
+            process.kill()
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _guarded(job: TupleJob) -> TupleResult:
+    try:
+        return job.run()
+    except Exception as exc:  # a bug: report it with its traceback, keep converting the others
+        traceback.print_exc()
+        return _failed(job, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _failed(job: TupleJob, reason: str) -> TupleResult:
+    return TupleResult(job.name, job.out_dir, "failed", reason=reason)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    """One thread per worker (the workers fill the cores); die with the parent; leave Ctrl-C to it."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
+        os.environ.setdefault(name, "1")
+    # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
+    # leaves to the resource tracker's "leaked semaphore" warning.
+    tqdm.set_lock(threading.RLock())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+# ---- reporting ------------------------------------------------------------------------------------
+
+
+def exit_code(results: Sequence[TupleResult]) -> int:
+    """2 if a tuple failed, 1 if a check failed, else 0."""
+    if any(r.status == "failed" for r in results):
+        return 2
+    return 1 if any(r.check_passed is False for r in results) else 0
+
+
+def summary(results: Sequence[TupleResult], seconds: float) -> str:
+    """Counts, then one line per failed tuple and per failed check."""
+    from .check import REPORT
+
+    by = {s: [r for r in results if r.status == s] for s in ("converted", "skipped", "failed")}
+    images = sum(r.views for r in by["converted"])
+    excluded = sum(len(r.excluded) for r in results if r.status != "failed")
+    lines = [
+        f"{len(results)} tuple{'' if len(results) == 1 else 's'} in {seconds:.1f} s: "
+        f"converted {len(by['converted'])} ({images} images), skipped {len(by['skipped'])} (up to date), "
+        f"failed {len(by['failed'])}" + (f"; {excluded} views left out as valid=false" if excluded else "")
+    ]
+    lines += [f"  failed       {r.name}: {r.reason}" for r in by["failed"]]
+    lines += [f"  check failed {r.name}: see {r.out_dir / REPORT}" for r in results if r.check_passed is False]
+    return "\n".join(lines)
