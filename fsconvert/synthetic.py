@@ -26,6 +26,7 @@ import trimesh
 from PIL import Image
 
 from . import conventions as cv
+from .errors import InputError
 from .model import Camera
 from .render import Renderer, distorted_render
 
@@ -73,7 +74,9 @@ def make_sample(
     `out_dir/images/<id>/<exp>/{0..n_views-1}.jpg`, `.../params.json`, `out_dir/models/<id>/<exp>.ply`.
     """
     if n_views < 3:
-        raise ValueError("n_views must be at least 3 (landscape, portrait, rolled and invalid views)")
+        raise InputError(f"--views must be at least 3 (landscape, portrait, rolled and invalid views), got {n_views}")
+    if long_side < 64:
+        raise InputError(f"--long-side must be at least 64 pixels, got {long_side}")
     out_dir = Path(out_dir)
     tuples = []
     for subject in subjects:
