@@ -34,6 +34,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
+from .check import REPORT, Thresholds, check_export, format_report
 from .errors import FsconvertError, InputError, OutputError
 from .export import options_to_dict, staging
 from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
@@ -75,8 +76,8 @@ class TupleJob:
     mesh: Path | None = None
     mesh_root: Path | None = None
     include_invalid: bool = False
-    thresholds: Any = None
-    """`fsconvert.check.Thresholds`, or None to skip the projection check."""
+    thresholds: Thresholds | None = Thresholds()
+    """None skips the projection check."""
     overlays: bool = True
     overwrite: bool = False
     force: bool = False
@@ -96,8 +97,6 @@ class TupleJob:
 
     def run(self, workers: int = 1, progress: bool = False) -> TupleResult:
         """Convert, check and record (or skip); FsconvertErrors become a "failed" result."""
-        from .check import check_export, format_report
-
         start = time.perf_counter()
         out_dir = self.out_dir
         try:
@@ -157,7 +156,7 @@ def convert_tuple(
     mesh: str | Path | None = None,
     mesh_root: str | Path | None = None,
     include_invalid: bool = False,
-    thresholds: Any = None,
+    thresholds: Thresholds | None = Thresholds(),
     overlays: bool = True,
     overwrite: bool = False,
     force: bool = False,
@@ -169,7 +168,7 @@ def convert_tuple(
     Skips (status "skipped") when `out_dir` holds a record of the same inputs and settings, unless
     `force`. An existing output that is not up to date is replaced only with `overwrite`. Any
     `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
-    `thresholds` (`fsconvert.check.Thresholds`) runs the projection check; None skips it.
+    The projection check runs with `thresholds` (like the command line's defaults); None skips it.
     Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
     tuple twice at the same time (`run` holds a lock on the output root for that).
     """
@@ -183,12 +182,14 @@ def convert_tuple(
 
 
 def fingerprint(
-    source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Any, overlays: bool
+    source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
+    overlays: bool,
 ) -> dict:
     """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
 
-    Images are fingerprinted by size and mtime_ns, not hashed: hashing a 60-view tuple of 4–12 MP
-    JPEGs reads ~200 MB, while the stat calls take well under a millisecond (benchmarks/bench_batch.py).
+    Images are fingerprinted by size and mtime_ns, not hashed: the whole fingerprint takes ~0.7 ms per
+    60-view tuple, while hashing reads its 100–300 MB of JPEGs (~75 ms per 100 MB from the page cache,
+    about a second from disk; benchmarks/bench_batch.py).
     """
     params = source / PARAMS
     try:
@@ -411,8 +412,6 @@ def exit_code(results: Sequence[TupleResult]) -> int:
 
 def summary(results: Sequence[TupleResult], seconds: float) -> str:
     """Counts, then one line per failed tuple and per failed check."""
-    from .check import REPORT
-
     by = {s: [r for r in results if r.status == s] for s in ("converted", "skipped", "failed")}
     images = sum(r.views for r in by["converted"])
     excluded = sum(len(r.excluded) for r in results if r.status != "failed")

@@ -312,6 +312,9 @@ def test_convert_tuple_is_a_pure_per_tuple_function(dataset: Path, clean: Path, 
     assert files(out) == files(clean / "3" / "2_smile")
     again = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds())
     assert (again.status, again.views, again.check_passed, again.report) == ("skipped", 3, True, "")
+    default = convert_tuple(ref.path, tmp_path / "default", "facescape")  # checked, as on the command line
+    assert (default.status, default.check_passed) == ("converted", True)
+    assert files(tmp_path / "default") == files(out)
     missing = convert_tuple(dataset / "images" / "9" / "1_neutral", tmp_path / "x", "facescape")
     assert missing.status == "failed" and "params.json: cannot read" in missing.reason
 
