@@ -221,7 +221,7 @@ def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
     fov = image.fov_x
     if fov is None:
         plans = plan_views(capture.views, replace(image, principal_point="center"))
-        fov = float(np.median([2 * np.arctan(p.camera.width / (2 * p.camera.fx)) for p in plans]))
+        fov = float(np.median([cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans]))
     return replace(image, principal_point="center", fov_x=fov)
 
 
@@ -487,7 +487,7 @@ def read_blender(out_dir: Path) -> list[ExportedView]:
         for i, frame in enumerate(frames):
             image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
             W, H = _check_image(image, None, path, i)
-            f = 0.5 * W / np.tan(0.5 * fov)
+            f = cv.focal_from_fov(W, fov)
             K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
             views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), _source_w2c(frame, world, path, i)))
     return views

@@ -100,6 +100,16 @@ def K_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
+def focal_from_fov(size: float, fov: float) -> float:
+    """Focal length (pixels) giving field of view `fov` (radians) across `size` pixels (Blender's camera_angle_x)."""
+    return 0.5 * size / np.tan(0.5 * fov)
+
+
+def fov_from_focal(size: float, focal: float) -> float:
+    """Field of view (radians) across `size` pixels at focal length `focal`."""
+    return 2.0 * float(np.arctan(0.5 * size / focal))
+
+
 def K_to_corner_origin(K: np.ndarray) -> np.ndarray:
     """OpenCV K (pixel centre at 0) → corner-origin K (pixel centre at 0.5): cx, cy += 0.5."""
     out = np.array(K, dtype=np.float64)

@@ -171,7 +171,7 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
     if options.undistort:
         dist = np.zeros(5)
         if options.fov_x is not None:
-            f = w / (2 * np.tan(options.fov_x / 2))
+            f = cv.focal_from_fov(w, options.fov_x)
             K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
         if options.principal_point == "center":
             K = cv.centred_K(K, w, h)

@@ -163,3 +163,10 @@ def test_similarity_inverse_and_nerfstudio_record(rng):
     # nerfstudio's own composition of the record: X' = applied_scale · (applied_transform · X)
     assert np.abs(s * (X @ A[:, :3].T + A[:, 3]) - (X @ S[:3, :3].T + S[:3, 3])).max() < 1e-12
     assert np.abs(cv.similarity_from_nerfstudio(A, s) - S).max() < 1e-12
+
+
+def test_focal_and_fov_are_inverse_and_match_the_pinhole_edge_ray():
+    f = cv.focal_from_fov(1086, 0.25)
+    # the image edge (corner origin: x = 0 and x = W) is seen at ±fov/2 from the centred principal point
+    assert abs(np.arctan(543 / f) - 0.125) < 1e-15
+    assert abs(cv.fov_from_focal(1086, f) - 0.25) < 1e-15
