@@ -44,7 +44,7 @@ from fsconvert import conventions as cv
 from fsconvert.errors import InputError, OutputError
 from fsconvert.export import ExportedView, staging, write_images, write_manifest
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import load_mesh, vertex_colors
+from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 
 NAME = "nerf"
@@ -169,10 +169,7 @@ def write(
     progress: bool = False,
 ) -> Path:
     """Write the export (see the module docstring); returns `out_dir`."""
-    if capture.mesh is None:
-        raise InputError("the NeRF export needs the tuple's mesh (normalization, mesh.ply, point cloud): "
-                         "give --mesh", file=capture.root)
-    mesh = load_mesh(capture.mesh)
+    mesh = capture_mesh(capture, "the NeRF export (normalization, mesh.ply, point cloud)")
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
     centres = np.array([p.view.centre for p in plans])

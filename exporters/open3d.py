@@ -32,7 +32,7 @@ from fsconvert.errors import InputError, OutputError
 from fsconvert.export import ExportedView, staging, write_images, write_manifest
 from fsconvert.fuse import RGBDFrame, integrate
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, write_image
-from fsconvert.mesh import load_mesh
+from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.render import Renderer
 
@@ -92,9 +92,7 @@ def write(
     progress: bool = False,
 ) -> Path:
     """Write the layout described in the module docstring; depth needs the capture's mesh."""
-    if capture.mesh is None:
-        raise InputError("the Open3D export renders depth from the mesh, and this capture has none", file=capture.root)
-    mesh = load_mesh(capture.mesh)
+    mesh = capture_mesh(capture, "the Open3D export (rendered depth)")
     plans = plan_views(capture.views, options.image)
     width = max(6, len(str(max(p.view.id for p in plans))))
     stems = [f"{p.view.id:0{width}d}" for p in plans]

@@ -8,6 +8,7 @@ import numpy as np
 import trimesh
 
 from .errors import InputError
+from .model import Capture
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
@@ -39,3 +40,10 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     if getattr(visual, "kind", None) == "texture":
         return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
+
+
+def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
+    """The capture's mesh, or a one-line InputError saying what needs it."""
+    if capture.mesh is None:
+        raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
+    return load_mesh(capture.mesh)

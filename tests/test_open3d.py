@@ -221,7 +221,7 @@ def test_refuses_what_open3d_cannot_hold(capture: Capture, tmp_path: Path) -> No
     with pytest.raises(InputError, match="must be positive"):
         ex.Options(fuse=True, voxel_size=0.0)
     no_mesh = Capture(capture.subject, capture.expression, capture.root, capture.views, mesh=None)
-    with pytest.raises(InputError, match="has none"):
+    with pytest.raises(InputError, match="needs the tuple.s mesh"):
         ex.write(no_mesh, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
