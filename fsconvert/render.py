@@ -1,6 +1,6 @@
 """Headless rendering of a mesh through internal-convention cameras, pinhole and distorted.
 
-`Renderer` wraps one pyrender `OffscreenRenderer` (OSMesa): unlit, so colours equal the texture (or
+`Renderer` draws with pyrender into one OSMesa context: unlit, so colours equal the texture (or
 vertex colours) in every view, and depth is z-depth in mesh units (0 = background), sampled at
 pixel centres. Distorted cameras are rendered as a pinhole image on a canvas that covers the
 undistorted footprint, then resampled: for every distorted pixel, its exactly undistorted ray.
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import cv2
 import numpy as np
 import pyrender
 import trimesh
+from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
 from .model import Camera
@@ -29,6 +32,8 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
+_BUFFER_STEP = 256
+"""The OSMesa buffer grows in steps of this many pixels per side."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +49,15 @@ class Render:
 
 
 class Renderer:
-    """Renders one mesh, unlit, through any number of pinhole cameras with one reused context.
+    """Renders one mesh, unlit, through any number of pinhole cameras, of any size, in one reused context.
 
     Colours come from the mesh texture if it has one, else its vertex colours, else grey.
     """
 
     def __init__(self, mesh: trimesh.Trimesh, *, bg_color: tuple[int, int, int] = (0, 0, 0)) -> None:
+        if os.environ.get("PYOPENGL_PLATFORM") != "osmesa":
+            raise RuntimeError("fsconvert renders with OSMesa: import fsconvert before OpenGL/pyrender, "
+                               "with PYOPENGL_PLATFORM unset or 'osmesa'")
         self._bg = np.array(bg_color, np.uint8)
         self._scene = pyrender.Scene(bg_color=np.array([*bg_color, 255]) / 255.0)
         self._scene.add(_pyrender_mesh(mesh))
@@ -57,7 +65,9 @@ class Renderer:
         self._raycaster = None
         self._corners = trimesh.bounds.corners(mesh.bounds)
         self._camera_node: pyrender.Node | None = None
-        self._offscreen = pyrender.OffscreenRenderer(1, 1)
+        self._platform: OSMesaPlatform | None = None
+        self._gl: pyrender.Renderer | None = None
+        self._closed = False
 
     def __enter__(self) -> Renderer:
         return self
@@ -67,9 +77,8 @@ class Renderer:
 
     def close(self) -> None:
         """Free the OpenGL context (idempotent)."""
-        if self._offscreen is not None:
-            self._offscreen.delete()
-            self._offscreen = None
+        self._free_context()
+        self._closed = True
 
     def render(self, camera: Camera, world_to_cam: np.ndarray, *, depth_only: bool = False) -> Render:
         """Render through a pinhole `camera` (no distortion, no skew) at pose `world_to_cam` (OpenCV)."""
@@ -77,7 +86,7 @@ class Renderer:
             raise ValueError("Renderer.render needs a pinhole camera; use distorted_render for distortion")
         if camera.K[0, 1] != 0:
             raise ValueError("pyrender cannot render a camera with skew")
-        if self._offscreen is None:
+        if self._closed:
             raise RuntimeError("Renderer is closed")
         w2c = cv.homogeneous(world_to_cam)
         z = self._corners @ w2c[2, :3] + w2c[2, 3]
@@ -90,12 +99,12 @@ class Renderer:
         if self._camera_node is not None:
             self._scene.remove_node(self._camera_node)
         self._camera_node = self._scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
-        self._resize(camera.width, camera.height)
+        gl = self._context(camera.width, camera.height)
         # Always a colour pass: pyrender's DEPTH_ONLY pass culls back faces whatever the flags say, which
         # would see through a mesh with reversed winding.
-        flags = pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT
-        color, depth = self._offscreen.render(self._scene, flags)
-        return Render(None if depth_only else color, depth)
+        gl.render(self._scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
+        depth = gl.read_depth_buf()
+        return Render(None if depth_only else gl.read_color_buf(), depth)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
@@ -113,10 +122,32 @@ class Renderer:
         t = hits["t_hit"].numpy()
         return np.where(np.isfinite(t), t, 0).astype(np.float32)
 
-    def _resize(self, width: int, height: int) -> None:
-        """Set the viewport. On a size change pyrender re-creates the OSMesa context (~0.15 s). Swapping
-        only OSMesa's colour buffer would be faster, but Mesa then keeps ~100 MB per size until close."""
-        self._offscreen.viewport_width, self._offscreen.viewport_height = width, height
+    def _context(self, width: int, height: int) -> pyrender.Renderer:
+        """The current OSMesa context with a `width`×`height` viewport in the lower-left corner of its buffer.
+
+        The buffer only grows (to the largest width and height asked, rounded up to _BUFFER_STEP): views
+        that alternate landscape/portrait or need slightly different canvases share one context. Growing
+        re-creates the context (~0.15 s, mesh re-uploaded): swapping only OSMesa's buffer would be
+        cheaper, but Mesa then keeps ~100 MB per buffer size until the context is destroyed.
+        """
+        if self._platform is None or width > self._platform.viewport_width or height > self._platform.viewport_height:
+            old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
+            size = [-(-max(n, o) // _BUFFER_STEP) * _BUFFER_STEP for n, o in zip((width, height), old)]
+            self._free_context()
+            self._platform = OSMesaPlatform(*size)
+            self._platform.init_context()
+            self._platform.make_current()
+            self._gl = pyrender.Renderer(*size)
+        self._platform.make_current()
+        self._gl.viewport_width, self._gl.viewport_height = width, height
+        return self._gl
+
+    def _free_context(self) -> None:
+        if self._platform is not None:
+            self._platform.make_current()
+            self._gl.delete()
+            self._platform.delete_context()
+            self._platform = self._gl = None
 
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:

@@ -123,6 +123,8 @@ def test_colours_are_unlit_texture_vertex_or_grey(sphere):
 
 
 def test_resizing_reused_renderer_matches_fresh_renderer(sphere):
+    """One context serves every size (its buffer only grows): same pixels as a renderer made for the size;
+    depth may differ by llvmpipe's float rounding, which depends on the buffer size (measured ≤ 2e-6)."""
     w2c, centre_world = pose_looking_at(np.array([0.05, 0.0, 3.0]))
     mesh = sphere.copy().apply_translation(centre_world)
     cameras = [Camera(w, h, cv.K_matrix(900.0, 900.0, w / 2 - 3.2, h / 2 + 1.7)) for w, h in
@@ -133,7 +135,8 @@ def test_resizing_reused_renderer_matches_fresh_renderer(sphere):
         with Renderer(mesh) as fresh:
             ref = fresh.render(camera, w2c)
         assert out.color.shape == (camera.height, camera.width, 3)
-        assert np.array_equal(out.color, ref.color) and np.array_equal(out.depth, ref.depth)
+        assert np.array_equal(out.color, ref.color) and np.array_equal(out.mask, ref.mask)
+        assert np.abs(out.depth - ref.depth).max() <= 1e-5 * ref.depth.max()
 
 
 def test_size_changes_do_not_accumulate_memory(sphere):
