@@ -52,7 +52,7 @@ _VISIBILITY_MAX_SIDE = 1600
 """Long side of the depth maps the visibility of points3D is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)
+_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 _PLY_DTYPE = np.dtype([(n, "<f4") for n in ("x", "y", "z", "nx", "ny", "nz")]
                       + [(n, "u1") for n in ("red", "green", "blue")])
 

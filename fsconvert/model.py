@@ -58,9 +58,12 @@ class Camera:
         return replace(self, dist=np.zeros(5))
 
     def project(self, points_cam: np.ndarray) -> np.ndarray:
-        """Project N×3 camera-frame points to N×2 pixels, with distortion (cv2.projectPoints)."""
-        pts = np.asarray(points_cam, dtype=np.float64).reshape(-1, 1, 3)
-        uv, _ = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), self.K, self.dist)
+        """Project N×3 camera-frame points to N×2 pixels, with distortion (cv2.projectPoints; the same
+        arithmetic in numpy without distortion, ~10× faster)."""
+        pts = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)
+        if not self.has_distortion:
+            return pts[:, :2] / pts[:, 2:] * [self.fx, self.fy] + [self.cx, self.cy]
+        uv, _ = cv2.projectPoints(pts.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.K, self.dist)
         return uv.reshape(-1, 2)
 
     def equals(self, other: Camera, atol: float = 0.0) -> bool:
