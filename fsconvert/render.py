@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pyrender
 import trimesh
+from OpenGL import GL as gl
 from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
@@ -59,12 +60,15 @@ class Renderer:
             raise RuntimeError("fsconvert renders with OSMesa: import fsconvert before OpenGL/pyrender, "
                                "with PYOPENGL_PLATFORM unset or 'osmesa'")
         self._bg = np.array(bg_color, np.uint8)
-        self._scene = pyrender.Scene(bg_color=np.array([*bg_color, 255]) / 255.0)
-        self._scene.add(_pyrender_mesh(mesh))
+        # Depth-only renders draw an untextured copy: the same depth, ~15 % faster in llvmpipe.
+        self._scenes = {depth_only: pyrender.Scene(bg_color=np.array([*bg_color, 255]) / 255.0)
+                        for depth_only in (False, True)}
+        self._scenes[False].add(_pyrender_mesh(mesh))
+        self._scenes[True].add(_plain_mesh(mesh))
+        self._camera_nodes: dict[bool, pyrender.Node] = {}
         self._mesh = mesh
         self._raycaster = None
         self._corners = trimesh.bounds.corners(mesh.bounds)
-        self._camera_node: pyrender.Node | None = None
         self._platform: OSMesaPlatform | None = None
         self._gl: pyrender.Renderer | None = None
         self._closed = False
@@ -96,14 +100,15 @@ class Renderer:
         zfar = float(z.max()) * 1.01
         znear = max(float(z.min()) * 0.99, zfar * 1e-4)
         pr_camera = pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
-        if self._camera_node is not None:
-            self._scene.remove_node(self._camera_node)
-        self._camera_node = self._scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
+        scene = self._scenes[depth_only]
+        if depth_only in self._camera_nodes:
+            scene.remove_node(self._camera_nodes[depth_only])
+        self._camera_nodes[depth_only] = scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
         gl = self._context(camera.width, camera.height)
         # Always a colour pass: pyrender's DEPTH_ONLY pass culls back faces whatever the flags say, which
         # would see through a mesh with reversed winding.
-        gl.render(self._scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
-        depth = gl.read_depth_buf()
+        gl.render(scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
+        depth = _read_depth(camera.width, camera.height, znear, zfar)
         return Render(None if depth_only else gl.read_color_buf(), depth)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
@@ -150,6 +155,20 @@ class Renderer:
             self._platform = self._gl = None
 
 
+def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarray:
+    """z-depth (float32, 0 = background) of the current viewport: z = n·f / (f − d·(f − n)) for a depth
+    buffer value d < 1. pyrender's read_depth_buf computes the same through NDC with masked indexing,
+    ~3× slower (70 ms for a 12.6 MP view)."""
+    gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
+    gl.glReadBuffer(gl.GL_FRONT)
+    buf = gl.glReadPixels(0, 0, width, height, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
+    d = np.frombuffer(buf, np.float32).reshape(height, width)[::-1]
+    z = np.float32(zfar) - d * np.float32(zfar - znear)
+    np.divide(np.float32(znear * zfar), z, out=z)
+    np.copyto(z, 0, where=d >= 1)
+    return z
+
+
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
     visual = mesh.visual
     if visual.kind == "texture" and visual.uv is not None:
@@ -161,6 +180,10 @@ def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
                 baseColorFactor=(1.0, 1.0, 1.0, 1.0), baseColorTexture=texture))
     if visual.kind == "vertex":
         return pyrender.Mesh.from_trimesh(mesh)
+    return _plain_mesh(mesh)
+
+
+def _plain_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
     plain = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     return pyrender.Mesh.from_trimesh(plain, material=pyrender.MetallicRoughnessMaterial(baseColorFactor=_GREY))
 
