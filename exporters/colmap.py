@@ -48,7 +48,7 @@ WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
 SAMPLE_SEED = 0
 MAX_DEPTH_TOLERANCE = 0.05
 """Looser depth tests let hidden surfaces in (and could out-vote the visible ones on normal orientation)."""
-_VISIBILITY_MAX_SIDE = 1600
+_VISIBILITY_MAX_SIDE = 800
 """Long side of the depth maps the visibility of points3D is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
@@ -383,10 +383,13 @@ def _image_colors(seen: np.ndarray, obs: list[np.ndarray], paths: list[Path]) ->
 def _add_tracks(pycolmap: ModuleType, rec, cloud: _Cloud) -> None:
     """One points3D entry per kept point; its track lists (image_id, index into that image's keypoints)."""
     index = np.cumsum(cloud.seen, axis=1) - 1  # keypoint index of point n in view j, where seen
-    for n in range(len(cloud.xyz)):
-        views = np.flatnonzero(cloud.seen[:, n])
-        track = pycolmap.Track([pycolmap.TrackElement(int(j) + 1, int(index[j, n])) for j in views])
-        rec.add_point3D(cloud.xyz[n], track, cloud.rgb[n])
+    points, views = np.nonzero(cloud.seen.T)  # sorted by point, then view
+    bounds = np.searchsorted(points, np.arange(len(cloud.xyz) + 1)).tolist()
+    image_ids, keypoints = (views + 1).tolist(), index[views, points].tolist()
+    element = pycolmap.TrackElement
+    for n, (xyz, rgb) in enumerate(zip(cloud.xyz, cloud.rgb)):
+        span = range(bounds[n], bounds[n + 1])
+        rec.add_point3D(xyz, pycolmap.Track([element(image_ids[i], keypoints[i]) for i in span]), rgb)
 
 
 def write_ply(path: Path, xyz: np.ndarray, normals: np.ndarray, rgb: np.ndarray) -> None:

@@ -210,15 +210,16 @@ def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, 
     png = ImageOptions(image_format="png")
     with Renderer(mesh) as renderer:
         for plan, path in tqdm(list(zip(plans, paths)), desc="depth", unit="img", disable=not progress, leave=False):
-            z = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth.astype(np.float64)
-            near = z[z > 0].min(initial=np.inf)
+            depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
+            near = float(np.min(depth, where=depth > 0, initial=np.inf))
             if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
                 raise InputError(
                     f"depth range {near:.6g}..{DEPTH_MAX_RAW / scale:.6g} does not fit uint16 with "
                     f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
                     view=plan.view.id,
                 )
-            write_image(path, np.rint(z * scale).astype(np.uint16), png)
+            raw = np.multiply(depth, scale, dtype=np.float64)
+            write_image(path, np.rint(raw, out=raw).astype(np.uint16), png)
 
 
 def _write_cameras(plans: list[ViewPlan], stems: list[str], out: Path) -> None:
