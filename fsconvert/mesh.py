@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,20 @@ from .model import Capture
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
-    """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError."""
+    """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError.
+
+    The last file parsed is kept (keyed on path, size and mtime): loading, exporting and checking a
+    tuple parse it once; each caller gets its own copy.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("mesh file not found", file=path)
+    stat = path.stat()
+    return _parse(path, stat.st_size, stat.st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except (ValueError, OSError) as exc:  # trimesh's own checks ("Not a ply file!", "PLY is unexpected length!")
