@@ -5,6 +5,8 @@ carried through the image stage's transform into the exported pixel frame, again
 through the read-back camera (max and mean difference in exported pixels); then the mesh rendered
 from the read-back camera and from the expected output camera (silhouette IoU, relative z-depth
 difference), and the read-back render blended over the exported image (`check/mv_result_<view>.jpg`).
+Without overlays, a view whose read-back camera equals the expected one (to 1e-12) is not rendered:
+the two renders would be the same image.
 Views missing from the read-back, extra ones and unreadable exports are failures, never skipped.
 """
 
@@ -191,16 +193,19 @@ def _check_view(
 
     r = next((r for r in reversed(REDUCTIONS) if max(expected_size) <= render_max_side * r), max(REDUCTIONS))
     w, h = -(-expected_size[0] // r), -(-expected_size[1] // r)  # the size of a JPEG decoded at 1/r
-    result.render_size = (w, h)
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
     readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
+    same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
     want_color = overlay_dir is not None
+    if same and not want_color:
+        return  # identical cameras render identically: without an overlay, a render would show nothing new
+    result.render_size = (w, h)
     try:
         readback = distorted_render(renderer, readback_cam, view.world_to_cam, depth_only=not want_color)
     except (RuntimeError, ValueError) as exc:  # e.g. a lens model that cannot be inverted
         result.problems.append(f"cannot render through the read-back camera: {exc}")
         return
-    if _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam):
+    if same:
         expected = readback
     else:
         expected = distorted_render(renderer, expected_cam, plan.world_to_cam, depth_only=True)
@@ -299,6 +304,10 @@ def format_report(report: CheckReport) -> str:
                      f"{_num(v.camera_mean_px, '11.2e')}  {_num(v.iou, '6.4f')}  {_num(v.depth_rel, '9.1e')}  "
                      f"{'PASS' if v.passed else 'FAIL'}{why}")
     lines += [f"FAIL: {p}" for p in report.problems]
+    unrendered = sum(v.passed and v.render_size is None for v in report.views)
+    if unrendered:
+        lines.append(f"IoU/depth —: {unrendered} view(s) not rendered (read-back camera identical to the expected "
+                     "one, no overlay asked)")
     passed = sum(v.passed for v in report.views)
     t = report.thresholds
     lines.append(

@@ -76,11 +76,17 @@ def test_exact_exports_pass(exports, capture, case):
 def test_render_size_and_scaled_overlays(exports):
     """Renders are at the export's size over 1, 2, 4 or 8 (the smallest giving ≤ 800 px, what a JPEG decodes to
     directly): the 1086-px views at 1/2 (rounded up, as libjpeg does), the 1/4 ones at their size."""
-    sizes = {v.id: v.render_size for v in check_export(exports["keep-1"], overlays=False).views}
-    quarter = {v.id: v.render_size for v in check_export(exports["keep-1/4"], overlays=False).views}
+    sizes = {v.id: v.render_size for v in check_export(exports["keep-1"]).views}
+    quarter = {v.id: v.render_size for v in check_export(exports["keep-1/4"]).views}
     assert set(sizes.values()) == {(543, 362), (362, 543)}
     assert set(quarter.values()) == {(272, 181), (181, 272)}
-    assert not list((exports["keep-1/4"] / "check").glob("mv_result_*.jpg"))  # old overlays cleared
+
+
+def test_without_overlays_identical_cameras_are_not_rendered(exports):
+    report = check_export(exports["keep-1/4"], overlays=False)
+    assert report.passed and not list((exports["keep-1/4"] / "check").glob("mv_result_*.jpg"))  # old ones cleared
+    assert all(v.render_size is None and v.iou is None and v.camera_max_px <= EXACT_PX for v in report.views)
+    assert "7 view(s) not rendered" in format_report(report)
 
 
 def test_half_pixel_principal_point_fails(corrupt):

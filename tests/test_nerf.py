@@ -214,7 +214,7 @@ def test_read_back_equals_the_planned_cameras_in_the_source_frame(case, export, 
 def test_projection_check_passes(case, export):
     from fsconvert.check import check_export
 
-    report = check_export(export(case), overlays=False)
+    report = check_export(export(case))  # with overlays every view is rendered
     assert report.passed, (report.problems, [v.problems for v in report.views])
     assert max(v.camera_max_px for v in report.views) <= PX_TOL
     assert min(v.iou for v in report.views) >= 0.99
