@@ -10,9 +10,9 @@ edges), its depth is ray-cast exactly (open3d, imported on first use).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import ctypes
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -33,8 +33,30 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
+
+
+def _compare_gl_contexts_by_address() -> None:
+    """PyOpenGL (3.1.7 to 3.1.10) hashes OSMesa/EGL context pointers by address but compares them by
+    identity, and returns a new pointer object on every query. pyrender keys its shader cache on the
+    current context, so every render missed the cache and compiled a new program: ~0.8 MB never
+    freed and several ms per render. Equality by address makes the key match, as the hash intends."""
+    from OpenGL import _opaque
+
+    def same_address(a: object, b: object) -> bool:
+        return isinstance(b, _opaque._opaque_pointer) and (
+            ctypes.cast(a, ctypes.c_void_p).value == ctypes.cast(b, ctypes.c_void_p).value)
+
+    if "__eq__" not in vars(_opaque._opaque_pointer):
+        hash_by_address = _opaque._opaque_pointer.__hash__
+        _opaque._opaque_pointer.__eq__ = same_address
+        _opaque._opaque_pointer.__hash__ = hash_by_address
+
+
+_compare_gl_contexts_by_address()
 _BUFFER_STEP = 256
 """The OSMesa buffer grows in steps of this many pixels per side."""
+_SHARED_BUFFER_PIXELS = 2048 * 2048
+"""Largest buffer grown to fit every size asked so far (larger ones fit the current request)."""
 
 
 @dataclass(frozen=True)
@@ -134,19 +156,23 @@ class Renderer:
     def _context(self, width: int, height: int) -> pyrender.Renderer:
         """The current OSMesa context with a `width`×`height` viewport in the lower-left corner of its buffer.
 
-        The buffer only grows (to the largest width and height asked, rounded up to _BUFFER_STEP): views
-        that alternate landscape/portrait or need slightly different canvases share one context. Growing
-        re-creates the context (~0.15 s, mesh re-uploaded): swapping only OSMesa's buffer would be
-        cheaper, but Mesa then keeps ~100 MB per buffer size until the context is destroyed.
+        A buffer that is too small is re-created (~0.15 s, mesh re-uploaded; swapping only OSMesa's buffer
+        would be cheaper, but Mesa then keeps ~100 MB per buffer size until the context is destroyed). Up
+        to _SHARED_BUFFER_PIXELS it grows to the largest width and height asked (rounded up to
+        _BUFFER_STEP), so that landscape and portrait views and per-view canvases share one context;
+        beyond, it fits the request: a square buffer for 12.6 MP views of both orientations would hold
+        ~70 MB more (render such views grouped by orientation).
         """
-        if self._platform is None or width > self._platform.viewport_width or height > self._platform.viewport_height:
-            old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
-            size = [-(-max(n, o) // _BUFFER_STEP) * _BUFFER_STEP for n, o in zip((width, height), old)]
+        old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
+        if width > old[0] or height > old[1]:
+            grown = [-(-max(n, o) // _BUFFER_STEP) * _BUFFER_STEP for n, o in zip((width, height), old)]
+            if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
+                grown = [-(-n // _BUFFER_STEP) * _BUFFER_STEP for n in (width, height)]
             self._free_context()
-            self._platform = OSMesaPlatform(*size)
+            self._platform = OSMesaPlatform(*grown)
             self._platform.init_context()
             self._platform.make_current()
-            self._gl = pyrender.Renderer(*size)
+            self._gl = pyrender.Renderer(*grown)
         self._platform.make_current()
         self._gl.viewport_width, self._gl.viewport_height = width, height
         return self._gl
@@ -167,7 +193,8 @@ def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarra
     gl.glReadBuffer(gl.GL_FRONT)
     buf = gl.glReadPixels(0, 0, width, height, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
     d = np.frombuffer(buf, np.float32).reshape(height, width)[::-1]
-    z = np.float32(zfar) - d * np.float32(zfar - znear)
+    z = d * np.float32(zfar - znear)  # in place from here on: a 12.6 MP view is 50 MB per array
+    np.subtract(np.float32(zfar), z, out=z)
     np.divide(np.float32(znear * zfar), z, out=z)
     np.copyto(z, 0, where=d >= 1)
     return z
