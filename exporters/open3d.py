@@ -208,8 +208,9 @@ def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, 
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     png = ImageOptions(image_format="png")
+    jobs = sorted(zip(plans, paths), key=lambda job: job[0].camera.is_portrait)  # one GL buffer per orientation
     with Renderer(mesh) as renderer:
-        for plan, path in tqdm(list(zip(plans, paths)), desc="depth", unit="img", disable=not progress, leave=False):
+        for plan, path in tqdm(jobs, desc="depth", unit="img", disable=not progress, leave=False):
             depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
             near = float(np.min(depth, where=depth > 0, initial=np.inf))
             if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
@@ -218,7 +219,7 @@ def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, 
                     f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
                     view=plan.view.id,
                 )
-            raw = np.multiply(depth, scale, dtype=np.float64)
+            raw = np.multiply(depth, np.float32(scale), out=depth)  # float32 like the depth: no 100 MB float64 copy
             write_image(path, np.rint(raw, out=raw).astype(np.uint16), png)
 
 
