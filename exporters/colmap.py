@@ -48,7 +48,7 @@ WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
 SAMPLE_SEED = 0
 MAX_DEPTH_TOLERANCE = 0.05
 """Looser depth tests let hidden surfaces in (and could out-vote the visible ones on normal orientation)."""
-_VISIBILITY_MAX_SIDE = 800
+_VISIBILITY_MAX_SIDE = 480
 """Long side of the depth maps the visibility of points3D is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
