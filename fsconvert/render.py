@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pyrender
 import trimesh
-from OpenGL import GL as gl
+from OpenGL import GL
 from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
@@ -33,13 +33,18 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
+_BUFFER_STEP = 256
+"""The OSMesa buffer grows in steps of this many pixels per side."""
+_SHARED_BUFFER_PIXELS = 2048 * 2048
+"""Largest buffer grown to fit every size asked so far (larger ones fit the current request)."""
 
 
 def _compare_gl_contexts_by_address() -> None:
-    """PyOpenGL (3.1.7 to 3.1.10) hashes OSMesa/EGL context pointers by address but compares them by
+    """PyOpenGL 3.1.10 (the pinned version) hashes OSMesa/EGL context pointers by address but compares them by
     identity, and returns a new pointer object on every query. pyrender keys its shader cache on the
-    current context, so every render missed the cache and compiled a new program: ~0.8 MB never
-    freed and several ms per render. Equality by address makes the key match, as the hash intends."""
+    current context, so every render missed the cache and compiled a new program, and PyOpenGL's own
+    per-context storage grew alike: ~0.8 MB per render, never freed. Equality by address makes the keys
+    match, as the hash intends."""
     from OpenGL import _opaque
 
     def same_address(a: object, b: object) -> bool:
@@ -53,10 +58,6 @@ def _compare_gl_contexts_by_address() -> None:
 
 
 _compare_gl_contexts_by_address()
-_BUFFER_STEP = 256
-"""The OSMesa buffer grows in steps of this many pixels per side."""
-_SHARED_BUFFER_PIXELS = 2048 * 2048
-"""Largest buffer grown to fit every size asked so far (larger ones fit the current request)."""
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,12 @@ class Renderer:
         if depth_only in self._camera_nodes:
             scene.remove_node(self._camera_nodes[depth_only])
         self._camera_nodes[depth_only] = scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
-        gl = self._context(camera.width, camera.height)
+        drawer = self._context(camera.width, camera.height)
         # Always a colour pass: pyrender's DEPTH_ONLY pass culls back faces whatever the flags say, which
         # would see through a mesh with reversed winding.
-        gl.render(scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
+        drawer.render(scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
         depth = _read_depth(camera.width, camera.height, znear, zfar)
-        return Render(None if depth_only else gl.read_color_buf(), depth)
+        return Render(None if depth_only else drawer.read_color_buf(), depth)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
@@ -189,9 +190,9 @@ def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarra
     """z-depth (float32, 0 = background) of the current viewport: z = n·f / (f − d·(f − n)) for a depth
     buffer value d < 1. pyrender's read_depth_buf computes the same through NDC with masked indexing,
     ~3× slower (70 ms for a 12.6 MP view)."""
-    gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
-    gl.glReadBuffer(gl.GL_FRONT)
-    buf = gl.glReadPixels(0, 0, width, height, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
+    GL.glReadBuffer(GL.GL_FRONT)
+    buf = GL.glReadPixels(0, 0, width, height, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT)
     d = np.frombuffer(buf, np.float32).reshape(height, width)[::-1]
     z = d * np.float32(zfar - znear)  # in place from here on: a 12.6 MP view is 50 MB per array
     np.subtract(np.float32(zfar), z, out=z)
