@@ -43,7 +43,7 @@ from tqdm import tqdm
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError, OutputError
 from fsconvert.export import ExportedView, staging, write_images, write_manifest
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image, write_png
 from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 
@@ -331,9 +331,9 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str
             depth = distorted_render(renderer, plan.camera, plan.world_to_cam, depth_only=True).depth
             if options.masks:
                 mask = np.where((depth > 0) & footprint(plan), 255, 0).astype(np.uint8)
-                _write_png(tmp / MASKS / f"{stem}.png", mask)
+                write_png(tmp / MASKS / f"{stem}.png", mask)
             if options.depth:
-                _write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, options.depth_unit, plan.view.id))
+                write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, options.depth_unit, plan.view.id))
 
 
 def footprint(plan: ViewPlan) -> np.ndarray:
@@ -356,21 +356,11 @@ def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
     return np.where(depth > 0, np.maximum(steps, 1), 0).astype(np.uint16)
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OutputError(f"{path}: cannot encode image")
-    try:
-        path.write_bytes(buf.tobytes())
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 def _add_alpha(tmp: Path, names: list[str], stems: list[str]) -> None:
     """Blender masks: the rendered mask becomes the image's alpha channel (masks/ is removed)."""
     for name, stem in zip(names, stems):
         alpha = cv2.imread(str(tmp / MASKS / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
-        _write_png(tmp / name, np.dstack([read_image(tmp / name), alpha]))
+        write_png(tmp / name, np.dstack([read_image(tmp / name), alpha]))
         (tmp / MASKS / f"{stem}.png").unlink()
     (tmp / MASKS).rmdir()
 

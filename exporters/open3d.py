@@ -31,7 +31,7 @@ from tqdm import tqdm
 from fsconvert.errors import InputError, OutputError
 from fsconvert.export import ExportedView, staging, write_images, write_manifest
 from fsconvert.fuse import RGBDFrame, integrate
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, write_image
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, write_png
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.render import Renderer
@@ -207,7 +207,6 @@ def _max_depth(vertices: np.ndarray, plans: list[ViewPlan]) -> float:
 def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    png = ImageOptions(image_format="png")
     jobs = sorted(zip(plans, paths), key=lambda job: job[0].camera.is_portrait)  # one GL buffer per orientation
     with Renderer(mesh) as renderer:
         for plan, path in tqdm(jobs, desc="depth", unit="img", disable=not progress, leave=False):
@@ -220,7 +219,7 @@ def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, 
                     view=plan.view.id,
                 )
             raw = np.multiply(depth, np.float32(scale), out=depth)  # float32 like the depth: no 100 MB float64 copy
-            write_image(path, np.rint(raw, out=raw).astype(np.uint16), png)
+            write_png(path, np.rint(raw, out=raw).astype(np.uint16))
 
 
 def _write_cameras(plans: list[ViewPlan], stems: list[str], out: Path) -> None:
