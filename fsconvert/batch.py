@@ -34,7 +34,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
-from .check import REPORT, Thresholds, check_export, format_report
+from .check import REPORT, Overlays, Thresholds, check_export, format_report, overlay_policy
 from .errors import FsconvertError, InputError, OutputError
 from .export import options_to_dict, staging
 from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
@@ -78,7 +78,8 @@ class TupleJob:
     include_invalid: bool = False
     thresholds: Thresholds | None = Thresholds()
     """None skips the projection check."""
-    overlays: bool = True
+    overlays: Overlays = "all"
+    """The check's overlay policy (`fsconvert.check.Overlays`)."""
     overwrite: bool = False
     force: bool = False
 
@@ -157,7 +158,7 @@ def convert_tuple(
     mesh_root: str | Path | None = None,
     include_invalid: bool = False,
     thresholds: Thresholds | None = Thresholds(),
-    overlays: bool = True,
+    overlays: Overlays = "all",
     overwrite: bool = False,
     force: bool = False,
     workers: int = 1,
@@ -183,7 +184,7 @@ def convert_tuple(
 
 def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
-    overlays: bool,
+    overlays: Overlays,
 ) -> dict:
     """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
 
@@ -201,13 +202,20 @@ def fingerprint(
         "format": fmt,
         "options": options_to_dict(options),
         "include_invalid": include_invalid,
-        "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
+        "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": _policy_key(overlays)},
         "source": str(source.resolve()),
         "params_sha256": digest,
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
         "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
     }
     return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+
+
+def _policy_key(overlays: Overlays) -> bool | str:
+    """The overlay policy as records hold it: true (all) and false (none), as before other policies
+    existed, else "failed" or "failed+N" (never a number: JSON's 1 would compare equal to true)."""
+    policy = overlay_policy(overlays)
+    return {"all": True, "none": False}.get(policy, "failed" if policy == 0 else f"failed+{policy}")
 
 
 def _stat(path: Path) -> list[int] | None:

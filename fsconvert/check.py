@@ -5,8 +5,10 @@ carried through the image stage's transform into the exported pixel frame, again
 through the read-back camera (max and mean difference in exported pixels); then the mesh rendered
 from the read-back camera and from the expected output camera (silhouette IoU, relative z-depth
 difference), and the read-back render blended over the exported image (`check/mv_result_<view>.jpg`).
-Without overlays, a view whose read-back camera equals the expected one (to 1e-12) is not rendered:
-the two renders would be the same image.
+Which views get an overlay is the overlay policy (every failing view does, unless overlays are off);
+a view without one whose read-back camera equals the expected one (to 1e-12) is not rendered: the two
+renders would be the same image. The numbers go to `check/check.json`, a page for people to
+`check/index.html` (`fsconvert.report`) with the camera rig in `check/rig.png` (`fsconvert.rig`).
 Views missing from the read-back, extra ones and unreadable exports are failures, never skipped.
 """
 
@@ -16,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Union
 
 import cv2
 import numpy as np
@@ -26,18 +29,47 @@ from .errors import FsconvertError, InputError, OutputError
 from .export import ExportedView, options_from_dict, read_manifest
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
-from .mesh import load_mesh
-from .model import Camera
+from .mesh import load_mesh, subsample
+from .model import Camera, Capture
 from .render import Render, Renderer, distorted_render
 
 CHECK_DIR = Path("check")
 REPORT = CHECK_DIR / "check.json"
+RIG = CHECK_DIR / "rig.png"
 OVERLAY_ALPHA = 0.5
 """Weight of the rendered mesh in the overlays."""
 OUTLINE_BGR = (0, 255, 0)
 """Colour of the rendered silhouette's outline in the overlays."""
 _SAME_CAMERA_TOL = 1e-12
 """Read-back and expected cameras this close render identically (float32 GL): one render serves both."""
+
+Overlays = Union[bool, str, int]
+"""The overlay policy: "all" (True), "none" (False), "failed" (failing views only) or N (failing views
+plus N views evenly spaced in view order); as given on the command line, `--overlays all|none|failed|N`."""
+
+
+def overlay_policy(value: Overlays) -> str | int:
+    """The canonical policy: "all", "none", or the number of views sampled besides failing ones ("failed": 0)."""
+    if value is True or value == "all":
+        return "all"
+    if value is False or value == "none":
+        return "none"
+    if value == "failed":
+        return 0
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise ValueError(f"expected all, none, failed or a number of views, got {value!r}")
+
+
+def overlay_sample(policy: str | int, n_views: int) -> set[int]:
+    """Positions (in view order) of the views that get an overlay whether they pass or fail."""
+    if policy == "all":
+        return set(range(n_views))
+    if policy == "none" or policy == 0 or n_views == 0:
+        return set()
+    return set(np.linspace(0, n_views - 1, min(policy, n_views)).round().astype(int).tolist())
 
 
 @dataclass(frozen=True)
@@ -105,11 +137,12 @@ def check_export(
     export_dir: str | Path,
     thresholds: Thresholds = Thresholds(),
     *,
-    overlays: bool = True,
+    overlays: Overlays = "all",
     max_points: int = 5000,
     render_max_side: int = 800,
 ) -> CheckReport:
-    """Check every view of the export at `export_dir`; write `check/check.json` (and overlays).
+    """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
+    `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
 
     `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
@@ -117,7 +150,10 @@ def check_export(
     """
     from exporters import get
 
+    from .report import write_check_page
+
     start = time.perf_counter()
+    policy = overlay_policy(overlays)
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     module = get(manifest["format"])
@@ -148,11 +184,12 @@ def check_export(
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
     mesh = load_mesh(capture.mesh)
-    points = _subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
+    points = subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)
+    sampled = overlay_sample(policy, len(manifest["views"]))
     with Renderer(mesh) as renderer:
-        for entry in manifest["views"]:
+        for i, entry in enumerate(manifest["views"]):
             result = ViewCheck(int(entry["id"]), entry["name"])
             report.views.append(result)
             plan, view = plans.get(result.id), by_name.get(result.name)
@@ -162,11 +199,28 @@ def check_export(
                 result.problems.append("not read back: the reader failed" if read_failed
                                        else "missing from the read-back (dropped view)")
             else:
-                _check_view(result, plan, view, points, renderer, export_dir, thresholds,
-                            render_max_side, out_dir if overlays else None)
-    report.seconds = time.perf_counter() - start
+                _check_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
+                            None if policy == "none" else out_dir, i in sampled)
     _write_json(export_dir / REPORT, report.to_dict())
+    _plot(export_dir / RIG, report, manifest, by_name, capture, points)
+    write_check_page(export_dir, report.to_dict(), manifest, invalid={v.id for v in capture.views if not v.valid})
+    report.seconds = time.perf_counter() - start
     return report
+
+
+def _plot(path: Path, report: CheckReport, manifest: dict, by_name: dict[str, ExportedView], capture: Capture,
+          points: np.ndarray) -> None:
+    """The rig of the read-back cameras: failing views in red (drawn last), views marked valid=false dashed."""
+    from .rig import Frustum, plot_rig
+
+    invalid = {v.id for v in capture.views if not v.valid}
+    frustums = [Frustum(str(v.id), view.camera, view.world_to_cam,
+                        "failed" if not v.passed else "invalid" if v.id in invalid else "ok")
+                for v in sorted(report.views, key=lambda v: not v.passed)
+                if (view := by_name.get(v.name)) is not None]
+    missing = [v.id for v in report.views if v.name not in by_name]
+    title = f"{manifest['format']} export of {report.source}: {len(frustums)} read-back cameras"
+    plot_rig(path, frustums, points, title + (f" (not read back: {missing})" if missing else ""))
 
 
 def _check_view(
@@ -179,7 +233,9 @@ def _check_view(
     thresholds: Thresholds,
     render_max_side: int,
     overlay_dir: Path | None,
+    sampled: bool,
 ) -> None:
+    """Measure one view into `result`; overlay it into `overlay_dir` (None: never) if `sampled` or failing."""
     expected_size = plan.camera.size
     if view.camera.size != expected_size:
         result.problems.append(f"camera is {_size(view.camera.size)}, expected {_size(expected_size)}")
@@ -196,7 +252,7 @@ def _check_view(
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
     readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
     same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
-    want_color = overlay_dir is not None
+    want_color = overlay_dir is not None and (sampled or not result.passed)
     if same and not want_color:
         return  # identical cameras render identically: without an overlay, a render would show nothing new
     result.render_size = (w, h)
@@ -210,6 +266,8 @@ def _check_view(
     else:
         expected = distorted_render(renderer, expected_cam, plan.world_to_cam, depth_only=True)
     _render_fidelity(result, expected, readback, thresholds)
+    if overlay_dir is not None and not want_color and not result.passed:  # failed on the renders: show it
+        readback, want_color = distorted_render(renderer, readback_cam, view.world_to_cam), True
 
     if want_color and not isinstance(image_size, str):
         path = overlay_dir / f"mv_result_{result.id}.jpg"
@@ -325,13 +383,6 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _size(size: tuple[int, int]) -> str:
     return f"{size[0]}×{size[1]}"
-
-
-def _subsample(points: np.ndarray, n: int) -> np.ndarray:
-    """At most `n` points, evenly spaced in vertex order (deterministic)."""
-    if len(points) <= n:
-        return points
-    return points[np.unique(np.linspace(0, len(points) - 1, n).round().astype(np.intp))]
 
 
 def _inside(uv: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,8 @@ from .loader import parse_exps, parse_ids
 
 IMAGES, CHECKS = "images", "check thresholds"
 """Titles of the argument groups that are also the `image:` and `check:` sections of a batch config."""
+DATASET_OVERLAYS = 2
+"""Default overlay policy of a dataset run: failing views plus this many (a single tuple: all views)."""
 
 CONFIG_EXAMPLE = """\
 A config holds the options of `fsconvert to-<format>`, spelt with underscores (see its --help):
@@ -36,6 +38,7 @@ A config holds the options of `fsconvert to-<format>`, spelt with underscores (s
     colmap: {points: 20000}
   check:                                    # the "check thresholds" (top-level no_check: true skips it)
     max_camera_error: 0.01
+    overlays: failed                        # all, none, failed, or N: failing views plus N others
 
 Relative paths are relative to the config file. Unknown keys are errors.
 """
@@ -94,7 +97,28 @@ def _add_check_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"min IoU of rendered silhouettes (default {t.silhouette_iou})")
     g.add_argument("--max-depth-error", type=float, default=t.depth_rel,
                    help=f"max mean relative z-depth difference of the renders (default {t.depth_rel:g})")
-    g.add_argument("--no-overlays", action="store_true", help="do not write mv_result_<view>.jpg overlays")
+    g.add_argument("--overlays", type=_overlay_policy, metavar="all|none|failed|N",
+                   help="which views get a check/mv_result_<view>.jpg overlay: all, none, failing ones, or failing "
+                   f"ones plus N evenly spaced others (default: all for a tuple, {DATASET_OVERLAYS} for a dataset)")
+    g.add_argument("--no-overlays", action="store_true", help="the same as --overlays none")
+
+
+def _overlay_policy(text: str) -> str | int:
+    from .check import overlay_policy
+
+    try:
+        return overlay_policy(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _overlays(args: argparse.Namespace, single: bool) -> str | int:
+    """The overlay policy of the command: --no-overlays, --overlays, or the default for one tuple or many."""
+    if args.no_overlays:
+        return "none"
+    if args.overlays is not None:
+        return args.overlays
+    return "all" if single else DATASET_OVERLAYS
 
 
 def _thresholds(args: argparse.Namespace):
@@ -139,6 +163,8 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a tuple or a dataset")
     p.add_argument("path", type=Path, help="a tuple folder (with params.json) or a dataset root")
     _add_selection(p)
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="also draw a tuple's camera rig (source cameras around the mesh) into this PNG")
 
     p = sub.add_parser("sample", help="generate a synthetic FaceScape-format dataset with known truth")
     p.add_argument("out", type=Path)
@@ -167,9 +193,12 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     if args.command == "info":
-        from .info import describe
+        from .info import describe, plot_tuple
 
         print(describe(args.path, mesh_root=args.mesh_root, ids=args.ids, exps=args.exps))
+        if args.plot is not None:
+            plot_tuple(args.path, args.plot, mesh_root=args.mesh_root)
+            print(f"wrote {args.plot}")
         return 0
     if args.command == "sample":
         from .export import staging
@@ -183,7 +212,7 @@ def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     if args.command == "check":
         from .check import check_export, format_report
 
-        report = check_export(args.export, _thresholds(args), overlays=not args.no_overlays)
+        report = check_export(args.export, _thresholds(args), overlays=_overlays(args, single=True))
         print(format_report(report))
         return 0 if report.passed else 1
     if args.command == "batch":
@@ -203,12 +232,13 @@ def _plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
     module = args.exporter
     default_format = getattr(module, "default_image_format", lambda _args: "jpg")(args)
     options = module.options_from_args(args, _image_options(args, default_format))
+    single = is_tuple_dir(args.input)
     common = dict(
         fmt=args.format, options=options, mesh_root=args.mesh_root, include_invalid=args.include_invalid,
-        thresholds=None if args.no_check else _thresholds(args), overlays=not args.no_overlays,
+        thresholds=None if args.no_check else _thresholds(args), overlays=_overlays(args, single),
         overwrite=args.overwrite, force=args.force,
     )
-    if is_tuple_dir(args.input):
+    if single:
         if args.ids is not None or args.exps is not None:
             raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=args.input)
         return [TupleJob(args.input, args.out, mesh=args.mesh, **common)], args.out.absolute().parent, True
@@ -226,6 +256,7 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
     from tqdm import tqdm
 
     from .batch import exit_code, output_lock, run, summary
+    from .report import write_run_report
 
     plans = []
     for args in runs:
@@ -252,7 +283,12 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
         for root in sorted({p[1] for p in plans}):
             stack.enter_context(output_lock(root))
         results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
+        pages, first = [], 0
+        for jobs_of_plan, root, _ in plans:
+            pages.append(write_run_report(root, results[first:first + len(jobs_of_plan)]))
+            first += len(jobs_of_plan)
     print(summary(results, time.perf_counter() - start))
+    print("report: " + ", ".join(map(str, pages)))
     return exit_code(results)
 
 

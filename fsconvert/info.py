@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .imagestage import capture_up, is_rolled
 from .loader import is_tuple_dir, iter_dataset, load_capture
 from .mesh import load_mesh
@@ -54,6 +55,22 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
     else:
         lines.append(f"  mesh: {capture.mesh}")
     return "\n".join(lines)
+
+
+def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | None = None) -> None:
+    """Draw the camera rig of the tuple folder `path` (every view, valid=false ones dashed) into `png`."""
+    from .rig import Frustum, plot_rig
+
+    path = Path(path)
+    if not is_tuple_dir(path):
+        raise InputError("--plot draws one tuple's camera rig: give a tuple folder (with params.json)", file=path)
+    capture = load_capture(path, mesh_root=mesh_root, require_mesh=False, include_invalid=True)
+    frustums = [Frustum(str(v.id), v.camera, v.world_to_cam, "ok" if v.valid else "invalid")
+                for v in sorted(capture.views, key=lambda v: not v.valid)]
+    points = None if capture.mesh is None else load_mesh(capture.mesh).vertices
+    invalid = len(frustums) - sum(v.valid for v in capture.views)
+    plot_rig(png, frustums, points, f"tuple {capture.name}: {len(frustums)} source cameras"
+             + (f", {invalid} marked valid=false" if invalid else "") + ("" if points is not None else ", no mesh"))
 
 
 def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None, exps=None) -> str:

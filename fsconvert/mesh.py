@@ -43,6 +43,13 @@ def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
     return mesh
 
 
+def subsample(points: np.ndarray, n: int) -> np.ndarray:
+    """At most `n` points, evenly spaced in vertex order (deterministic)."""
+    if len(points) <= n:
+        return points
+    return points[np.unique(np.linspace(0, len(points) - 1, n).round().astype(np.intp))]
+
+
 def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     """N×3 uint8 vertex colours (mid grey where the mesh has none)."""
     visual = mesh.visual
