@@ -7,6 +7,8 @@ SAMPLE := samples/facescape_sample/images/1/1_neutral
 OUT ?= out
 # libgl/egl/osmesa: headless pyrender (OSMesa) and open3d; libusb, libgomp: open3d 0.19;
 # libxrender1: pyglet, imported by pyrender; colmap: the COLMAP 3.8 CLI the tests load exports with.
+# Not listed: chromium (23 packages, ~113 MB download, ~395 MB installed), with which the test suite also opens a
+# check page in a real browser; without it that test is skipped and says so.
 APT_PACKAGES := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 libxrender1 libgomp1 colmap
 
 export PYOPENGL_PLATFORM := osmesa
@@ -19,7 +21,7 @@ demo: deps
 	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap_3dgs --principal-point center --overwrite --quiet
 	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf --normalize sphere --masks --depth --overwrite --quiet
 	$(VENV)/bin/fsconvert to-open3d $(SAMPLE) -o $(OUT)/open3d --fuse --overwrite --quiet
-	@echo "Exports and their check reports (check/check.json, check/mv_result_<view>.jpg) are in $(OUT)/"
+	@echo "Exports and their check reports (check/index.html, check.json, rig.png, mv_result_<view>.jpg) are in $(OUT)/"
 
 test: deps
 	$(VENV)/bin/python -m pytest

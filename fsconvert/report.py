@@ -100,7 +100,7 @@ def write_run_report(out_root: str | Path, results: Sequence[TupleResult]) -> Pa
     head = ("<tr><th>tuple</th><th>status</th><th>check</th><th>views</th><th>worst cam max px</th>"
             "<th>worst IoU</th><th>why</th></tr>")
     body = [
-        f"<h1>fsconvert run: {escape(str(out_root))}</h1>",
+        f"<h1>fsconvert run of {len(results)} tuples</h1>",
         f'<p class="verdict {verdict.lower()}">{verdict} — {escape(summary)}</p>',
         f"<table>{head}{''.join(row[1] for row in rows)}</table>",
         f'<p class="note">fsconvert {escape(__version__)}. Each tuple links its check page '

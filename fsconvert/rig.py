@@ -22,10 +22,10 @@ from .model import Camera
 Style = Literal["ok", "failed", "invalid"]
 """How a frustum is drawn: a view that passed (or was not checked), one that failed, one marked valid=false."""
 
-STYLES: dict[str, dict] = {
+STYLES: dict[str, dict] = {  # in drawing order
     "ok": {"color": "#1f5fa8", "linestyle": "-", "linewidth": 0.9},
-    "failed": {"color": "#d62728", "linestyle": "-", "linewidth": 1.6},
     "invalid": {"color": "#8c8c8c", "linestyle": "--", "linewidth": 0.9},
+    "failed": {"color": "#d62728", "linestyle": "-", "linewidth": 1.6},
 }
 LEGEND = {"ok": "camera", "failed": "failed the check", "invalid": "marked valid=false"}
 FRUSTUM_DEPTH = 0.25
@@ -49,7 +49,9 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
     """Write the front and top views of `frustums` around the mesh vertices `points` (N×3) to the PNG `path`."""
     from matplotlib import style as mpl_style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     poses = [cv.w2c_to_c2w(f.world_to_cam) for f in frustums]
     right, up, forward = _rig_axes(poses)
@@ -63,19 +65,23 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
         fig = Figure(figsize=FIGSIZE, dpi=DPI)
         FigureCanvasAgg(fig)
         fig.suptitle(title, fontsize=11)
+        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.88, wspace=0.18)
         for i, (name, h_axis, v_axis, v_name) in enumerate(views):
             ax = fig.add_subplot(1, 2, i + 1)
             basis = np.stack([h_axis, v_axis])
             if len(cloud):
                 xy = cloud @ basis.T
                 ax.scatter(xy[:, 0], xy[:, 1], s=0.5, c="#999999", marker=".", linewidths=0)
-            for f, lines in zip(frustums, outlines):
-                for line in lines:
-                    xy = line @ basis.T
-                    ax.plot(xy[:, 0], xy[:, 1], **STYLES[f.style])
-                tip = lines[0][0] @ basis.T  # the camera centre
-                ax.annotate(f.label, tip, fontsize=7, color=STYLES[f.style]["color"], xytext=(2, 2),
-                            textcoords="offset points")
+            for style in STYLES:  # one collection per style: failing views drawn last, on top
+                drawn = [(f, lines) for f, lines in zip(frustums, outlines) if f.style == style]
+                if drawn:
+                    ax.add_collection(LineCollection([line @ basis.T for _, lines in drawn for line in lines],
+                                                     **STYLES[style]))
+                for f, lines in drawn:
+                    x, y = lines[0][0] @ basis.T  # the camera centre
+                    ax.annotate(f.label, (x, y), fontsize=7, color=STYLES[style]["color"], xytext=(2, 2),
+                                textcoords="offset points")
+            ax.autoscale_view()
             ax.set_aspect("equal", adjustable="datalim")
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("rig right (world units)", fontsize=8)
@@ -83,11 +89,10 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
             ax.tick_params(labelsize=7)
             _world_axes(ax, basis)
             _scale_bar(ax, np.vstack([cloud, *(line for lines in outlines for line in lines)]) @ basis.T)
-        used = sorted({f.style for f in frustums}, key=list(STYLES).index)
-        handles = [fig.axes[0].plot([], [], **STYLES[s], label=LEGEND[s])[0] for s in used]
+        used = [s for s in STYLES if any(f.style == s for f in frustums)]
+        handles = [Line2D([], [], **STYLES[s], label=LEGEND[s]) for s in used]
         if handles:
             fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.04, 1, 0.96))
         try:
             fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
         except OSError as exc:

@@ -22,8 +22,9 @@ from exporters import available, facescape
 from fsconvert import batch
 from fsconvert.batch import RECORD, TupleJob, convert_tuple
 from fsconvert.check import Thresholds
-from fsconvert.cli import main
+from fsconvert.cli import DATASET_OVERLAYS, main
 from fsconvert.loader import iter_dataset, load_capture
+from fsconvert.report import RUN_REPORT
 
 SUBJECTS = ("1", "2", "3")
 EXPRESSIONS = ("1_neutral", "2_smile")
@@ -49,8 +50,10 @@ def clean(dataset: Path, tmp_path_factory) -> Path:
 
 
 def files(root: Path) -> dict[str, bytes]:
-    """Every file below `root` (hidden ones too), byte for byte."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file below `root` (hidden ones too), byte for byte; but the run's report.html, which says what the
+    last run did (converted or skipped each tuple), not what the exports hold."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p != root / RUN_REPORT}
 
 
 def tuples(out: Path) -> set[str]:
@@ -69,19 +72,21 @@ def test_one_command_converts_every_tuple(clean: Path, dataset: Path):
         assert sorted(record["fingerprint"]["images"]) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
         check = json.loads((clean / name / "check" / "check.json").read_text())
         assert check["passed"] and max(v["camera_max_px"] for v in check["views"]) < 1e-9
-    # a tuple folder keeps the old behaviour (output directly in OUT) and gives the same files
+    # a tuple folder keeps the old behaviour (output directly in OUT) and gives the same files (with the overlay
+    # policy of dataset runs; a tuple's default is every view)
     single = clean.parent / "single"
-    assert main(["to-facescape", str(dataset / "images" / "2" / "2_smile"), "-o", str(single), "-q", "-j", "1"]) == 0
+    argv = ["to-facescape", str(dataset / "images" / "2" / "2_smile"), "-o", str(single), "-q", "-j", "1"]
+    assert main(argv + ["--overlays", str(DATASET_OVERLAYS)]) == 0
     assert files(single) == files(clean / "2" / "2_smile")
 
 
 def test_rerun_skips_up_to_date_and_redoes_changed_inputs(clean: Path, dataset: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p != out / RUN_REPORT}
     assert main(["to-facescape", str(dataset), "-o", str(out), "-q", "-j", "2"]) == 0
     assert "converted 0 (0 images), skipped 6 (up to date), failed 0" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p != out / RUN_REPORT} == stamps  # no export rewritten
 
     image = dataset / "images" / "3" / "1_neutral" / "2.jpg"
     st = image.stat()
@@ -145,6 +150,9 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(clean: Path, dataset: Path
 
     assert main(["to-facescape", str(dataset), "-o", str(out), "-q", "-j", "2"]) == 0
     assert files(out) == files(clean)  # and no stale .partial / .old folder is left anywhere
+    report = (out / RUN_REPORT).read_text()  # the resumed run: some tuples converted, the others skipped
+    assert report.count('<td class="result">skipped</td>') == len(complete)
+    assert report.count('<td class="result">converted</td>') == len(TUPLES) - len(complete)
 
     # negative control: the comparison sees a single changed byte
     victim = out / "1" / "2_smile" / "1.jpg"
@@ -305,16 +313,19 @@ def test_check_failure_exit_1_and_remembered(dataset: Path, tmp_path: Path, caps
 def test_convert_tuple_is_a_pure_per_tuple_function(dataset: Path, clean: Path, tmp_path: Path):
     (ref,) = iter_dataset(dataset, ids={3}, exps=["2_smile"])
     out = tmp_path / ref.subject / ref.expression
-    first = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds())
+    first = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds(),
+                          overlays=DATASET_OVERLAYS)
     used, excluded = _views(ref.path)
     assert (first.status, first.views, first.excluded, first.check_passed) == ("converted", 3, tuple(excluded), True)
     assert "PASS: 3/3 views" in first.report and ".partial" not in first.report
     assert files(out) == files(clean / "3" / "2_smile")
-    again = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds())
+    again = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds(),
+                          overlays=DATASET_OVERLAYS)
     assert (again.status, again.views, again.check_passed, again.report) == ("skipped", 3, True, "")
     default = convert_tuple(ref.path, tmp_path / "default", "facescape")  # checked, as on the command line
     assert (default.status, default.check_passed) == ("converted", True)
-    assert files(tmp_path / "default") == files(out)
+    assert len(list((tmp_path / "default" / "check").glob("mv_result_*.jpg"))) == 3  # every view's overlay
+    assert files(tmp_path / "default").keys() > files(out).keys()
     missing = convert_tuple(dataset / "images" / "9" / "1_neutral", tmp_path / "x", "facescape")
     assert missing.status == "failed" and "params.json: cannot read" in missing.reason
 
