@@ -222,17 +222,17 @@ def links(report: Path) -> dict[str, str]:
 def test_run_report_names_the_failed_tuple_and_links_every_tuple(dataset: Path, tmp_path: Path, capsys):
     """A dataset run of 3 tuples where one's check fails (a camera shifted on export): report.html lists it
     first with its numbers, and links the check page of every tuple."""
-    def write(capture, out_dir, options, **kwargs):
-        written = facescape.write(capture, out_dir, options, **kwargs)
+    def write(capture, folder, options, **kwargs):
+        written = facescape.write(capture, folder, options, **kwargs)
         if capture.subject == "2":
-            params = json.loads((out_dir / "params.json").read_text())
+            params = json.loads((folder / "params.json").read_text())
             params[f"{capture.views[0].id}_Rt"][0][3] += 0.2
-            (out_dir / "params.json").write_text(json.dumps(params))
+            (folder / "params.json").write_text(json.dumps(params))
         return written
 
     shifted = SimpleNamespace(**{k: getattr(facescape, k) for k in ("NAME", "Options", "read")}, write=write)
     out = tmp_path / "out"
-    jobs = [batch.TupleJob(r.path, out / r.subject / r.expression, shifted, overlays="failed")
+    jobs = [batch.TupleJob(source=r.path, out_dir=out / r.subject / r.expression, fmt=shifted, overlays="failed")
             for r in iter_dataset(dataset)]
     results = batch.run(jobs)
     assert [r.check_passed for r in results] == [True, False, True]
