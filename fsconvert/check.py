@@ -30,7 +30,7 @@ from .errors import FsconvertError, InputError, OutputError
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
 from .mesh import load_mesh, subsample
-from .model import Camera, Capture
+from .model import Camera
 from .options import from_dict
 from .protocol import ExportedView, read_manifest
 from .render import Render, Renderer, distorted_render
@@ -206,24 +206,24 @@ def check_export(
                 _check_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
                             None if policy == "none" else out_dir, i in sampled)
     _write_json(export_dir / REPORT, report.to_dict())
-    _plot(export_dir / RIG, report, manifest, by_name, capture, points)
-    write_check_page(export_dir, report.to_dict(), manifest, invalid={v.id for v in capture.views if not v.valid})
+    invalid = {v.id for v in capture.views if not v.valid}
+    _plot(export_dir / RIG, report, manifest["format"], by_name, invalid, points)
+    write_check_page(export_dir, report.to_dict(), manifest, invalid)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _plot(path: Path, report: CheckReport, manifest: dict, by_name: dict[str, ExportedView], capture: Capture,
+def _plot(path: Path, report: CheckReport, fmt: str, by_name: dict[str, ExportedView], invalid: set[int],
           points: np.ndarray) -> None:
     """The rig of the read-back cameras: failing views in red (drawn last), views marked valid=false dashed."""
     from .rig import Frustum, plot_rig
 
-    invalid = {v.id for v in capture.views if not v.valid}
     frustums = [Frustum(str(v.id), view.camera, view.world_to_cam,
                         "failed" if not v.passed else "invalid" if v.id in invalid else "ok")
                 for v in sorted(report.views, key=lambda v: not v.passed)
                 if (view := by_name.get(v.name)) is not None]
     missing = [v.id for v in report.views if v.name not in by_name]
-    title = f"{manifest['format']} export of {report.source}: {len(frustums)} read-back cameras"
+    title = f"{fmt} export of {report.source}: {len(frustums)} read-back cameras"
     plot_rig(path, frustums, points, title + (f" (not read back: {missing})" if missing else ""))
 
 

@@ -293,11 +293,13 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
             stack.enter_context(output_lock(root))
         results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
         pages, first = [], 0
-        for plan in plans:
-            pages.append(write_run_report(plan.lock, results[first:first + len(plan.jobs)]))
+        for plan in plans:  # a dataset's OUT/report.html (a single tuple has its OUT/check/index.html)
+            if not plan.single:
+                pages.append(write_run_report(plan.lock, results[first:first + len(plan.jobs)]))
             first += len(plan.jobs)
     print(summary(results, time.perf_counter() - start))
-    print("report: " + ", ".join(map(str, pages)))
+    if pages:
+        print("report: " + ", ".join(map(str, pages)))
     return exit_code(results)
 
 
