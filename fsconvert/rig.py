@@ -2,7 +2,8 @@
 
 Drawn with matplotlib's Agg canvas (no display), orthographic, in the cameras' own frame of reference:
 "up" is the direction the majority of cameras call up, "forward" their mean viewing direction. Same
-inputs give the same PNG bytes (no timestamp or software tag, fixed size and DPI, default style).
+inputs give the same PNG bytes: fixed size, DPI and style, and the pixels are written by the project's
+one PNG writer (`fsconvert.derived.write_png`: no timestamp or software tag).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from . import conventions as cv
-from .errors import OutputError
+from .derived import write_png
 from .mesh import subsample
 from .model import Camera
 
@@ -63,7 +65,7 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
 
     with mpl_style.context("default"):
         fig = Figure(figsize=FIGSIZE, dpi=DPI)
-        FigureCanvasAgg(fig)
+        canvas = FigureCanvasAgg(fig)
         fig.suptitle(title, fontsize=11)
         fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.88, wspace=0.18)
         for i, (name, h_axis, v_axis, v_name) in enumerate(views):
@@ -93,10 +95,9 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
         handles = [Line2D([], [], **STYLES[s], label=LEGEND[s]) for s in used]
         if handles:
             fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        try:
-            fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    write_png(Path(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))  # the figure is opaque: no alpha channel
 
 
 def _rig_axes(poses: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
