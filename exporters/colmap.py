@@ -29,7 +29,7 @@ from fsconvert import conventions as cv
 from fsconvert.errors import InputError
 from fsconvert.export import ExportedView, staging, write_images, write_manifest
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import load_mesh, vertex_colors
+from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, imag
                  progress: bool) -> _Cloud:
     from fsconvert.render import Renderer  # pyrender/OpenGL: imported only when points are made
 
-    mesh = load_mesh(capture.mesh)
+    mesh = capture_mesh(capture, "points3D")
     xyz, normals, rgb = sample_surface(mesh, options.points)
     seen = np.zeros((len(plans), len(xyz)), bool)
     facing = np.zeros((len(plans), len(xyz)))

@@ -18,9 +18,16 @@ name 3DGS's Blender reader looks for; with `--masks` the mask is the PNG's alpha
 
 Normalization is a world similarity X' = s·R·X + t (R = I here). The files hold the normalized frame
 and record it the way nerfstudio composes it, X' = applied_scale · (applied_transform · X), i.e.
-applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in units of
-`depth_unit` (default 0.001) of the SOURCE frame: nerfstudio reads value × depth_unit_scale_factor
-(default 0.001) × dataparser_scale, and its dataparser_scale already includes applied_scale.
+applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in steps of
+`depth_unit_scale_factor` units of the SOURCE frame (before normalization): nerfstudio reads value ×
+depth_unit_scale_factor × dataparser_scale, and its dataparser_scale already includes applied_scale.
+
+An aligned capture (`--align`, FaceScape's Rt_scale_dict) IS the source frame here: cameras, mesh,
+points and depth are in TU millimetres (or metres), applied_transform/applied_scale hold only the
+normalization on top, and `fsconvert_alignment` records the similarity from the SfM frame. Putting
+the alignment into applied_scale instead would make nerfstudio scale the ply_file_path points and
+the depth a second time. Depth PNGs of an aligned capture are in millimetres by default
+(`depth_unit` is then in metres); depth_unit_scale_factor says what one step is in the file's unit.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ BLENDER_POINTS = "points3d.ply"
 CAMERA_MODEL = "OPENCV"
 PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 """nerfstudio camera models that are the perspective k1..k4 p1 p2 model."""
+ALIGNMENT_KEY = "fsconvert_alignment"
+"""transforms.json key recording the Rt_scale_dict similarity the world frame is already in."""
 LEGACY_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
 """nerfstudio assumes this when applied_transform is absent and colmap/sparse/0 exists."""
 NGP_SCALE = 0.33
@@ -86,7 +95,8 @@ class Options:
     masks: bool = False
     depth: bool = False
     depth_unit: float = 0.001
-    """Source-frame units per depth PNG step (nerfstudio's depth_unit_scale_factor)."""
+    """Depth PNG step: in metres when the capture is aligned (default: PNGs in millimetres, as nerfstudio
+    reads them), else in SfM units (see `depth_unit`)."""
     split: tuple[float, float, float] | None = None
     """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
 
@@ -131,8 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", action="store_true",
                         help="render mesh z-depth: depths/<id>.png, uint16, 0 = background")
     parser.add_argument("--depth-unit", type=float, default=Options.depth_unit,
-                        help="source-frame units per depth step (default 0.001: millimetres as nerfstudio reads "
-                        "them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
+                        help="depth step: metres with --align (default 0.001: PNGs in mm, as nerfstudio reads "
+                        "them), else SfM units; give nerfstudio the depth_unit_scale_factor transforms.json records")
     parser.add_argument("--split", type=_parse_split, metavar="TRAIN,VAL,TEST",
                         help="deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)")
 
@@ -191,22 +201,30 @@ def write(
     frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, stems)]
     A, scale = cv.similarity_to_nerfstudio(S)
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
+    meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
+    depth_step = depth_unit(capture, options)
     with staging(out_dir, overwrite) as tmp:
         write_images(plans, names, tmp, workers=workers, progress=progress)
         if options.masks or options.depth:
-            _write_renders(mesh, plans, stems, options, tmp, progress)
+            _write_renders(mesh, plans, stems, options, depth_step, tmp, progress)
         if blender:
             if options.masks:
                 _add_alpha(tmp, names, stems)
-            _write_blender(tmp, frames, splits, options, record)
+            _write_blender(tmp, frames, splits, options, meta)
         else:
             extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
-            _write_transforms(tmp, frames, names, splits, options, record, extent)
+            _write_transforms(tmp, frames, names, splits, options, meta, depth_step, extent)
         _write_mesh(tmp / MESH, mesh, S)
         _write_points(tmp / (BLENDER_POINTS if blender else POINTS), mesh, S)
         write_manifest(tmp, NAME, capture, options, names,
                        {"normalization": {"method": options.normalize, "similarity": S.tolist(), **record}})
     return Path(out_dir)
+
+
+def depth_unit(capture: Capture, options: Options) -> float:
+    """Capture-frame units per depth PNG step: `options.depth_unit` metres in an aligned capture, else
+    `depth_unit` SfM units (what transforms.json records as depth_unit_scale_factor)."""
+    return options.depth_unit * (capture.alignment.units_per_metre if capture.alignment else 1.0)
 
 
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
@@ -287,10 +305,10 @@ def aabb_scale(extent: float) -> int:
 
 
 def _write_transforms(tmp: Path, frames: list[dict], names: list[str], splits: list[int] | None,
-                      options: Options, record: dict, extent: float) -> None:
+                      options: Options, record: dict, depth_step: float, extent: float) -> None:
     meta: dict = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent), "ply_file_path": POINTS}
     if options.depth:
-        meta["depth_unit_scale_factor"] = options.depth_unit
+        meta["depth_unit_scale_factor"] = depth_step
     if splits is not None:
         for k, split in enumerate(SPLITS):
             meta[f"{split}_filenames"] = [n for n, s in zip(names, splits) if s == k]
@@ -318,8 +336,8 @@ def _write_json(path: Path, data: dict) -> None:
 # ---- masks and depth -------------------------------------------------------------------------------
 
 
-def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], options: Options, tmp: Path,
-                   progress: bool) -> None:
+def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], options: Options,
+                   depth_step: float, tmp: Path, progress: bool) -> None:
     """Render every output camera (source world, lens model included) into masks/ and depths/ PNGs."""
     from fsconvert.render import Renderer, distorted_render  # pyrender/OpenGL only when rendering
 
@@ -333,7 +351,7 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str
                 mask = np.where((depth > 0) & footprint(plan), 255, 0).astype(np.uint8)
                 write_png(tmp / MASKS / f"{stem}.png", mask)
             if options.depth:
-                write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, options.depth_unit, plan.view.id))
+                write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, depth_step, plan.view.id))
 
 
 def footprint(plan: ViewPlan) -> np.ndarray:

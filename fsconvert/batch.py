@@ -34,6 +34,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
+from .alignment import DEFAULT_UNITS
 from .check import REPORT, Thresholds, check_export, format_report
 from .errors import FsconvertError, InputError, OutputError
 from .export import options_to_dict, staging
@@ -81,6 +82,9 @@ class TupleJob:
     overlays: bool = True
     overwrite: bool = False
     force: bool = False
+    align: Path | None = None
+    """FaceScape Rt_scale_dict.json to align the tuple with (None: its SfM frame)."""
+    units: str = DEFAULT_UNITS
 
     @property
     def name(self) -> str:
@@ -109,7 +113,8 @@ class TupleJob:
             if out_dir.exists() and not (self.overwrite or self.force):
                 why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
                 raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-            capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
+            capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid, align=self.align,
+                                   units=self.units)
             with staging(out_dir, overwrite=True) as tmp:
                 module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
                 passed, report = None, ""
@@ -135,7 +140,8 @@ class TupleJob:
         module = _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
         options = module.Options() if self.options is None else self.options
         mesh = Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
-        fp = fingerprint(self.source, mesh, module.NAME, options, self.include_invalid, self.thresholds, self.overlays)
+        fp = fingerprint(self.source, mesh, module.NAME, options, self.include_invalid, self.thresholds, self.overlays,
+                         self.align, self.units)
         return module, options, mesh, fp
 
 
@@ -160,6 +166,8 @@ def convert_tuple(
     overlays: bool = True,
     overwrite: bool = False,
     force: bool = False,
+    align: str | Path | None = None,
+    units: str = DEFAULT_UNITS,
     workers: int = 1,
     progress: bool = False,
 ) -> TupleResult:
@@ -169,12 +177,13 @@ def convert_tuple(
     `force`. An existing output that is not up to date is replaced only with `overwrite`. Any
     `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
     The projection check runs with `thresholds` (like the command line's defaults); None skips it.
+    `align` (FaceScape's Rt_scale_dict.json) exports the tuple in its TU frame, in `units` (mm or m).
     Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
     tuple twice at the same time (`run` holds a lock on the output root for that).
     """
     job = TupleJob(Path(source), Path(out_dir), fmt, options, None if mesh is None else Path(mesh),
                    None if mesh_root is None else Path(mesh_root), include_invalid, thresholds, overlays,
-                   overwrite, force)
+                   overwrite, force, None if align is None else Path(align), units)
     return job.run(workers=workers, progress=progress)
 
 
@@ -183,7 +192,7 @@ def convert_tuple(
 
 def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
-    overlays: bool,
+    overlays: bool, align: Path | None = None, units: str = DEFAULT_UNITS,
 ) -> dict:
     """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
 
@@ -207,6 +216,8 @@ def fingerprint(
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
         "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
     }
+    if align is not None:
+        fp["alignment"] = {"path": str(align.resolve()), "stat": _stat(align), "units": units}
     return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 
 

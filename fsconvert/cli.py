@@ -12,6 +12,7 @@ from types import ModuleType
 
 from . import __version__
 from .errors import FsconvertError, InputError
+from .alignment import DEFAULT_UNITS, UNITS, read_rt_scale_dict
 from .imagestage import ImageOptions
 from .loader import parse_exps, parse_ids
 
@@ -52,6 +53,19 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-root", type=Path, help="MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
     p.add_argument("--ids", type=parse_ids, help="subjects of a dataset, e.g. 1-20,212")
     p.add_argument("--exps", type=parse_exps, help="expressions of a dataset, e.g. 1_neutral,4_anger (or 1,4)")
+
+
+def _add_alignment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align", type=Path, metavar="RT_SCALE_DICT",
+                   help="FaceScape's Rt_scale_dict.json: cameras, mesh and depth in the TU model's metric frame")
+    p.add_argument("--units", choices=tuple(UNITS), default=None,
+                   help=f"unit of the aligned frame (default {DEFAULT_UNITS}, TU's; needs --align)")
+
+
+def _units(args: argparse.Namespace) -> str:
+    if args.units is not None and args.align is None:
+        raise InputError("--units sets the unit of the aligned frame: give --align RT_SCALE_DICT too")
+    return args.units or DEFAULT_UNITS
 
 
 def _add_image_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,6 +126,7 @@ def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: Module
                    help="output folder; for a dataset, each tuple goes to OUT/<id>/<exp>/")
     p.add_argument("--mesh", type=Path, help="the tuple's mesh (default: MESH_ROOT/<id>/<exp>.ply)")
     _add_selection(p)
+    _add_alignment(p)
     p.add_argument("--include-invalid", action="store_true", help="also export views marked valid=false")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs that are not up to date (up-to-date ones are skipped)")
@@ -139,6 +154,7 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a tuple or a dataset")
     p.add_argument("path", type=Path, help="a tuple folder (with params.json) or a dataset root")
     _add_selection(p)
+    _add_alignment(p)
 
     p = sub.add_parser("sample", help="generate a synthetic FaceScape-format dataset with known truth")
     p.add_argument("out", type=Path)
@@ -169,7 +185,8 @@ def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     if args.command == "info":
         from .info import describe
 
-        print(describe(args.path, mesh_root=args.mesh_root, ids=args.ids, exps=args.exps))
+        print(describe(args.path, mesh_root=args.mesh_root, ids=args.ids, exps=args.exps, align=args.align,
+                       units=_units(args)))
         return 0
     if args.command == "sample":
         from .export import staging
@@ -206,8 +223,10 @@ def _plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
     common = dict(
         fmt=args.format, options=options, mesh_root=args.mesh_root, include_invalid=args.include_invalid,
         thresholds=None if args.no_check else _thresholds(args), overlays=not args.no_overlays,
-        overwrite=args.overwrite, force=args.force,
+        overwrite=args.overwrite, force=args.force, align=args.align, units=_units(args),
     )
+    if args.align is not None:
+        read_rt_scale_dict(args.align)  # a damaged dict fails here, before any tuple is written
     if is_tuple_dir(args.input):
         if args.ids is not None or args.exps is not None:
             raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=args.input)
