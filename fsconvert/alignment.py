@@ -20,7 +20,7 @@ from .errors import InputError
 from .jsonvalues import read_json, rigid, show
 
 UNITS = {"mm": 1.0, "m": 1e-3}
-"""Output unit → its size per millimetre (TU's unit)."""
+"""Output unit → a millimetre (TU's unit) in that unit."""
 DEFAULT_UNITS = "mm"
 
 Entry = tuple[float, np.ndarray]
@@ -46,7 +46,7 @@ class Alignment:
 
     @property
     def units_per_metre(self) -> float:
-        return 1e-3 / UNITS[self.units]
+        return 1e3 * UNITS[self.units]
 
     def record(self) -> dict:
         """What the manifest keeps (enough to align the source again and to see that it is the same)."""
