@@ -114,10 +114,18 @@ def _entry(value: object, path: Path, key: str) -> Entry:
     if not isinstance(value, list) or len(value) != 2:
         raise InputError(f"expected [scale, Rt 3×4], got {show(value)}", **where)
     scale, Rt = value
-    number = isinstance(scale, (int, float)) and not isinstance(scale, bool) and abs(scale) < math.inf
-    if not (number and math.isfinite(float(scale)) and scale > 0):
+    if not _positive_finite(scale):
         raise InputError(f"scale must be a positive finite number, got {show(scale)}", **where)
     try:
         return float(scale), rigid(Rt, where)
     except InputError as exc:
         raise InputError(f"Rt: {exc.reason}", **where) from None
+
+
+def _positive_finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an integer beyond float range
+        return False

@@ -20,12 +20,13 @@ import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap, nerf, open3d
 from fsconvert import conventions as cv
 from fsconvert.alignment import align_tuple, expression_number, read_rt_scale_dict
+from fsconvert.batch import convert_tuple
 from fsconvert.cli import main
 from fsconvert.errors import InputError
 from fsconvert.export import read_manifest
 from fsconvert.loader import load_capture
 from fsconvert.mesh import capture_mesh, load_mesh
-from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT
+from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT, make_sample
 
 FORMATS = ("colmap", "nerf", "open3d", "facescape")
 REL = 1e-9
@@ -244,3 +245,54 @@ def test_a_dict_changed_after_the_export_fails_the_check(sample_root: Path, samp
     assert main(["check", str(out), "--no-overlays"]) == 1
     report = capsys.readouterr().out
     assert "is not the one the export recorded" in report and "camera error" in report
+
+
+# ---- datasets, configs, the library, info ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two subjects, small views; subject 2 has no entry in the dict."""
+    root = tmp_path_factory.mktemp("dataset")
+    make_sample(root, subjects=("1", "2"), n_views=3, long_side=200)
+    table = json.loads((root / RT_SCALE_DICT).read_text())
+    del table["2"]
+    (root / RT_SCALE_DICT).write_text(json.dumps(table))
+    return root
+
+
+def test_a_dataset_tuple_without_an_entry_fails_alone(small_dataset: Path, tmp_path: Path, capsys):
+    out, path = tmp_path / "out", small_dataset / RT_SCALE_DICT
+    assert main(["to-facescape", str(small_dataset), "-o", str(out), "-q", "-j", "1", "--align", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert f"2/1_neutral: {path}: key '2': no entry for subject 2 (tuple 2/1_neutral)" in captured.err
+    assert "converted 1" in captured.out and "failed 1" in captured.out
+    assert read_manifest(out / "1" / "1_neutral")["alignment"]["entry"] == ["1", "1"]
+    assert not (out / "2").exists()
+
+
+def test_yaml_config_and_library_call(small_dataset: Path, tmp_path: Path, capsys):
+    config = tmp_path / "run.yaml"
+    shutil.copy(small_dataset / RT_SCALE_DICT, tmp_path / "tu.json")
+    config.write_text(f"input: {small_dataset}\nout: out\nformat: nerf\nids: '1'\nalign: tu.json\nunits: m\n"
+                      "jobs: 1\n")
+    assert main(["batch", str(config), "-q"]) == 0
+    recorded = read_manifest(tmp_path / "out" / "1" / "1_neutral")["alignment"]
+    assert recorded["units"] == "m" and recorded["rt_scale_dict"] == str((tmp_path / "tu.json").resolve())
+
+    result = convert_tuple(small_dataset / "images/1/1_neutral", tmp_path / "lib", "open3d", overlays=False,
+                           align=small_dataset / RT_SCALE_DICT, units="m")
+    assert result.status == "converted" and result.check_passed
+    assert json.loads((tmp_path / "lib" / open3d.RGBD).read_text())["unit"] == "m"
+    again = convert_tuple(small_dataset / "images/1/1_neutral", tmp_path / "lib", "open3d", overlays=False,
+                          align=small_dataset / RT_SCALE_DICT, units="mm", overwrite=True)
+    assert again.status == "converted"  # the units are part of what the record says is up to date
+
+
+def test_info_prints_scale_units_and_head_size(sample_root: Path, sample_tuple: Path, capsys):
+    assert main(["info", str(sample_tuple), "--align", str(sample_root / RT_SCALE_DICT), "--units", "m"]) == 0
+    out = capsys.readouterr().out
+    s = dict_entry(sample_root)[0]
+    assert f"entry '1.1': scale {s:.6g} SfM units → mm, output in m" in out
+    size = [float(x) for x in out.split("head size: ")[1].split(" mm")[0].split(" × ")]
+    assert all(140 <= x <= 250 for x in size) and "warning" not in out
