@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import trimesh
-from scipy.spatial.transform import Rotation
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap, nerf, open3d
@@ -54,34 +53,7 @@ def source_centres(sample_tuple: Path) -> dict[int, np.ndarray]:
     return {v.id: v.centre for v in capture.views}
 
 
-# ---- conventions and the dict ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(3)
-
-
-def test_rt_scale_similarity_is_facescapes_formula(rng):
-    R, t, s = Rotation.random(random_state=4).as_matrix(), rng.normal(size=3) * 100, 37.5
-    X = rng.normal(size=(20, 3))
-    for unit in (1.0, 1e-3):
-        S = cv.rt_scale_similarity(s, np.column_stack([R, t]), unit)
-        homogeneous = (S @ np.column_stack([X, np.ones(len(X))]).T).T[:, :3]
-        assert_close(homogeneous, to_tu(X, s, R, t, unit))
-        assert_close(cv.apply_similarity(S, X), to_tu(X, s, R, t, unit))
-
-
-def test_aligned_pose_sees_the_aligned_point_at_the_same_pixel_and_scaled_depth(rng):
-    R, t, s = Rotation.random(random_state=6).as_matrix(), rng.normal(size=3), 25.0
-    S = cv.rt_scale_similarity(s, np.column_stack([R, t]))
-    w2c = cv.homogeneous(np.column_stack([Rotation.random(random_state=7).as_matrix(), [0.1, -0.2, 3.0]]))
-    X = rng.normal(size=(10, 3)) * 0.3
-    cam = X @ w2c[:3, :3].T + w2c[:3, 3]
-    new = cv.w2c_in_similar_world(w2c, S)
-    cam_new = to_tu(X, s, R, t) @ new[:3, :3].T + new[:3, 3]
-    assert_close(cam_new, s * cam)  # the same rays, depth in the new unit
-    assert np.abs(new[:3, :3].T @ new[:3, :3] - np.eye(3)).max() < 1e-15
+# ---- the dict -------------------------------------------------------------------------------------
 
 
 def test_the_sample_dict_matches_the_head_in_millimetres(sample_root: Path, sample_tuple: Path):
