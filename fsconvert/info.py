@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .alignment import DEFAULT_UNITS, UNITS
+from .errors import InputError
 from .imagestage import capture_up, is_rolled
 from .loader import is_tuple_dir, iter_dataset, load_capture
 from .mesh import capture_mesh
@@ -84,6 +85,12 @@ def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None,
     subjects = sorted({r.subject for r in refs}, key=lambda s: (len(s), s))
     out = [f"dataset {path}: {len(refs)} tuples, {len(subjects)} subjects"]
     for ref in refs:
-        capture = load_capture(ref.path, **load)
+        try:
+            capture = load_capture(ref.path, **load)
+        except InputError as exc:
+            if align is None or exc.file != Path(align):
+                raise
+            out.append(f"tuple {ref.name}: {exc}")  # a tuple without an alignment entry; the others go on
+            continue
         out.append(describe_capture(capture, with_mesh=False))
     return "\n".join(out)

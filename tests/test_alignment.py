@@ -261,6 +261,13 @@ def test_yaml_config_and_library_call(small_dataset: Path, tmp_path: Path, capsy
     assert again.status == "converted"  # the units are part of what the record says is up to date
 
 
+def test_info_on_a_dataset_names_the_tuple_without_an_entry(small_dataset: Path, capsys):
+    path = small_dataset / RT_SCALE_DICT
+    assert main(["info", str(small_dataset), "--align", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"tuple 2/1_neutral: {path}: key '2': no entry for subject 2" in out and "tuple 1/1_neutral  (" in out
+
+
 def test_info_prints_scale_units_and_head_size(sample_root: Path, sample_tuple: Path, capsys):
     assert main(["info", str(sample_tuple), "--align", str(sample_root / RT_SCALE_DICT), "--units", "m"]) == 0
     out = capsys.readouterr().out
