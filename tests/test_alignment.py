@@ -22,7 +22,7 @@ from fsconvert.alignment import align_tuple, expression_number, read_rt_scale_di
 from fsconvert.batch import convert_tuple
 from fsconvert.cli import main
 from fsconvert.errors import InputError
-from fsconvert.export import read_manifest
+from fsconvert.protocol import read_manifest
 from fsconvert.loader import load_capture
 from fsconvert.mesh import capture_mesh, load_mesh
 from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT, make_sample
