@@ -30,6 +30,9 @@ from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT, make_sample
 FORMATS = sorted(available())
 """Every registered format: a new one is held to the same alignment."""
 REL = 1e-9
+READ_PRECISION = {"neus": 1e-6}
+"""Formats whose reader cannot give REL: NeuS's loader decomposes K·[R|t] (cv2.decomposeProjectionMatrix),
+~1e-7 relative on camera centres in the SfM frame as in the aligned one."""
 
 
 def dict_entry(root: Path, subject: str = "1", exp: str = "1") -> tuple[float, np.ndarray, np.ndarray]:
@@ -43,10 +46,10 @@ def to_tu(points: np.ndarray, s: float, R: np.ndarray, t: np.ndarray, unit: floa
     return np.array([unit * (R @ (s * np.asarray(x)) + t) for x in points])
 
 
-def assert_close(found: np.ndarray, expected: np.ndarray) -> None:
-    """Equal to REL relative to the size of the expected coordinates."""
+def assert_close(found: np.ndarray, expected: np.ndarray, rel: float = REL) -> None:
+    """Equal to `rel` relative to the size of the expected coordinates."""
     err = np.abs(np.asarray(found) - expected).max() / np.abs(expected).max()
-    assert err <= REL, err
+    assert err <= rel, err
 
 
 def source_centres(sample_tuple: Path) -> dict[int, np.ndarray]:
@@ -92,7 +95,8 @@ def test_entry_by_subject_and_expression_number(tmp_path: Path):
 class AlignedExports(dict):
     """Format → the sample exported with the sample's dict (check on: exit 0 is its pass), made on first use."""
 
-    EXTRA = {"nerf": ["--depth", "--masks"], "colmap": ["--points", "2000"]}
+    EXTRA = {"nerf": ["--depth", "--masks"], "colmap": ["--points", "2000"],
+             "llff": ["--allow-lossy"]}  # LLFF holds one image size: the sample has portrait views
 
     def __init__(self, sample_tuple: Path, rt_scale_dict: Path, out: Path) -> None:
         super().__init__()
@@ -119,7 +123,8 @@ def test_camera_centres_are_facescapes_tu_millimetres(fmt: str, aligned, sample_
     assert sorted(v.name for v in views) == sorted(names)
     centres = source_centres(sample_tuple)
     found = np.array([cv.camera_centre(v.world_to_cam) for v in views])
-    assert_close(found, to_tu([centres[names[v.name]] for v in views], *dict_entry(sample_root)))
+    assert_close(found, to_tu([centres[names[v.name]] for v in views], *dict_entry(sample_root)),
+                 READ_PRECISION.get(fmt, REL))
     assert manifest["alignment"]["units"] == "mm" and manifest["alignment"]["entry"] == ["1", "1"]
 
 
