@@ -49,12 +49,13 @@ class Alignment:
         return 1e3 * UNITS[self.units]
 
     def record(self) -> dict:
-        """What the manifest keeps (enough to align the source again and to see that it is the same)."""
+        """What the manifest keeps: the dict and entry (FaceScape's scale s among them), the units, and the
+        4×4 similarity from the SfM frame (to see that the dict is still the same)."""
         return {
             "rt_scale_dict": str(self.path.resolve()),
             "entry": [self.subject, self.expression],
             "units": self.units,
-            "scale": cv.split_similarity(self.similarity)[0],
+            "scale": self.scale,
             "similarity": self.similarity.tolist(),
         }
 

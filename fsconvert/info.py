@@ -52,7 +52,7 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
     if capture.mesh is None:
         lines.append("  mesh: not found")
     elif with_mesh:
-        mesh = capture_mesh(capture)
+        mesh = capture_mesh(capture, "the mesh summary")
         centre = mesh.bounds.mean(axis=0)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
         d = np.array([np.linalg.norm(v.centre - centre) for v in views])

@@ -54,7 +54,7 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
 
 
-def capture_mesh(capture: Capture, needed_for: str = "this") -> trimesh.Trimesh:
+def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
     """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
     saying what needs it. Every use of a capture's mesh goes through here."""
     if capture.mesh is None:

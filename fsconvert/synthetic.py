@@ -88,7 +88,7 @@ def make_sample(
     for subject in subjects:
         for expression in expressions:
             head, axes, S, rng = _head(seed, subject, expression)
-            alignment.setdefault(subject, {})[expression_number(expression)] = rt_scale_entry(S)
+            alignment.setdefault(subject, {})[expression_number(expression)] = _rt_scale_entry(S)
             model = out_dir / "models" / subject / f"{expression}.ply"
             model.parent.mkdir(parents=True, exist_ok=True)
             model.write_bytes(trimesh.exchange.ply.export_ply(_vertex_coloured(head), encoding="binary"))
@@ -100,7 +100,7 @@ def make_sample(
     return tuples
 
 
-def rt_scale_entry(S: np.ndarray) -> list:
+def _rt_scale_entry(S: np.ndarray) -> list:
     """FaceScape's `[s, Rt 3×4]` (X_tu = R·(s·X) + t) undoing the head-mm → SfM placement `S`."""
     scale, R, t = cv.split_similarity(cv.invert_similarity(S))
     return [scale, np.column_stack([R, t]).tolist()]

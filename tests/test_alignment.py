@@ -61,7 +61,7 @@ def source_centres(sample_tuple: Path) -> dict[int, np.ndarray]:
 
 
 def test_the_sample_dict_matches_the_head_in_millimetres(sample_root: Path, sample_tuple: Path):
-    mesh = capture_mesh(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT))
+    mesh = capture_mesh(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT), "the test")
     size = mesh.extents
     assert np.all(np.abs(size / (2 * HEAD_AXES_MM) - 1) < 0.15), size  # the head's own ~150×210×190 mm
     assert np.abs(mesh.bounds.mean(axis=0)).max() < 30  # centred in its TU frame
@@ -125,7 +125,9 @@ def test_camera_centres_are_facescapes_tu_millimetres(fmt: str, aligned, sample_
     found = np.array([cv.camera_centre(v.world_to_cam) for v in views])
     assert_close(found, to_tu([centres[names[v.name]] for v in views], *dict_entry(sample_root)),
                  READ_PRECISION.get(fmt, REL))
-    assert manifest["alignment"]["units"] == "mm" and manifest["alignment"]["entry"] == ["1", "1"]
+    recorded = manifest["alignment"]
+    assert recorded["units"] == "mm" and recorded["entry"] == ["1", "1"]
+    assert recorded["scale"] == dict_entry(sample_root)[0] and recorded["rt_scale_dict"] == str(sample_root / RT_SCALE_DICT)
 
 
 def test_nerf_mesh_and_points_are_in_tu_millimetres(aligned, sample_root: Path, sample_tuple: Path):
@@ -198,7 +200,7 @@ def test_open3d_fusion_in_millimetres(sample_root: Path, sample_tuple: Path, tmp
     assert main(["to-open3d", str(sample_tuple), "-o", str(out), "-q", "-j", "1", "--no-check", "--fuse",
                  "--scale", "0.5", "--align", str(sample_root / RT_SCALE_DICT)]) == 0
     fused = trimesh.load(out / open3d.FUSED, process=False)
-    truth = capture_mesh(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT))
+    truth = capture_mesh(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT), "the test")
     assert np.abs(fused.bounds - truth.bounds)[:, :2].max() < 5  # mm (the back of the head is unseen)
 
 
