@@ -85,7 +85,7 @@ class AlignTo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Conversion(Selection, AlignTo):
+class Conversion(AlignTo, Selection):
     """The arguments of every `to-<format>` besides image, format and check options (a config's top level)."""
 
     input: Path = option(help="a tuple folder IMGS_ROOT/<id>/<exp>, or a dataset: IMGS_ROOT or a folder holding "
