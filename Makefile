@@ -4,6 +4,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 SAMPLE := samples/facescape_sample/images/1/1_neutral
+ALIGN := samples/facescape_sample/Rt_scale_dict.json
 OUT ?= out
 # libgl/egl/osmesa: headless pyrender (OSMesa) and open3d; libusb, libgomp: open3d 0.19;
 # libxrender1: pyglet, imported by pyrender; colmap: the COLMAP 3.8 CLI the tests load exports with.
@@ -21,6 +22,8 @@ demo: deps
 	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap_3dgs --principal-point center --overwrite --quiet
 	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf --normalize sphere --masks --depth --overwrite --quiet
 	$(VENV)/bin/fsconvert to-open3d $(SAMPLE) -o $(OUT)/open3d --fuse --overwrite --quiet
+	$(VENV)/bin/fsconvert info $(SAMPLE) --align $(ALIGN)
+	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf_tu --align $(ALIGN) --units m --depth --overwrite --quiet
 	@echo "Exports and their check reports (check/index.html, check.json, rig.png, mv_result_<view>.jpg) are in $(OUT)/"
 
 test: deps

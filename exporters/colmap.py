@@ -27,7 +27,7 @@ from fsconvert.derived import point_visibility, ply_vertices, write_ply
 from fsconvert.errors import InputError
 from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import load_mesh, vertex_colors
+from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 
@@ -238,7 +238,7 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
 
 def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, images: Path, names: list[str],
                  progress: bool) -> _Cloud:
-    mesh = load_mesh(capture.mesh)
+    mesh = capture_mesh(capture, "points3D")
     xyz, normals, rgb = sample_surface(mesh, options.points)
     visibility = point_visibility(mesh, plans, xyz, options.depth_tolerance, progress=progress, desc="points3D")
     seen = np.array([visible for visible, _ in visibility]).reshape(len(plans), len(xyz))

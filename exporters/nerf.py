@@ -18,9 +18,16 @@ name 3DGS's Blender reader looks for; with `--masks` the mask is the PNG's alpha
 
 Normalization is a world similarity X' = s·R·X + t (R = I here). The files hold the normalized frame
 and record it the way nerfstudio composes it, X' = applied_scale · (applied_transform · X), i.e.
-applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in units of
-`depth_unit` (default 0.001) of the SOURCE frame: nerfstudio reads value × depth_unit_scale_factor
-(default 0.001) × dataparser_scale, and its dataparser_scale already includes applied_scale.
+applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in steps of
+`depth_unit_scale_factor` units of the SOURCE frame (before normalization): nerfstudio reads value ×
+depth_unit_scale_factor × dataparser_scale, and its dataparser_scale already includes applied_scale.
+
+An aligned capture (`--align`, FaceScape's Rt_scale_dict) IS the source frame here: cameras, mesh,
+points and depth are in TU millimetres (or metres), applied_transform/applied_scale hold only the
+normalization on top, and `fsconvert_alignment` records the similarity from the SfM frame. Putting
+the alignment into applied_scale instead would make nerfstudio scale the ply_file_path points and
+the depth a second time. Depth PNGs of an aligned capture are in millimetres by default
+(`depth_unit` is then in metres); depth_unit_scale_factor says what one step is in the file's unit.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ BLENDER_POINTS = "points3d.ply"
 CAMERA_MODEL = "OPENCV"
 PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 """nerfstudio camera models that are the perspective k1..k4 p1 p2 model."""
+ALIGNMENT_KEY = "fsconvert_alignment"
+"""transforms.json key recording the Rt_scale_dict similarity the world frame is already in."""
 LEGACY_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
 """nerfstudio assumes this when applied_transform is absent and colmap/sparse/0 exists."""
 NGP_SCALE = 0.33
@@ -90,9 +99,11 @@ class Options:
     masks: bool = option(False, "render mesh silhouettes: masks/<id>.png, 255 = object with image data "
                                 "(blender: PNG alpha)")
     depth: bool = option(False, "render mesh z-depth: depths/<id>.png, uint16, 0 = background")
-    depth_unit: float = option(0.001, "source-frame units per depth step (default 0.001: millimetres as nerfstudio "
-                                      "reads them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
-    """Source-frame units per depth PNG step (nerfstudio's depth_unit_scale_factor)."""
+    depth_unit: float = option(0.001, "depth step: metres with --align (default 0.001: PNGs in mm, as nerfstudio "
+                                      "reads them), else SfM units; give nerfstudio the depth_unit_scale_factor "
+                                      "transforms.json records")
+    """Depth PNG step: in metres when the capture is aligned (default: PNGs in millimetres, as nerfstudio
+    reads them), else in SfM units (see `depth_unit`)."""
     split: tuple[float, float, float] | None = option(
         None, "deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)", metavar="TRAIN,VAL,TEST")
     """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
@@ -145,18 +156,26 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, view_stems)]
     A, scale = cv.similarity_to_nerfstudio(S)
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
+    meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
+    depth_step = depth_unit(capture, options)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=options.masks)
     if options.masks or options.depth:
-        _write_renders(mesh, plans, names, view_stems, footprints, options, folder, progress)
+        _write_renders(mesh, plans, names, view_stems, footprints, options, depth_step, folder, progress)
     if blender:
-        _write_blender(folder, frames, splits, options, record)
+        _write_blender(folder, frames, splits, options, meta)
     else:
         extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
-        _write_transforms(folder, frames, names, splits, options, record, extent)
+        _write_transforms(folder, frames, names, splits, options, meta, depth_step, extent)
     _write_mesh(folder / MESH, mesh, S)
     _write_points(folder / (BLENDER_POINTS if blender else POINTS), mesh, S)
     return {"images": names, "options": options,
             "normalization": {"method": options.normalize, "similarity": S.tolist(), **record}}
+
+
+def depth_unit(capture: Capture, options: Options) -> float:
+    """Capture-frame units per depth PNG step: `options.depth_unit` metres in an aligned capture, else
+    `depth_unit` SfM units (what transforms.json records as depth_unit_scale_factor)."""
+    return options.depth_unit * (capture.alignment.units_per_metre if capture.alignment else 1.0)
 
 
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
@@ -237,10 +256,10 @@ def aabb_scale(extent: float) -> int:
 
 
 def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits: list[int] | None,
-                      options: Options, record: dict, extent: float) -> None:
+                      options: Options, record: dict, depth_step: float, extent: float) -> None:
     meta: dict = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent), "ply_file_path": POINTS}
     if options.depth:
-        meta["depth_unit_scale_factor"] = options.depth_unit
+        meta["depth_unit_scale_factor"] = depth_step
     if splits is not None:
         for k, split in enumerate(SPLITS):
             meta[f"{split}_filenames"] = [n for n, s in zip(names, splits) if s == k]
@@ -266,7 +285,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str], stems: list[str],
-                   footprints: list[Footprint] | None, options: Options, folder: Path, progress: bool) -> None:
+                   footprints: list[Footprint] | None, options: Options, depth_step: float, folder: Path,
+                   progress: bool) -> None:
     """Masks (masks/ PNGs, or the alpha channel of blender's PNG images) and depths/ PNGs of every
     output camera (source world, lens model included)."""
     blender = options.variant == "blender"
@@ -282,7 +302,7 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str
             else:
                 write_png(folder / MASKS / f"{stems[i]}.png", mask)
         if options.depth:
-            write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, options.depth_unit, plans[i].view.id))
+            write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, depth_step, plans[i].view.id))
 
 
 def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:

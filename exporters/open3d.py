@@ -9,9 +9,10 @@ stems are zero-padded view ids):
   intrinsics, so `intrinsics/<stem>.json` (PinholeCameraIntrinsic) stand beside it.
 - `color/<stem>.jpg`: images resampled to the pinhole camera (Open3D has no lens distortion model).
 - `depth/<stem>.png`: uint16 z-depth of the mesh rendered through the same camera; z = raw / depth_scale
-  in mesh units, 0 = no surface.
-- `rgbd.json`: `depth_scale` and `depth_trunc` for `RGBDImage.create_from_color_and_depth`, and
-  `mesh_radius` (half the mesh's bounding-box diagonal), the reference for the default voxel size.
+  in the capture's unit (SfM units; mm or m when aligned), 0 = no surface.
+- `rgbd.json`: `depth_scale` and `depth_trunc` for `RGBDImage.create_from_color_and_depth`,
+  `mesh_radius` (half the mesh's bounding-box diagonal), the reference for the default voxel size, and
+  `unit` ("mm" or "m") when the capture is aligned.
 - `fused_mesh.ply` with `--fuse`: ScalableTSDFVolume fusion of the RGB-D frames (see `fuse`).
 
 The library is imported lazily (`import open3d as o3d`, the real package: imports are absolute), so
@@ -81,6 +82,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         "depth_scale": scale,
         "depth_trunc": (DEPTH_MAX_RAW + 1) / scale,
         "mesh_radius": float(np.linalg.norm(hi - lo) / 2),
+        **({"unit": capture.alignment.units} if capture.alignment else {}),
     }
     write_images(plans, names, folder, workers=workers, progress=progress)
     _write_depths(mesh, plans, [folder / DEPTH / f"{s}.png" for s in view_stems], scale, progress)

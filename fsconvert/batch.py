@@ -36,6 +36,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
+from .alignment import DEFAULT_UNITS
 from .check import REPORT, Overlays, Thresholds, format_report, overlay_policy
 from .errors import FsconvertError, InputError, OutputError
 from .export import export
@@ -83,6 +84,9 @@ class TupleJob:
     """The check's overlay policy (`fsconvert.check.Overlays`)."""
     overwrite: bool = False
     force: bool = False
+    align: Path | None = None
+    """FaceScape Rt_scale_dict.json to align the tuple with (None: its SfM frame)."""
+    units: str = DEFAULT_UNITS
 
     @property
     def name(self) -> str:
@@ -111,7 +115,8 @@ class TupleJob:
             if out_dir.exists() and not (self.overwrite or self.force):
                 why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
                 raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-            capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid)
+            capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid,
+                                   align=self.align, units=self.units)
             done = export(capture, self._exporter, out_dir, self._options, overwrite=True, workers=workers,
                           progress=progress, thresholds=self.thresholds, overlays=self.overlays, record=fp)
         except FsconvertError as exc:
@@ -144,7 +149,7 @@ class TupleJob:
     def _fingerprint(self) -> dict:
         """Computed once per tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
         return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
-                           self.thresholds, self.overlays)
+                           self.thresholds, self.overlays, self.align, self.units)
 
 
 @functools.cache
@@ -168,6 +173,8 @@ def convert_tuple(
     overlays: Overlays = "all",
     overwrite: bool = False,
     force: bool = False,
+    align: str | Path | None = None,
+    units: str = DEFAULT_UNITS,
     workers: int = 1,
     progress: bool = False,
 ) -> TupleResult:
@@ -177,13 +184,14 @@ def convert_tuple(
     `force`. An existing output that is not up to date is replaced only with `overwrite`. Any
     `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
     The projection check runs with `thresholds` (like the command line's defaults); None skips it.
+    `align` (FaceScape's Rt_scale_dict.json) exports the tuple in its TU frame, in `units` (mm or m).
     Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
     tuple twice at the same time (`run` holds a lock on the output root for that).
     """
     job = TupleJob(source=Path(source), out_dir=Path(out_dir), fmt=fmt, options=options,
                    mesh=None if mesh is None else Path(mesh), mesh_root=None if mesh_root is None else Path(mesh_root),
                    include_invalid=include_invalid, thresholds=thresholds, overlays=overlays, overwrite=overwrite,
-                   force=force)
+                   force=force, align=None if align is None else Path(align), units=units)
     return job.run(workers=workers, progress=progress)
 
 
@@ -192,7 +200,7 @@ def convert_tuple(
 
 def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
-    overlays: Overlays,
+    overlays: Overlays, align: Path | None = None, units: str = DEFAULT_UNITS,
 ) -> dict:
     """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
 
@@ -216,6 +224,8 @@ def fingerprint(
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
         "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
     }
+    if align is not None:
+        fp["alignment"] = {"path": str(align.resolve()), "stat": _stat(align), "units": units}
     return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 
 

@@ -29,7 +29,7 @@ from . import conventions as cv
 from .errors import FsconvertError, InputError, OutputError
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
-from .mesh import load_mesh, subsample
+from .mesh import capture_mesh, subsample
 from .model import Camera
 from .options import from_dict
 from .protocol import ExportedView, read_manifest
@@ -163,9 +163,14 @@ def check_export(
     module = get(manifest["format"]) if exporter is None else exporter
     options = from_dict(module.Options, manifest["options"])
     src = manifest["source"]
-    capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"])
+    aligned = manifest.get("alignment")
+    capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"],
+                           **({"align": aligned["rt_scale_dict"], "units": aligned["units"]} if aligned else {}))
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
     report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [])
+    if aligned and not np.allclose(capture.world, aligned["similarity"], rtol=1e-12, atol=0):
+        report.problems.append(f"the alignment in {aligned['rt_scale_dict']} is not the one the export recorded "
+                               "(the file changed since): checked against the file's")
 
     read_failed = False
     try:
@@ -187,7 +192,7 @@ def check_export(
     if dropped:
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
-    mesh = load_mesh(capture.mesh)
+    mesh = capture_mesh(capture, "the check")
     points = subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from . import __version__
+from .alignment import DEFAULT_UNITS, UNITS, read_rt_scale_dict
 from .check import Thresholds, overlay_policy
 from .errors import FsconvertError, InputError
 from .imagestage import ImageOptions
@@ -35,6 +36,7 @@ A config holds the options of `fsconvert to-<format>`, spelt with underscores (s
   exps: [1_neutral, 2_smile]                # or "1,2"; default: all
   out: /data/out                            # OUT/<id>/<exp>/ (several formats: OUT/<format>/<id>/<exp>/)
   format: colmap                            # or a list: [colmap, nerf]
+  align: /data/facescape/Rt_scale_dict.json # optional: the TU frame, metric (units: mm, the default, or m)
   jobs: 8                                   # default: the number of cores
   overwrite: false
   image:                                    # the "images" options
@@ -75,7 +77,25 @@ class Selection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Conversion(Selection):
+class AlignTo:
+    """FaceScape's metric TU frame (every `to-<format>`, a config's top level, and `info`)."""
+
+    align: Path | None = option(None, "FaceScape's Rt_scale_dict.json: cameras, mesh, points and depth in the "
+                                      "tuple's TU frame, metric", metavar="RT_SCALE_DICT")
+    units: str | None = option(None, f"unit of the aligned frame (default {DEFAULT_UNITS}, TU's; needs --align)",
+                               choices={u: u for u in UNITS})
+
+    def __post_init__(self) -> None:
+        if self.units is not None and self.align is None:
+            raise InputError("--units sets the unit of the aligned frame: give --align RT_SCALE_DICT too")
+
+    @property
+    def unit(self) -> str:
+        return self.units or DEFAULT_UNITS
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conversion(AlignTo, Selection):
     """The arguments of every `to-<format>` besides image, format and check options (a config's top level)."""
 
     input: Path = option(help="a tuple folder IMGS_ROOT/<id>/<exp>, or a dataset: IMGS_ROOT or a folder holding "
@@ -149,6 +169,7 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a tuple or a dataset")
     p.add_argument("path", type=Path, help="a tuple folder (with params.json) or a dataset root")
     add_arguments(p, Selection, "")
+    add_arguments(p, AlignTo, "")
     p.add_argument("--plot", type=Path, metavar="PNG",
                    help="also draw a tuple's camera rig (source cameras around the mesh) into this PNG")
     p.set_defaults(func=_info)
@@ -187,10 +208,11 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
 def _info(args: argparse.Namespace) -> int:
     from .info import describe, plot_tuple
 
-    selection = Selection(**from_args(args, Selection, ""))
-    print(describe(args.path, mesh_root=selection.mesh_root, ids=selection.ids, exps=selection.exps))
+    selection, frame = Selection(**from_args(args, Selection, "")), AlignTo(**from_args(args, AlignTo, ""))
+    print(describe(args.path, mesh_root=selection.mesh_root, ids=selection.ids, exps=selection.exps,
+                   align=frame.align, units=frame.unit))
     if args.plot is not None:
-        plot_tuple(args.path, args.plot, mesh_root=selection.mesh_root)
+        plot_tuple(args.path, args.plot, mesh_root=selection.mesh_root, align=frame.align, units=frame.unit)
         print(f"wrote {args.plot}")
     return 0
 
@@ -251,8 +273,10 @@ def _plan(run: Run) -> Plan:
     common = dict(
         fmt=run.fmt, options=run.options, mesh_root=c.mesh_root, include_invalid=c.include_invalid,
         thresholds=None if c.no_check else run.check.thresholds, overlays=run.check.overlay_policy(single),
-        overwrite=c.overwrite, force=c.force,
+        overwrite=c.overwrite, force=c.force, align=c.align, units=c.unit,
     )
+    if c.align is not None:
+        read_rt_scale_dict(c.align)  # a damaged dict fails here, before any tuple is written
     if single:
         if c.ids is not None or c.exps is not None:
             raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=c.input)

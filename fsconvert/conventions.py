@@ -191,6 +191,22 @@ def split_similarity(S: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return s, A / s, np.asarray(S, dtype=np.float64)[:3, 3].copy()
 
 
+def apply_similarity(S: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """N×3 points X' = s·R·X + t of the 4×4 similarity `S`."""
+    S = np.asarray(S, dtype=np.float64)
+    return np.asarray(points, dtype=np.float64) @ S[:3, :3].T + S[:3, 3]
+
+
+def rt_scale_similarity(scale: float, Rt: np.ndarray, unit: float = 1.0) -> np.ndarray:
+    """4×4 similarity of a FaceScape `Rt_scale_dict` entry, X' = unit·(R·(scale·X) + t).
+
+    FaceScape aligns a multi-view model to its TU model as X_tu = R·(s·X_mv) + t, TU in millimetres;
+    `unit` converts millimetres to the unit wanted (1e-3: metres).
+    """
+    Rt = np.asarray(Rt, dtype=np.float64)
+    return similarity_matrix(unit * scale, Rt[:3, :3], unit * Rt[:3, 3])
+
+
 def invert_similarity(S: np.ndarray) -> np.ndarray:
     """Exact inverse of X' = s·R·X + t: X = (1/s)·Rᵀ·X' − (1/s)·Rᵀ·t."""
     s, R, t = split_similarity(S)

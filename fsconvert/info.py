@@ -6,11 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .alignment import DEFAULT_UNITS, UNITS
 from .errors import InputError
 from .imagestage import capture_up, is_rolled
 from .loader import is_tuple_dir, iter_dataset, load_capture
-from .mesh import load_mesh
+from .mesh import capture_mesh
 from .model import Capture
+
+HEAD_MM = (100.0, 400.0)
+"""Bounding-box sizes beyond which an aligned mesh is flagged as not head-sized (a face is ~150–250 mm)."""
 
 
 def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
@@ -40,50 +44,71 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
         + ", ".join(f"{n} {dist[:, i].min():+.3g}…{dist[:, i].max():+.3g}" for i, n in enumerate(("k1", "k2", "p1", "p2", "k3"))),
         f"  rolled ~180° (image up against the majority): {rolled if rolled else 'none'}",
     ]
+    a = capture.alignment
+    unit = "SfM units" if a is None else a.units
+    if a is not None:
+        lines.append(f"  alignment: {a.path} entry '{a.subject}.{a.expression}': scale {a.scale:.6g} SfM units → mm,"
+                     f" output in {a.units}")
     if capture.mesh is None:
         lines.append("  mesh: not found")
     elif with_mesh:
-        mesh = load_mesh(capture.mesh)
+        mesh = capture_mesh(capture, "the mesh summary")
         centre = mesh.bounds.mean(axis=0)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
         d = np.array([np.linalg.norm(v.centre - centre) for v in views])
         lines += [
             f"  mesh: {capture.mesh}  {len(mesh.vertices)} vertices, {len(mesh.faces)} faces,"
-            f" bounding radius {radius:.4g} (SfM units)",
-            f"  camera distance to mesh centre: {d.min():.4g}…{d.max():.4g} ({d.min() / radius:.1f}…{d.max() / radius:.1f} × radius)",
+            f" bounding radius {radius:.4g} ({unit})",
+            f"  camera distance to mesh centre: {d.min():.4g}…{d.max():.4g} {unit}"
+            f" ({d.min() / radius:.1f}…{d.max() / radius:.1f} × radius)",
         ]
+        if a is not None:
+            size = mesh.extents / UNITS[a.units]
+            lines.append(f"  head size: {' × '.join(f'{x:.0f}' for x in size)} mm (bounding box; a face is ~150–250 mm)")
+            if not HEAD_MM[0] <= size.max() <= HEAD_MM[1]:
+                lines.append(f"  warning: {size.max():.4g} mm is not the size of a head: check the entry and the units")
     else:
         lines.append(f"  mesh: {capture.mesh}")
     return "\n".join(lines)
 
 
-def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | None = None) -> None:
+def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | None = None,
+               align: str | Path | None = None, units: str = DEFAULT_UNITS) -> None:
     """Draw the camera rig of the tuple folder `path` (every view, valid=false ones dashed) into `png`."""
     from .rig import Frustum, plot_rig
 
     path = Path(path)
     if not is_tuple_dir(path):
         raise InputError("--plot draws one tuple's camera rig: give a tuple folder (with params.json)", file=path)
-    capture = load_capture(path, mesh_root=mesh_root, require_mesh=False, include_invalid=True)
+    capture = load_capture(path, mesh_root=mesh_root, require_mesh=False, include_invalid=True, align=align,
+                           units=units)
     frustums = [Frustum(str(v.id), v.camera, v.world_to_cam, "ok" if v.valid else "invalid")
                 for v in sorted(capture.views, key=lambda v: not v.valid)]
-    points = None if capture.mesh is None else load_mesh(capture.mesh).vertices
+    points = None if capture.mesh is None else capture_mesh(capture, "the rig plot").vertices
     invalid = len(frustums) - sum(v.valid for v in capture.views)
     plot_rig(png, frustums, points, f"tuple {capture.name}: {len(frustums)} source cameras"
              + (f", {invalid} marked valid=false" if invalid else "") + ("" if points is not None else ", no mesh"))
 
 
-def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None, exps=None) -> str:
-    """Summary of a tuple folder, or of every selected tuple of a dataset."""
+def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None, exps=None,
+             align: str | Path | None = None, units: str = DEFAULT_UNITS) -> str:
+    """Summary of a tuple folder, or of every selected tuple of a dataset (aligned with `align`)."""
     path = Path(path)
+    load = {"mesh_root": mesh_root, "require_mesh": False, "align": align, "units": units}
     if is_tuple_dir(path):
-        return describe_capture(load_capture(path, mesh_root=mesh_root, require_mesh=False))
+        return describe_capture(load_capture(path, **load))
     refs = list(iter_dataset(path, ids=ids, exps=exps))
     if not refs:
         return f"dataset {path}: no tuples found (expected IMGS_ROOT/<id>/<exp>/params.json)"
     subjects = sorted({r.subject for r in refs}, key=lambda s: (len(s), s))
     out = [f"dataset {path}: {len(refs)} tuples, {len(subjects)} subjects"]
     for ref in refs:
-        capture = load_capture(ref.path, mesh_root=mesh_root, require_mesh=False)
+        try:
+            capture = load_capture(ref.path, **load)
+        except InputError as exc:
+            if align is None or exc.file != Path(align):
+                raise
+            out.append(f"tuple {ref.name}: {exc}")  # a tuple without an alignment entry; the others go on
+            continue
         out.append(describe_capture(capture, with_mesh=False))
     return "\n".join(out)

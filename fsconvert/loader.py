@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import conventions as cv
+from .alignment import DEFAULT_UNITS, align_tuple
 from .errors import InputError
+from .jsonvalues import matrix, read_json, reason, rigid, show
 from .mesh import load_mesh
 from .model import Camera, Capture, View
 
@@ -20,7 +22,6 @@ IMAGE_EXT = ".jpg"
 REQUIRED_KEYS = ("K", "Rt", "distortion", "width", "height")
 OPTIONAL_KEYS = ("valid", "matches", "sn", "ori")
 _KEY = re.compile(r"^(?P<view>[^_]+)_(?P<key>.+)$")
-ROTATION_TOL = 1e-6
 MAX_SIDE = 65535
 """Largest image width or height (JPEG's limit)."""
 MAX_ID_DIGITS = 9
@@ -41,17 +42,26 @@ def load_capture(
     mesh_root: str | Path | None = None,
     include_invalid: bool = False,
     require_mesh: bool = True,
+    align: str | Path | None = None,
+    units: str = DEFAULT_UNITS,
 ) -> Capture:
     """Load one tuple `IMGS_ROOT/<id>/<exp>/` with its cameras, images and mesh path.
 
     Views marked valid=false are left out (listed in `Capture.excluded`) unless `include_invalid`.
     With `require_mesh`, the mesh is loaded once to prove it readable (faces, finite vertices).
+    With `align` (a FaceScape Rt_scale_dict.json), the poses are in the tuple's TU frame, in `units`
+    (`fsconvert.mesh.capture_mesh` aligns the mesh alike).
     """
     tuple_dir = Path(tuple_dir)
     params_path = tuple_dir / PARAMS
     if not params_path.is_file():
         raise InputError(f"no {PARAMS} here (expected IMGS_ROOT/<id>/<exp>/{PARAMS})", file=tuple_dir)
     views = [_make_view(tuple_dir, vid, entry, params_path) for vid, entry in parse_params(params_path).items()]
+    alignment = None
+    if align is not None:
+        alignment = align_tuple(align, tuple_dir.parent.name, tuple_dir.name, units)
+        S = alignment.similarity
+        views = [replace(v, world_to_cam=cv.w2c_in_similar_world(v.world_to_cam, S)) for v in views]
     kept = [v for v in views if v.valid or include_invalid]
     if not kept:
         raise InputError("no valid view (every view has valid=false)", file=params_path)
@@ -73,23 +83,13 @@ def load_capture(
         views=kept,
         mesh=mesh_path,
         excluded=[v for v in views if not v.valid and not include_invalid],
+        alignment=alignment,
     )
 
 
 def parse_params(path: Path) -> dict[int, dict[str, object]]:
     """Group params.json keys by view id (taken from the keys, sorted numerically)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {_reason(exc)}", file=path) from None
-    try:
-        data = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicates(pairs, path))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
-    except RecursionError:
-        raise InputError("invalid JSON: nested too deeply", file=path) from None
-    except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
-        raise InputError(f"invalid JSON: {exc}", file=path) from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError("expected a JSON object of '<view>_<key>' entries", file=path)
     views: dict[int, dict[str, object]] = {}
@@ -117,20 +117,11 @@ def parse_params(path: Path) -> dict[int, dict[str, object]]:
     return dict(sorted(views.items()))
 
 
-def _no_duplicates(pairs: list[tuple[str, object]], path: Path) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise InputError("duplicate key", file=path, key=key)
-        seen[key] = value
-    return seen
-
-
 def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) -> View:
     def where(key: str) -> dict[str, object]:
         return {"file": path, "view": vid, "key": f"{vid}_{key}"}
 
-    K = _matrix(entry["K"], {(3, 3), (4, 4)}, where("K"))
+    K = matrix(entry["K"], {(3, 3), (4, 4)}, where("K"))
     if K.shape == (4, 4) and not np.array_equal(K[3], [0, 0, 0, 1]) and not np.array_equal(K[:, 3], [0, 0, 0, 1]):
         raise InputError("a 4×4 K must have a last row or column of (0, 0, 0, 1)", **where("K"))
     K = K[:3, :3]
@@ -142,18 +133,9 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
         raise InputError("non-zero skew is not supported", **where("K"))
     K[0, 1] = 0.0
 
-    Rt = _matrix(entry["Rt"], {(3, 4), (4, 4)}, where("Rt"))
-    if Rt.shape == (4, 4) and not np.array_equal(Rt[3], [0, 0, 0, 1]):
-        raise InputError("a 4×4 Rt must have a last row of (0, 0, 0, 1)", **where("Rt"))
-    R = Rt[:3, :3]
-    with np.errstate(over="ignore", invalid="ignore"):
-        ortho = float(np.abs(R.T @ R - np.eye(3)).max())
-    if not ortho <= ROTATION_TOL:
-        raise InputError(f"R is not a rotation (max |RᵀR − I| = {ortho:.2g})", **where("Rt"))
-    if np.linalg.det(R) < 0:
-        raise InputError("R has determinant −1 (a reflection, not a rotation)", **where("Rt"))
+    Rt = rigid(entry["Rt"], where("Rt"))
 
-    dist = _matrix(entry["distortion"], {(5,), (4,), (1, 5), (1, 4)}, where("distortion")).ravel()
+    dist = matrix(entry["distortion"], {(5,), (4,), (1, 5), (1, 4)}, where("distortion")).ravel()
     dist = np.concatenate([dist, np.zeros(5 - dist.size)])
 
     width, height = (_image_side(entry[k], where(k)) for k in ("width", "height"))
@@ -164,14 +146,14 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     if isinstance(valid, int) and not isinstance(valid, bool) and valid in (0, 1):
         valid = bool(valid)
     if not isinstance(valid, bool):
-        raise InputError(f"expected true or false, got {_show(valid)}", **where("valid"))
+        raise InputError(f"expected true or false, got {show(valid)}", **where("valid"))
     matches = entry.get("matches", 0)
     if not _is_integer(matches):
-        raise InputError(f"expected an integer, got {_show(matches)}", **where("matches"))
+        raise InputError(f"expected an integer, got {show(matches)}", **where("matches"))
     sn, ori = (entry.get(k, "") for k in ("sn", "ori"))
     for key, value in (("sn", sn), ("ori", ori)):
         if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise InputError(f"expected a string, got {_show(value)}", **where(key))
+            raise InputError(f"expected a string, got {show(value)}", **where(key))
 
     return View(
         id=vid,
@@ -185,31 +167,6 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     )
 
 
-def _matrix(value: object, shapes: set[tuple[int, ...]], where: dict[str, object]) -> np.ndarray:
-    wanted = " or ".join("×".join(map(str, s)) for s in sorted(shapes, reverse=True))
-    if not _numbers_only(value):
-        raise InputError(f"expected {wanted} numbers, got {_show(value)}", **where)
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except ValueError:
-        raise InputError(f"expected {wanted} numbers, got rows of different lengths", **where) from None
-    except OverflowError:
-        raise InputError("contains an integer too large for a float", **where) from None
-    if arr.shape not in shapes:
-        got = "×".join(map(str, arr.shape)) if arr.ndim else "a single number"
-        raise InputError(f"expected {wanted} numbers, got {got}", **where)
-    if not np.isfinite(arr).all():
-        raise InputError("contains NaN or infinity", **where)
-    return arr
-
-
-def _numbers_only(value: object) -> bool:
-    """True for a number or nested lists of numbers (no strings, booleans or nulls that numpy would coerce)."""
-    if isinstance(value, list):
-        return all(_numbers_only(v) for v in value)
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_integer(value: object) -> bool:
     """An int, or a float with an integer value (JSON writers differ); never a bool."""
     if isinstance(value, bool):
@@ -219,16 +176,10 @@ def _is_integer(value: object) -> bool:
 
 def _image_side(value: object, where: dict[str, object]) -> int:
     if not _is_integer(value) or value <= 0:
-        raise InputError(f"expected a positive integer, got {_show(value)}", **where)
+        raise InputError(f"expected a positive integer, got {show(value)}", **where)
     if value > MAX_SIDE:
-        raise InputError(f"{_show(value)} pixels is beyond JPEG's limit of {MAX_SIDE}", **where)
+        raise InputError(f"{show(value)} pixels is beyond JPEG's limit of {MAX_SIDE}", **where)
     return int(value)
-
-
-def _show(value: object, limit: int = 40) -> str:
-    """A short repr of a JSON value for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check_image(view: View, params_path: Path) -> None:
@@ -240,7 +191,7 @@ def _check_image(view: View, params_path: Path) -> None:
             if im.format == "JPEG" and not _jpeg_complete(view.image, im.tile[0][2] if im.tile else 0):
                 raise InputError("truncated JPEG (no end marker after the image data)", file=view.image, view=view.id)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise InputError(f"not a readable image: {_reason(exc)}", file=view.image, view=view.id) from None
+        raise InputError(f"not a readable image: {reason(exc)}", file=view.image, view=view.id) from None
     if size != view.camera.size:
         raise InputError(
             f"image is {size[0]}×{size[1]} but {params_path} says {view.camera.width}×{view.camera.height}",
@@ -259,10 +210,6 @@ def _jpeg_complete(path: Path, data_start: int) -> bool:
         size = f.seek(0, 2)
         f.seek(max(data_start, size - JPEG_TAIL_BYTES))
         return JPEG_END in f.read()
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 # ---- dataset layout -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from . import conventions as cv
 from .errors import InputError
 from .model import Capture
 
@@ -61,7 +62,11 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
 
 
 def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
-    """The capture's mesh, or a one-line InputError saying what needs it."""
+    """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
+    saying what needs it. Every use of a capture's mesh goes through here."""
     if capture.mesh is None:
         raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
-    return load_mesh(capture.mesh)
+    mesh = load_mesh(capture.mesh)
+    if capture.world is not None:
+        mesh.vertices = cv.apply_similarity(capture.world, mesh.vertices)
+    return mesh

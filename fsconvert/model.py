@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
+from .alignment import Alignment
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +133,13 @@ class Capture:
     mesh: Path | None = None
     excluded: list[View] = field(default_factory=list)
     """Views left out because params.json marks them valid=false."""
+    alignment: Alignment | None = None
+    """The similarity from the files' SfM frame to the frame of `views` and of `fsconvert.mesh.capture_mesh`."""
+
+    @property
+    def world(self) -> np.ndarray | None:
+        """4×4 similarity from the files' frame (params.json, the mesh file) to the capture's frame; None: the same."""
+        return None if self.alignment is None else self.alignment.similarity
 
     @property
     def name(self) -> str:

@@ -70,6 +70,7 @@ def write_manifest(out_dir: Path, fmt: str, capture: Capture, options: Any, name
             "expression": capture.expression,
             "include_invalid": any(not v.valid for v in capture.views),
         },
+        **({"alignment": capture.alignment.record()} if capture.alignment else {}),
         "options": to_dict(options),
         "views": [{"id": v.id, "name": n} for v, n in zip(capture.views, names)],
         "excluded": [v.id for v in capture.excluded],

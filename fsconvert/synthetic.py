@@ -26,6 +26,7 @@ import trimesh
 from PIL import Image
 
 from . import conventions as cv
+from .alignment import expression_number
 from .errors import InputError
 from .model import Camera
 from .render import Renderer, distorted_render
@@ -36,6 +37,8 @@ BACKGROUND = (24, 26, 30)
 SUBDIVISIONS = 5
 """Icosphere subdivisions of the head: 10242 vertices, 20480 faces."""
 
+RT_SCALE_DICT = "Rt_scale_dict.json"
+"""The alignment file beside images/ and models/ (FaceScape ships it as toolkit/predef/Rt_scale_dict.json)."""
 TEXTURE_SIZE = 2048
 HEAD_AXES_MM = np.array([75.0, 105.0, 95.0])
 """Head semi-axes in millimetres (x left-right, y up, z towards the face)."""
@@ -71,7 +74,9 @@ def make_sample(
 ) -> list[Path]:
     """Write a FaceScape-layout sample under `out_dir` and return the tuple directories.
 
-    `out_dir/images/<id>/<exp>/{0..n_views-1}.jpg`, `.../params.json`, `out_dir/models/<id>/<exp>.ply`.
+    `out_dir/images/<id>/<exp>/{0..n_views-1}.jpg`, `.../params.json`, `out_dir/models/<id>/<exp>.ply`,
+    and `out_dir/Rt_scale_dict.json`: per tuple the similarity back to the head's own millimetre frame
+    (its "TU" frame: centred, y up, z towards the face), as FaceScape ships it.
     """
     if n_views < 3:
         raise InputError(f"--views must be at least 3 (landscape, portrait, rolled and invalid views), got {n_views}")
@@ -79,9 +84,11 @@ def make_sample(
         raise InputError(f"--long-side must be at least 64 pixels, got {long_side}")
     out_dir = Path(out_dir)
     tuples = []
+    alignment: dict[str, dict[str, list]] = {}
     for subject in subjects:
         for expression in expressions:
             head, axes, S, rng = _head(seed, subject, expression)
+            alignment.setdefault(subject, {})[expression_number(expression)] = _rt_scale_entry(S)
             model = out_dir / "models" / subject / f"{expression}.ply"
             model.parent.mkdir(parents=True, exist_ok=True)
             model.write_bytes(trimesh.exchange.ply.export_ply(_vertex_coloured(head), encoding="binary"))
@@ -89,7 +96,22 @@ def make_sample(
             tuple_dir.mkdir(parents=True, exist_ok=True)
             _write_views(tuple_dir, head, _cameras(rng, n_views, long_side, axes, S), jpeg_quality)
             tuples.append(tuple_dir)
+    _write_rt_scale_dict(out_dir / RT_SCALE_DICT, alignment)
     return tuples
+
+
+def _rt_scale_entry(S: np.ndarray) -> list:
+    """FaceScape's `[s, Rt 3×4]` (X_tu = R·(s·X) + t) undoing the head-mm → SfM placement `S`."""
+    scale, R, t = cv.split_similarity(cv.invert_similarity(S))
+    return [scale, np.column_stack([R, t]).tolist()]
+
+
+def _write_rt_scale_dict(path: Path, table: dict[str, dict[str, list]]) -> None:
+    """One entry per line, like params.json."""
+    lines = ",\n".join(f" {json.dumps(subject)}: {{" + ", ".join(f"{json.dumps(exp)}: {json.dumps(entry)}"
+                                                           for exp, entry in exps.items()) + "}"
+                       for subject, exps in table.items())
+    path.write_text("{\n" + lines + "\n}\n")
 
 
 def textured_head(subject: str, expression: str, *, seed: int = 0) -> trimesh.Trimesh:

@@ -35,7 +35,7 @@ from exporters import available
 from fsconvert import cli
 from fsconvert.check import REPORT
 from fsconvert.protocol import MANIFEST, read_manifest
-from fsconvert.synthetic import make_sample
+from fsconvert.synthetic import RT_SCALE_DICT, make_sample
 
 SUBJECT, EXP = "1", "1_neutral"
 FORMATS = sorted(available())
@@ -112,6 +112,10 @@ class Data:
     @property
     def params(self) -> Path:
         return self.tuple / "params.json"
+
+    @property
+    def rt_scale_dict(self) -> Path:
+        return self.root / RT_SCALE_DICT
 
     @property
     def mesh(self) -> Path:
@@ -351,6 +355,57 @@ def _(d: Data) -> list[str]:
 def _(d: Data) -> list[str]:
     d.mesh.write_bytes(b"")
     return [f"{d.mesh}: not a readable mesh"]
+
+
+def align_case(name: str, table: object, key: str | None, reason: str, text: str | None = None) -> None:
+    """--align with the dict replaced by `table` (or raw `text`): one error naming the dict and `key`."""
+
+    def damage(d: Data) -> list[str]:
+        d.rt_scale_dict.write_text(text if text is not None else json.dumps(table))
+        d.args += ["--align", str(d.rt_scale_dict)]
+        where = f"key '{key}': " if key is not None else ""
+        return [f"{d.rt_scale_dict}: {where}{reason}"]
+
+    case(name)(damage)
+
+
+EYE = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+align_case("align: not a JSON object", [1, 2], None, "expected a JSON object {id: {expression: [scale, Rt 3×4]}}")
+align_case("align: invalid JSON", None, None, "invalid JSON: ", text='{"1": {"1": [2.0, ')
+align_case("align: subject not an object", {"1": [2.0, EYE]}, "1", "expected an object {expression: [scale, Rt 3×4]}")
+align_case("align: entry not a pair", {"1": {"1": [2.0]}}, "1.1", "expected [scale, Rt 3×4], got [2.0]")
+align_case("align: Rt 3×3", {"1": {"1": [2.0, [r[:3] for r in EYE]]}}, "1.1",
+           "Rt: expected 4×4 or 3×4 numbers, got 3×3")
+align_case("align: Rt not a rotation", {"1": {"1": [2.0, [[2 * x for x in r] for r in EYE]]}}, "1.1",
+           "Rt: R is not a rotation")
+align_case("align: Rt a reflection", {"1": {"1": [2.0, [EYE[0], EYE[1], [0.0, 0.0, -1.0, 0.0]]]}}, "1.1",
+           "Rt: R has determinant −1")
+align_case("align: Rt with a string", {"1": {"1": [2.0, [EYE[0], EYE[1], [0, 0, "1", 0]]]}}, "1.1",
+           "Rt: expected 4×4 or 3×4 numbers")
+align_case("align: scale zero", {"1": {"1": [0, EYE]}}, "1.1", "scale must be a positive finite number, got 0")
+align_case("align: scale negative", {"1": {"1": [-40.0, EYE]}}, "1.1", "scale must be a positive finite number")
+align_case("align: scale NaN", None, "1.1", "scale must be a positive finite number, got nan",
+           text='{"1": {"1": [NaN, ' + json.dumps(EYE) + "]}}")
+align_case("align: scale infinite", None, "1.1", "scale must be a positive finite number, got inf",
+           text='{"1": {"1": [Infinity, ' + json.dumps(EYE) + "]}}")
+align_case("align: scale a string", {"1": {"1": ["40", EYE]}}, "1.1", "scale must be a positive finite number")
+align_case("align: scale beyond float", None, "1.1", "scale must be a positive finite number",
+           text='{"1": {"1": [' + "9" * 400 + ", " + json.dumps(EYE) + "]}}")
+align_case("align: subject missing", {"2": {"1": [2.0, EYE]}}, "1", "no entry for subject 1 (tuple 1/1_neutral)")
+align_case("align: expression missing", {"1": {"4": [2.0, EYE]}}, "1.1",
+           "no entry for expression 1 (tuple 1/1_neutral)")
+
+
+@case("align: file missing")
+def _(d: Data) -> list[str]:
+    d.args += ["--align", str(d.root / "nowhere.json")]
+    return [f"{d.root / 'nowhere.json'}: alignment file not found"]
+
+
+@case("units without align")
+def _(d: Data) -> list[str]:
+    d.args += ["--units", "m"]
+    return ["--units sets the unit of the aligned frame: give --align RT_SCALE_DICT too"]
 
 
 @case("mesh is a text file")

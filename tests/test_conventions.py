@@ -170,3 +170,34 @@ def test_focal_and_fov_are_inverse_and_match_the_pinhole_edge_ray():
     # the image edge (corner origin: x = 0 and x = W) is seen at ±fov/2 from the centred principal point
     assert abs(np.arctan(543 / f) - 0.125) < 1e-15
     assert abs(cv.fov_from_focal(1086, f) - 0.25) < 1e-15
+
+
+def _to_tu(points: np.ndarray, s: float, R: np.ndarray, t: np.ndarray, unit: float = 1.0) -> np.ndarray:
+    """FaceScape's alignment X_tu = R·(s·X) + t, point by point, times `unit`."""
+    return np.array([unit * (R @ (s * np.asarray(x)) + t) for x in points])
+
+
+def _assert_close(found: np.ndarray, expected: np.ndarray) -> None:
+    assert np.abs(np.asarray(found) - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+def test_rt_scale_similarity_is_facescapes_formula(rng):
+    R, t, s = Rotation.random(random_state=4).as_matrix(), rng.normal(size=3) * 100, 37.5
+    X = rng.normal(size=(20, 3))
+    for unit in (1.0, 1e-3):
+        S = cv.rt_scale_similarity(s, np.column_stack([R, t]), unit)
+        homogeneous = (S @ np.column_stack([X, np.ones(len(X))]).T).T[:, :3]
+        _assert_close(homogeneous, _to_tu(X, s, R, t, unit))
+        _assert_close(cv.apply_similarity(S, X), _to_tu(X, s, R, t, unit))
+
+
+def test_aligned_pose_sees_the_aligned_point_at_the_same_pixel_and_scaled_depth(rng):
+    R, t, s = Rotation.random(random_state=6).as_matrix(), rng.normal(size=3), 25.0
+    S = cv.rt_scale_similarity(s, np.column_stack([R, t]))
+    w2c = cv.homogeneous(np.column_stack([Rotation.random(random_state=7).as_matrix(), [0.1, -0.2, 3.0]]))
+    X = rng.normal(size=(10, 3)) * 0.3
+    cam = X @ w2c[:3, :3].T + w2c[:3, 3]
+    new = cv.w2c_in_similar_world(w2c, S)
+    cam_new = _to_tu(X, s, R, t) @ new[:3, :3].T + new[:3, 3]
+    _assert_close(cam_new, s * cam)  # the same rays, depth in the new unit
+    assert np.abs(new[:3, :3].T @ new[:3, :3] - np.eye(3)).max() < 1e-15

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
 from fsconvert import conventions as cv
-from fsconvert import loader
+from fsconvert import jsonvalues, loader
 from fsconvert.errors import InputError
 from fsconvert.export import export
 from fsconvert.protocol import read_manifest
@@ -274,6 +274,8 @@ def test_fuzzed_params_json_only_gives_one_line_input_errors(fuzz_tuple: Path, c
 
 def test_fuzzer_negative_control(fuzz_tuple: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fuzzer finds the bugs of a naive loader that takes matrices as numpy reads them."""
-    monkeypatch.setattr(loader, "_matrix", lambda value, shapes, where: np.array(value, dtype=np.float64))
+    naive = lambda value, shapes, where: np.array(value, dtype=np.float64)  # noqa: E731
+    monkeypatch.setattr(loader, "matrix", naive)
+    monkeypatch.setattr(jsonvalues, "matrix", naive)  # Rt, through jsonvalues.rigid
     _, _, failures = fuzz(fuzz_tuple, 300, FUZZ_SEED)
     assert len(failures) > 10, failures

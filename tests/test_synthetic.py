@@ -214,7 +214,7 @@ def test_same_seed_is_byte_identical_and_tuples_differ(tmp_path: Path):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert len(a) == 2 * (3 + 1) + 2 and a == b
+    assert len(a) == 2 * (3 + 1) + 2 + 1 and a == b  # images + params.json, two meshes, Rt_scale_dict.json
     assert all(a[name] != c[name] for name in a)
     assert [p.relative_to(tmp_path / "a") for p in runs[0]] == [Path("images/7/1_neutral"),
                                                                Path("images/7/3_mouth_stretch")]
