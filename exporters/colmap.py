@@ -142,24 +142,35 @@ def write(
     return Path(out_dir)
 
 
+def default_reader(options: Options) -> str:
+    """The program this export is checked for (fsconvert.readers)."""
+    return "colmap"
+
+
 def read(out_dir: str | Path) -> list[ExportedView]:
     """Read `out_dir/sparse/0` with pycolmap; cameras back in the internal convention, in image-id order."""
-    pycolmap = require_pycolmap(write=False)
+    rec = load_model(out_dir)
     sparse = Path(out_dir) / SPARSE
-    if not sparse.is_dir():
-        raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
-    _check_binary_layout(pycolmap, sparse)
-    try:
-        rec = pycolmap.Reconstruction(str(sparse))
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
     views = []
     for image_id in sorted(rec.images):
         image = rec.images[image_id]
         camera = internal_camera(rec.cameras[image.camera_id], sparse)
         views.append(ExportedView(str(IMAGES / image.name), camera, cv.homogeneous(image.cam_from_world().matrix())))
     return views
+
+
+def load_model(out_dir: str | Path):
+    """The pycolmap Reconstruction of `out_dir/sparse/0` (bin, else txt); one-line InputErrors."""
+    pycolmap = require_pycolmap(write=False)
+    sparse = Path(out_dir) / SPARSE
+    if not sparse.is_dir():
+        raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
+    _check_binary_layout(pycolmap, sparse)
+    try:
+        return pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
 
 
 def _check_binary_layout(pycolmap: ModuleType, sparse: Path) -> None:

@@ -414,6 +414,11 @@ def _write_bytes(path: Path, data: bytes) -> None:
 # ---- read ------------------------------------------------------------------------------------------
 
 
+def default_reader(options: Options) -> str:
+    """The program this export is checked for (fsconvert.readers)."""
+    return "blender" if options.variant == "blender" else "nerfstudio"
+
+
 def read(out_dir: str | Path) -> list[ExportedView]:
     """Read `transforms.json` by nerfstudio's `nerfstudio-data` rules, or `transforms_*.json` by the
     Blender rules; cameras in the internal convention, normalization undone (source world)."""
@@ -457,13 +462,16 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     return sorted(views, key=lambda v: v.name)
 
 
-def read_blender(out_dir: Path) -> list[ExportedView]:
-    """Blender rules: `transforms_{train,val,test}.json`, image = file_path + '.png' ('./' dropped),
-    focal = 0.5·W/tan(0.5·camera_angle_x) from the image width, principal point (W/2, H/2) corner origin."""
+def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: bool = False) -> list[ExportedView]:
+    """Blender rules: `transforms_{split}.json` of `splits` (each one `required`, else skipped when
+    absent), image = file_path + '.png' ('./' dropped), focal = 0.5·W/tan(0.5·camera_angle_x) from
+    the image width, principal point (W/2, H/2) corner origin."""
     views = []
-    for split in SPLITS:
+    for split in splits:
         path = out_dir / f"transforms_{split}.json"
         if not path.is_file():
+            if required:
+                raise InputError("missing: the reader needs it", file=path)
             continue
         meta = _load_json(path)
         fov = _number(meta, "camera_angle_x", path, None)

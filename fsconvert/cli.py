@@ -14,6 +14,7 @@ from . import __version__
 from .errors import FsconvertError, InputError
 from .imagestage import ImageOptions
 from .loader import parse_exps, parse_ids
+from .readers import READERS
 
 IMAGES, CHECKS = "images", "check thresholds"
 """Titles of the argument groups that are also the `image:` and `check:` sections of a batch config."""
@@ -151,6 +152,9 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="re-check an export against its source (reprojection + render)")
     p.add_argument("export", type=Path)
+    p.add_argument("--reader", choices=tuple(READERS),
+                   help="judge the export by this program's loading rules (default: the program its format is "
+                   "meant for)")
     _add_check_arguments(p)
 
     p = sub.add_parser("batch", help="convert a dataset as a YAML config says (repeatable, resumable runs)",
@@ -183,7 +187,7 @@ def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     if args.command == "check":
         from .check import check_export, format_report
 
-        report = check_export(args.export, _thresholds(args), overlays=not args.no_overlays)
+        report = check_export(args.export, _thresholds(args), overlays=not args.no_overlays, reader=args.reader)
         print(format_report(report))
         return 0 if report.passed else 1
     if args.command == "batch":
