@@ -135,11 +135,40 @@ def write(
             (sparse / f"{extra}.{'txt' if options.text else 'bin'}").unlink(missing_ok=True)
         if options.points:
             write_ply(sparse / PLY, cloud.xyz, cloud.normals, cloud.rgb)
-        write_manifest(tmp, NAME, capture, options, [str(IMAGES / n) for n in names], {"points3D": stats})
+        warnings = reader_warnings(pycolmap, plans, options.image)
+        write_manifest(tmp, NAME, capture, options, [str(IMAGES / n) for n in names],
+                       {"points3D": stats, **({"warnings": warnings} if warnings else {})})
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
     return Path(out_dir)
+
+
+def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], image: ImageOptions) -> list[str]:
+    """One line per thing COLMAP or 3DGS will do wrong with this export (the summary and check.json)."""
+    out = []
+    if image.principal_point == "center" and image.border == "keep":
+        out.append(f"{NAME}: 3DGS reads these centred PINHOLE cameras exactly, but the strip that centring uncovers "
+                   "has no source data and no mask: for 3DGS use `fsconvert to-3dgs` (crops it, or masks it)")
+    elif any(p.camera.has_distortion for p in plans):
+        out.append(f"{NAME}: 3DGS reads PINHOLE / SIMPLE_PINHOLE models only and stops on these: for 3DGS use "
+                   "`fsconvert to-3dgs`")
+    else:
+        off = {p.view.id: np.linalg.norm(p.camera.K[:2, 2] - (np.array(p.camera.size) - 1) / 2) for p in plans}
+        off = {i: d for i, d in off.items() if d > 1e-9}
+        if off:
+            out.append(f"{NAME}: 3DGS ignores cx, cy: it would read {len(off)} of {len(plans)} views up to "
+                       f"{max(off.values()):.1f} px off (their principal points are off-centre); for 3DGS use "
+                       "`fsconvert to-3dgs`")
+    limit = pycolmap.IncrementalMapperOptions().max_extra_param
+    bogus = {p.view.id: float(np.abs(p.camera.dist).max()) for p in plans if np.abs(p.camera.dist).max() > limit}
+    if bogus:
+        need = int(np.ceil(max(bogus.values())))
+        out.append(f"{NAME}: views {sorted(bogus)} have a distortion coefficient up to {max(bogus.values()):.3g}, "
+                   f"beyond COLMAP's max_extra_param ({limit:g}): its mapper and point_triangulator take them for "
+                   f"bogus cameras and leave them out of triangulation and bundle adjustment; pass "
+                   f"--Mapper.max_extra_param {need} to them (or export with --distortion undistort)")
+    return out
 
 
 def default_reader(options: Options) -> str:

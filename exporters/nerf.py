@@ -54,6 +54,10 @@ VARIANTS = ("nerfstudio", "blender")
 NORMALIZATIONS = ("none", "sphere", "cameras")
 SPLITS = ("train", "val", "test")
 BLENDER_SPLIT = (0.8, 0.1, 0.1)
+GAUSSIAN_SPLIT = (0.875, 0.0, 0.125)
+"""Blender layout for 3DGS: its reader loads transforms_train.json and transforms_test.json only
+(every 8th view held out, as its COLMAP reader's llffhold = 8)."""
+BLENDER_READERS = ("blender", "3dgs")
 TRANSFORMS = "transforms.json"
 IMAGES, MASKS, DEPTHS = "images", "masks", "depths"
 MESH = "mesh.ply"
@@ -88,7 +92,11 @@ class Options:
     depth_unit: float = 0.001
     """Source-frame units per depth PNG step (nerfstudio's depth_unit_scale_factor)."""
     split: tuple[float, float, float] | None = None
-    """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
+    """train/val/test fractions; None: no split lists (nerfstudio), BLENDER_SPLIT (blender) or
+    GAUSSIAN_SPLIT (blender for 3dgs)."""
+    blender_reader: Literal["blender", "3dgs"] = "blender"
+    """The Blender reader the export is for: the original NeRF's (train, val and test each hold a
+    view) or 3DGS's (train and test; it never reads val). Also the reader the check uses."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -105,6 +113,11 @@ class Options:
                 raise InputError(f"split must be 3 fractions train,val,test ≥ 0 with train > 0 summing to 1, "
                                  f"got {self.split}")
             object.__setattr__(self, "split", split)
+        if self.blender_reader not in BLENDER_READERS:
+            raise InputError(f"blender_reader must be one of {', '.join(BLENDER_READERS)}, got {self.blender_reader!r}")
+        if self.blender_reader != "blender" and self.variant != "blender":
+            raise InputError(f"--for {self.blender_reader} needs --variant blender (the COLMAP route to 3DGS is "
+                             "`fsconvert to-3dgs`)")
         if self.variant == "blender":
             if not self.image.undistort:
                 raise InputError("--variant blender holds no lens distortion (NeRF/3DGS Blender readers): "
@@ -134,7 +147,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source-frame units per depth step (default 0.001: millimetres as nerfstudio reads "
                         "them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
     parser.add_argument("--split", type=_parse_split, metavar="TRAIN,VAL,TEST",
-                        help="deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)")
+                        help=f"deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default; "
+                        f"{','.join(map(str, GAUSSIAN_SPLIT))} with --for 3dgs)")
+    parser.add_argument("--for", dest="blender_reader", choices=BLENDER_READERS, default=Options.blender_reader,
+                        help="blender: the reader the export is for: the original NeRF's (default; train/val/test) "
+                        "or 3DGS's (train/test only)")
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -149,7 +166,8 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 
 def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
     return Options(image=image, variant=args.variant, normalize=args.normalize, radius=args.radius,
-                   masks=args.masks, depth=args.depth, depth_unit=args.depth_unit, split=args.split)
+                   masks=args.masks, depth=args.depth, depth_unit=args.depth_unit, split=args.split,
+                   blender_reader=args.blender_reader)
 
 
 def default_image_format(args: argparse.Namespace) -> str:
@@ -179,15 +197,14 @@ def write(
     digits = max(3, len(str(max(v.id for v in capture.views))))
     stems = [f"{p.view.id:0{digits}d}" for p in plans]
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems, plans)]
-    splits = assign_splits(len(plans), options.split or (BLENDER_SPLIT if blender else None))
-    if blender and splits is not None and len(set(splits)) < len(SPLITS):
-        empty = [s for k, s in enumerate(SPLITS) if k not in splits]
-        raise InputError(f"--variant blender needs a view in every split; {', '.join(empty)} got none of "
-                         f"{len(plans)} views (change --split)")
-    if not options.image.undistort and any(p.camera.dist[4] != 0 for p in plans):
-        k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
-        print(f"fsconvert: warning: {NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it "
-              "(it models k1 k2 p1 p2 only); use --distortion undistort for instant-ngp", file=sys.stderr)
+    splits = assign_splits(len(plans), options.split or default_split(options))
+    if blender:
+        needed = _needed_splits(options)
+        empty = [s for k, s in enumerate(SPLITS) if s in needed and k not in splits]
+        if empty:
+            raise InputError(f"--variant blender --for {options.blender_reader} needs a view in every split it "
+                             f"reads; {', '.join(empty)} got none of {len(plans)} views (change --split)")
+    warnings = reader_warnings(options, plans, splits)
     frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, stems)]
     A, scale = cv.similarity_to_nerfstudio(S)
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
@@ -196,8 +213,7 @@ def write(
         if options.masks or options.depth:
             _write_renders(mesh, plans, stems, options, tmp, progress)
         if blender:
-            if options.masks:
-                _add_alpha(tmp, names, stems)
+            _add_alpha(tmp, plans, names, stems, options.masks)
             _write_blender(tmp, frames, splits, options, record)
         else:
             extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
@@ -205,21 +221,56 @@ def write(
         _write_mesh(tmp / MESH, mesh, S)
         _write_points(tmp / (BLENDER_POINTS if blender else POINTS), mesh, S)
         write_manifest(tmp, NAME, capture, options, names,
-                       {"normalization": {"method": options.normalize, "similarity": S.tolist(), **record}})
+                       {"normalization": {"method": options.normalize, "similarity": S.tolist(), **record},
+                        **({"warnings": warnings} if warnings else {})})
     return Path(out_dir)
 
 
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
-    """The image options used: for blender, principal point centred and one horizontal FoV for every
-    view (the given fov_x, else the median of the views' undistorted FoVs)."""
+    """The image options used: for blender, every view turned landscape, principal point centred and
+    one horizontal FoV (the given fov_x, else the widest of the views' undistorted FoVs), each view at
+    its own focal and as large as it needs to hold all its source pixels: nothing is cut off; what
+    has no source data is transparent (alpha 0)."""
     image = options.image
     if options.variant != "blender":
         return image
+    image = replace(image, principal_point="center", border="cover", orientation="landscape")
     fov = image.fov_x
     if fov is None:
-        plans = plan_views(capture.views, replace(image, principal_point="center"))
-        fov = float(np.median([cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans]))
-    return replace(image, principal_point="center", fov_x=fov)
+        plans = plan_views(capture.views, image)
+        fov = float(max(cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans))
+    return replace(image, fov_x=fov)
+
+
+def default_split(options: Options) -> tuple[float, float, float] | None:
+    if options.variant != "blender":
+        return None
+    return GAUSSIAN_SPLIT if options.blender_reader == "3dgs" else BLENDER_SPLIT
+
+
+def _needed_splits(options: Options) -> tuple[str, ...]:
+    """The Blender split files the reader opens (each must hold a view)."""
+    return ("train", "test") if options.blender_reader == "3dgs" else SPLITS
+
+
+def reader_warnings(options: Options, plans: list[ViewPlan], splits: list[int] | None) -> list[str]:
+    """One line per thing a target program will do wrong with this export (the summary and check.json)."""
+    out = []
+    if options.variant == "nerfstudio" and options.normalize != "none":
+        out.append(f"{NAME}: --normalize {options.normalize} with nerfstudio: its dataparser orients, centres and "
+                   "scales the cameras again at load and its point loader applies applied_scale once more, so "
+                   "ply_file_path lands off the mesh; for nerfstudio use --normalize none (the default), keep "
+                   f"--normalize {options.normalize} for instant-ngp")
+    k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
+    if options.variant == "nerfstudio" and k3:
+        out.append(f"{NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it (it models "
+                   "k1 k2 p1 p2 only); use --distortion undistort for instant-ngp")
+    val = [p.view.id for p, k in zip(plans, splits or []) if SPLITS[k] == "val"]
+    if options.variant == "blender" and val:
+        fix = "" if options.blender_reader == "3dgs" else "; --for 3dgs writes train/test only"
+        out.append(f"{NAME}: views {val} are in transforms_val.json, which 3DGS's Blender reader never "
+                   f"reads{fix}")
+    return out
 
 
 def normalization(options: Options, vertices: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -299,10 +350,12 @@ def _write_transforms(tmp: Path, frames: list[dict], names: list[str], splits: l
 
 
 def _write_blender(tmp: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
+    """transforms_<split>.json for each split the reader opens or that holds a view."""
     for k, split in enumerate(SPLITS):
-        meta = {"camera_angle_x": options.image.fov_x, **record,
-                "frames": [f for f, s in zip(frames, splits) if s == k]}
-        _write_json(tmp / f"transforms_{split}.json", meta)
+        chosen = [f for f, s in zip(frames, splits) if s == k]
+        if chosen or split in _needed_splits(options):
+            meta = {"camera_angle_x": options.image.fov_x, **record, "frames": chosen}
+            _write_json(tmp / f"transforms_{split}.json", meta)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -356,13 +409,18 @@ def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
     return np.where(depth > 0, np.maximum(steps, 1), 0).astype(np.uint16)
 
 
-def _add_alpha(tmp: Path, names: list[str], stems: list[str]) -> None:
-    """Blender masks: the rendered mask becomes the image's alpha channel (masks/ is removed)."""
-    for name, stem in zip(names, stems):
-        alpha = cv2.imread(str(tmp / MASKS / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+def _add_alpha(tmp: Path, plans: list[ViewPlan], names: list[str], stems: list[str], masks: bool) -> None:
+    """Blender alpha: 255 where the output pixel has source data (the rendered mask, masks/ removed,
+    with `masks`), 0 elsewhere: readers blend it over their background instead of training on it."""
+    for plan, name, stem in zip(plans, names, stems):
+        if masks:
+            alpha = cv2.imread(str(tmp / MASKS / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+            (tmp / MASKS / f"{stem}.png").unlink()
+        else:
+            alpha = np.where(footprint(plan), 255, 0).astype(np.uint8)
         write_png(tmp / name, np.dstack([read_image(tmp / name), alpha]))
-        (tmp / MASKS / f"{stem}.png").unlink()
-    (tmp / MASKS).rmdir()
+    if masks:
+        (tmp / MASKS).rmdir()
 
 
 # ---- mesh and point cloud --------------------------------------------------------------------------
@@ -416,7 +474,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def default_reader(options: Options) -> str:
     """The program this export is checked for (fsconvert.readers)."""
-    return "blender" if options.variant == "blender" else "nerfstudio"
+    return options.blender_reader if options.variant == "blender" else "nerfstudio"
 
 
 def read(out_dir: str | Path) -> list[ExportedView]:

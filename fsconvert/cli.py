@@ -263,6 +263,7 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
 def _report_tuple(r, fmt: str) -> int:
     """One tuple folder: today's messages and exit codes."""
     from .batch import exit_code
+    from .export import read_manifest
 
     if r.status == "failed":
         print(f"fsconvert: error: {r.reason}", file=sys.stderr)
@@ -275,7 +276,10 @@ def _report_tuple(r, fmt: str) -> int:
     else:
         print(f"wrote {r.out_dir} ({fmt}, {r.views} views)")
         if r.report:
-            print(r.report)
+            print(r.report)  # it lists the export's warnings
+        else:
+            for line in read_manifest(r.out_dir).get("warnings", []):
+                print(f"warning: {line}")
     return exit_code([r])
 
 
