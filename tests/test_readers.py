@@ -253,3 +253,26 @@ def test_blender_default_is_landscape_lossless_and_masks_what_has_no_data(sample
         assert outside_alpha <= 0.01, entry
     print("view, turn, uncovered outside alpha, transparent:", report)
     assert {turn for _, turn, _, _ in report} == {-1, 0, 1}  # both portrait views turned, landscape ones not
+
+
+def test_check_by_3dgs_rules_fails_a_plain_colmap_export_and_names_the_error(sample_tuple, tmp_path, capsys):
+    from fsconvert.cli import main
+
+    out = tmp_path / "colmap"
+    assert main(["to-colmap", str(sample_tuple), "-o", str(out), "-q", "-j", "1", "--points", "300",
+                 "--no-overlays"]) == 0
+    assert "warning: colmap: 3DGS ignores cx, cy" in capsys.readouterr().out
+    assert main(["check", str(out), "--reader", "3dgs", "--no-overlays"]) == 1
+    text = capsys.readouterr().out
+    report = json.loads((out / "check" / "check.json").read_text())
+    assert report["reader"] == "3dgs" and not report["passed"]
+    assert report["warnings"] and report["warnings"][0].startswith("colmap: 3DGS ignores cx, cy")
+    for view in report["views"]:
+        # a pinhole camera read with its principal point moved shifts every pixel by that move
+        cam = colmap.read(out)[[v.name for v in colmap.read(out)].index(view["name"])].camera
+        shift = np.linalg.norm(cam.K[:2, 2] - (np.array(cam.size) - 1) / 2)
+        assert view["camera_max_px"] == pytest.approx(shift, abs=1e-6) and shift > 1
+        assert view["problems"][0].startswith(f"3dgs reads this view {view['camera_max_px']:.4g} px off (> 0.01 px): "
+                                              "principal point ignored: read at the image centre")
+        assert view["problems"][0] in text
+    assert main(["check", str(out), "--no-overlays"]) == 0  # by COLMAP's own reader it is exact
