@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from exporters import colmap, nerf
-from exporters.nerf import footprint
 from fsconvert import conventions as cv
 from fsconvert import readers
 from fsconvert.errors import InputError
@@ -142,9 +141,9 @@ def test_crop_is_the_largest_centred_frame_with_source_data_everywhere(capture, 
     for plan in plan_views(capture.views, image):
         assert abs(plan.camera.cx - (plan.camera.width - 1) / 2) < EXACT
         assert abs(plan.camera.cy - (plan.camera.height - 1) / 2) < EXACT
-        assert footprint(plan).all(), plan.view.id
+        assert plan.footprint().all(), plan.view.id
         # one more pixel on each side, in width or in height, reaches outside the source data
-        assert not footprint(grown(plan, 2, 0)).all() and not footprint(grown(plan, 0, 2)).all(), plan.view.id
+        assert not grown(plan, 2, 0).footprint().all() and not grown(plan, 0, 2).footprint().all(), plan.view.id
 
 
 def test_cover_holds_every_source_pixel(capture):
@@ -153,7 +152,7 @@ def test_cover_holds_every_source_pixel(capture):
         u, v = np.meshgrid(np.arange(0, W, 7.0), np.arange(0, H, 7.0))
         out = plan.src_to_out(np.column_stack([u.ravel(), v.ravel()]))
         assert np.all((out >= -0.5) & (out <= np.array(plan.camera.size) - 0.5)), plan.view.id
-        assert not footprint(plan).all()  # the corners undistortion leaves empty are outside the footprint
+        assert not plan.footprint().all()  # the corners undistortion leaves empty are outside the footprint
 
 
 def test_landscape_turns_portrait_views_exactly(capture):
@@ -180,7 +179,7 @@ def colmap_warnings(capture, image: ImageOptions, k3: float | None = None) -> li
     if k3 is not None:
         views = [replace(v, camera=replace(v.camera, dist=[*v.camera.dist[:4], k3])) if v.camera.dist[4] else v
                  for v in views]
-    return colmap.reader_warnings(pycolmap, plan_views(views, image), image)
+    return colmap.reader_warnings(pycolmap, plan_views(views, image), colmap.Options(image=image))
 
 
 def test_colmap_warnings_appear_exactly_when_their_condition_holds(capture):
@@ -219,8 +218,8 @@ def test_nerf_warnings_appear_exactly_when_their_condition_holds(capture):
     assert k3.startswith("nerf: views [3] have k3 ≠ 0") and "instant-ngp drops it" in k3
     (val,) = nerf_warnings(capture, **blender)
     assert "views [3] are in transforms_val.json, which 3DGS's Blender reader never reads" in val
-    assert nerf_warnings(capture, blender_reader="3dgs", **blender) == []
-    (val,) = nerf_warnings(capture, blender_reader="3dgs", split=(0.6, 0.2, 0.2), **blender)
+    assert nerf_warnings(capture, target="3dgs", **blender) == []
+    (val,) = nerf_warnings(capture, target="3dgs", split=(0.6, 0.2, 0.2), **blender)
     assert val.endswith("never reads")
 
 
