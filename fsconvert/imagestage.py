@@ -149,7 +149,7 @@ class ViewPlan:
         uv = np.asarray(uv_src, dtype=np.float64).reshape(-1, 2)
         if self.turn:
             return cv2.undistortPoints(uv.reshape(-1, 1, 2), src.K, src.dist, R=self.rectification(),
-                                       P=self.camera.K, criteria=_UNDISTORT_CRITERIA).reshape(-1, 2)
+                                       P=self.camera.K, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
         if self.options.undistort:
             K_out = cv.rotate180_K(self.camera.K, *self.camera.size) if self.rotated else self.camera.K
             out = cv2.undistortPoints(
@@ -340,7 +340,7 @@ def _undistorted_border(src: Camera, reduce: int) -> tuple[np.ndarray, np.ndarra
     border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
                              np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
     full = cv.resize_points(border, reduce, reduce)
-    xy = cv2.undistortPoints(full.reshape(-1, 1, 2), src.K, src.dist, criteria=_UNDISTORT_CRITERIA).reshape(-1, 2)
+    xy = cv2.undistortPoints(full.reshape(-1, 1, 2), src.K, src.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
     return xy[:, 0], xy[:, 1]
 
 

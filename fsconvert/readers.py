@@ -26,7 +26,7 @@ import numpy as np
 
 from . import conventions as cv
 from .errors import InputError
-from .export import ExportedView
+from .protocol import ExportedView
 from .model import Camera
 
 
