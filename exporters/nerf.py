@@ -388,7 +388,7 @@ def read(out_dir: str | Path) -> list[ExportedView]:
 def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     """nerfstudio rules: a top-level fl_x/fl_y/cx/cy/w/h/distortion key wins, else every frame has it;
     file_path is relative to the JSON's folder and must name an existing file (frames sorted by it)."""
-    meta = _load_json(path)
+    meta = load_json(path)
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise InputError("no frames", file=path, key="frames")
@@ -396,7 +396,7 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     if model not in PERSPECTIVE_MODELS + ("PERSPECTIVE",):
         raise InputError(f"camera model {model!r} cannot be represented by k1 k2 p1 p2 k3", file=path,
                          key="camera_model")
-    world = _source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
+    world = source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
     top_distortion = any(k in meta for k in ("k1", "k2", "k3", "p1", "p2", "distortion_params"))
     views = []
     for i, frame in enumerate(frames):
@@ -410,10 +410,10 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
         if k4 != 0:
             raise InputError(f"k4 = {k4:g} (nerfstudio's r⁸ term) cannot be represented", file=path,
                              key=f"frames[{i}]")
-        _check_image(image, (w, h), path, i)
+        check_image(image, (w, h), path, i)
         camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), [k1, k2, p1, p2, k3])
         views.append(ExportedView(_relative(image, out_dir), camera,
-                                  _source_w2c(frame, world, path, i)))
+                                  source_w2c(frame, world, path, i)))
     return sorted(views, key=lambda v: v.name)
 
 
@@ -428,22 +428,22 @@ def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: b
             if required:
                 raise InputError("missing: the reader needs it", file=path)
             continue
-        meta = _load_json(path)
+        meta = load_json(path)
         fov = _number(meta, "camera_angle_x", path, None)
-        world = _source_similarity(meta, path, False)
+        world = source_similarity(meta, path, False)
         frames = meta.get("frames")
         if not isinstance(frames, list):
             raise InputError("no frames", file=path, key="frames")
         for i, frame in enumerate(frames):
             image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
-            W, H = _check_image(image, None, path, i)
+            W, H = check_image(image, None, path, i)
             f = cv.focal_from_fov(W, fov)
             K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
-            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), _source_w2c(frame, world, path, i)))
+            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), source_w2c(frame, world, path, i)))
     return views
 
 
-def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
+def source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
     """The similarity from the file's world back to the source world (inverse of the recorded one)."""
     A = meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM if legacy else np.eye(4)[:3].tolist())
     s = meta.get("applied_scale", 1.0)
@@ -458,7 +458,7 @@ def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
     return cv.invert_similarity(cv.similarity_from_nerfstudio(A, s))
 
 
-def _source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
+def source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
     c2w = _matrix(frame, "transform_matrix", path, i)
     R = c2w[:3, :3]
     if np.abs(R.T @ R - np.eye(3)).max() > RIGID_TOL or np.linalg.det(R) < 0:
@@ -475,7 +475,7 @@ def _distortion(obj: dict, path: Path, i: int | None) -> tuple[float, ...]:
     return tuple(_number(obj, k, path, i) if k in obj else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2"))
 
 
-def _load_json(path: Path) -> dict:
+def load_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -518,7 +518,7 @@ def _matrix(obj: dict, key: str, path: Path, i: int | None, shape: tuple[int, ..
     return value
 
 
-def _check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
+def check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
     try:
         with Image.open(image) as im:
             found = im.size

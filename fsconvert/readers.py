@@ -117,10 +117,7 @@ def read_instant_ngp(folder: Path) -> Reading:
     no k3). Frames natural-sorted by file_path. The world is the file's: the similarity fsconvert
     records (applied_transform, applied_scale) is undone to compare with the source.
     """
-    from exporters.nerf import _check_image as image_size
-    from exporters.nerf import _load_json as load_json
-    from exporters.nerf import _source_similarity as source_similarity
-    from exporters.nerf import _source_w2c as source_w2c
+    from exporters.nerf import check_image, load_json, source_similarity, source_w2c
 
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -138,8 +135,8 @@ def read_instant_ngp(folder: Path) -> Reading:
             frames.append((file_path, path, meta, frame, i, world))
     views = []
     for file_path, path, meta, frame, i, world in sorted(frames, key=lambda f: _natural(f[0])):
-        image = _ngp_image(path.parent, file_path, path, i)
-        W, H = image_size(image, None, path, i)
+        image = _ngp_image(path.parent, file_path)
+        W, H = check_image(image, None, path, i)
         fx, fy = _ngp_focal(meta, frame, (W, H), path, i)
         cx, cy = _ngp_principal(meta, frame, (W, H))
         k1, k2, p1, p2 = (float(frame.get(k, meta.get(k, 0.0))) for k in ("k1", "k2", "p1", "p2"))
@@ -157,7 +154,7 @@ def _natural(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def _ngp_image(base: Path, file_path: str, path: Path, i: int) -> Path:
+def _ngp_image(base: Path, file_path: str) -> Path:
     """resolve_path: relative to the JSON's folder; without an extension and missing, try the known ones."""
     image = base / file_path.replace("\\", "/")
     if not image.exists() and not image.suffix:
