@@ -117,6 +117,8 @@ def settings(cls: type) -> tuple[Setting, ...]:
             elif tp is not bool:
                 raise TypeError(f"{cls.__qualname__}.{f.name}: type {tp} needs `parse` metadata")
         default = f.default if f.default_factory is MISSING else f.default_factory()
+        if choices is None and parse is None and default is not False:
+            raise TypeError(f"{cls.__qualname__}.{f.name}: a flag defaults to False (or give `choices`)")
         key = meta.get("name", f.name)
         flags = meta.get("flags")
         flags = (f"--{key.replace('_', '-')}",) if flags is None else tuple(flags)

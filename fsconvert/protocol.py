@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .imagestage import ImageOptions
 from .model import Camera, Capture
 from .options import to_dict
 
@@ -42,8 +43,6 @@ class ExportedView:
 
 def missing(module: ModuleType) -> list[str]:
     """What `module` lacks of the protocol ([] when it is a usable exporter)."""
-    from .imagestage import ImageOptions
-
     lacks = [n for n in ("NAME", "SUMMARY") if not isinstance(getattr(module, n, None), str)]
     options = getattr(module, "Options", None)
     if not (isinstance(options, type) and dataclasses.is_dataclass(options)):

@@ -91,13 +91,20 @@ def test_literal_values_are_checked_once_from_the_type():
         ImageOptions(link="cp")
 
 
-def test_misspelt_metadata_is_refused():
+def test_fields_the_command_line_cannot_express_are_refused():
     @dataclass(frozen=True)
     class Typo:
         value: int = field(default=1, metadata={"halp": "typo"})
 
     with pytest.raises(TypeError, match=r"Typo.value: unknown metadata \['halp'\]"):
         add_arguments(argparse.ArgumentParser(), Typo, "")
+
+    @dataclass(frozen=True)
+    class Stuck:
+        on: bool = True  # a store_true flag could never turn it off
+
+    with pytest.raises(TypeError, match="Stuck.on: a flag defaults to False"):
+        add_arguments(argparse.ArgumentParser(), Stuck, "")
 
 
 def test_manifest_form_round_trips():
@@ -106,3 +113,29 @@ def test_manifest_form_round_trips():
     assert data["split"] == [0.5, 0.25, 0.25] and data["image"]["fov_x"] == 0.3
     assert from_dict(nerf.Options, data) == options
     assert [f.name for f in dataclasses.fields(nerf.Options)][0] == "image"
+
+
+def test_config_and_command_line_build_the_same_runs(tmp_path: Path):
+    from exporters import available
+    from fsconvert.cli import build_parser, load_config
+
+    exporters = available()
+    config = tmp_path / "run.yaml"
+    config.write_text("input: data\nout: out\nformat: [colmap, nerf]\njobs: 3\n"
+                      "image: {scale: 0.5, principal_point: center, distortion: undistort}\n"
+                      "options: {colmap: {points: 2000, text: true}, nerf: {variant: blender, split: [0.5, 0.25, 0.25]}}\n"
+                      "check: {max_camera_error: 0.002, no_overlays: true}\n")
+    runs = {run.fmt: run for run in load_config(config, exporters)}
+    common = ["--scale", "0.5", "--principal-point", "center", "--distortion", "undistort", "-j", "3",
+              "--max-camera-error", "0.002", "--no-overlays"]
+    for fmt, extra in (("colmap", ["--points", "2000", "--text"]), ("nerf", ["--format", "blender", "--split",
+                                                                            "0.5,0.25,0.25"])):
+        args = build_parser(exporters).parse_args([f"to-{fmt}", str(tmp_path / "data"), "-o", str(tmp_path / "out"),
+                                                   *common, *extra])
+        module = exporters[fmt]
+        options = build(module.Options, from_args(args, module.Options, "options"),
+                        from_args(args, ImageOptions, "image"))
+        assert runs[fmt].options == options
+        assert runs[fmt].conversion.out == tmp_path / "out" / fmt and runs[fmt].conversion.jobs == 3
+        assert runs[fmt].check.thresholds.camera_px == 0.002 and runs[fmt].check.no_overlays
+    assert runs["nerf"].options.image.image_format == "png" and runs["colmap"].options.image.image_format == "jpg"
