@@ -32,7 +32,7 @@ from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 
 NAME = "colmap"
-SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: 3D Gaussian Splatting"
+SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: for 3DGS"
 
 IMAGES = Path("images")
 SPARSE = Path("sparse") / "0"
@@ -60,7 +60,8 @@ class Options:
     target: Literal["colmap", "3dgs"] = option(
         "colmap", "the program the export is for: colmap, or 3dgs (3D Gaussian Splatting reads PINHOLE only and "
         "ignores cx, cy: centred principal point, cropped to where every pixel has source data; with --border "
-        "keep|cover, masks/ instead)", name="for", image_defaults={"3dgs": {"principal_point": "center", "border": "crop"}})
+        "keep|cover, masks/ instead)", name="for",
+        image_defaults={"3dgs": {"principal_point": "center", "border": "crop"}})
     """Also the reader the check reads the export by."""
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
     warnings = reader_warnings(pycolmap, plans, options)
-    return {"images": [str(IMAGES / n) for n in names], "points3D": stats, **({"warnings": warnings} if warnings else {})}
+    return {"images": [str(IMAGES / n) for n in names], "points3D": stats,
+            **({"warnings": warnings} if warnings else {})}
 
 
 def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Options) -> list[str]:

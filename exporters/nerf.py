@@ -163,7 +163,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         _write_renders(mesh, plans, names, view_stems, footprints, options, folder, progress)
     if blender and not options.masks:  # alpha 0 where the pixel has no source data
         for name, fp in zip(names, footprints):
-            write_png(folder / name, np.dstack([read_image(folder / name), np.where(fp.mask(), 255, 0).astype(np.uint8)]))
+            alpha = np.where(fp.mask(), 255, 0).astype(np.uint8)
+            write_png(folder / name, np.dstack([read_image(folder / name), alpha]))
     if blender:
         _write_blender(folder, frames, splits, options, record)
     else:

@@ -371,7 +371,8 @@ def format_report(report: CheckReport) -> str:
     t = report.thresholds
     lines.append(
         f"{'PASS' if report.passed else 'FAIL'}: {passed}/{len(report.views)} views of the {report.format} export "
-        f"of {report.source}{_read_by(report)} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, depth ≤ {t.depth_rel:g} "
+        f"of {report.source}{_read_by(report)} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, "
+        f"depth ≤ {t.depth_rel:g} "
         f"({report.seconds:.1f} s; every number in {REPORT})"
     )
     return "\n".join(lines)

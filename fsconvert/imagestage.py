@@ -263,8 +263,8 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
         if options.border != "keep":
             w, h, K = _centred_frame(src, K, options, _reduction(src, K, w, h), turned=bool(turn))
         else:
-            if options.fov_x is not None:
-                f = cv.focal_from_fov(w, options.fov_x)
+            if options.fov_x is not None:  # across the output's width: the source height when turned
+                f = cv.focal_from_fov(h if turn else w, options.fov_x)
                 K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
             if options.principal_point == "center":
                 K = cv.centred_K(K, w, h)

@@ -56,7 +56,7 @@ def load_capture(
     if not kept:
         raise InputError("no valid view (every view has valid=false)", file=params_path)
     for v in kept:
-        check_image(v, params_path)
+        _check_image(v, params_path)
     mesh_path = Path(mesh) if mesh is not None else find_mesh(tuple_dir, mesh_root)
     if require_mesh:
         if mesh_path is None:
@@ -231,7 +231,7 @@ def _show(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def check_image(view: View, params_path: Path) -> None:
+def _check_image(view: View, params_path: Path) -> None:
     if not view.image.is_file():
         raise InputError("image missing", file=view.image, view=view.id)
     try:
