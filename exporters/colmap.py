@@ -7,6 +7,11 @@ through the full output camera. The model is built with pycolmap ≥ 4.0 and wri
 three files (no rigs/frames: every COLMAP reader since 3.x, and read_write_model-style parsers, load
 those and any ≥ 3.12 reader recreates the same trivial rigs and frames). `points3D.ply` beside them
 (x y z nx ny nz red green blue) initialises 3D Gaussian Splatting.
+
+`--for 3dgs` writes what 3DGS's reader (PINHOLE only, principal point assumed at the centre) reads
+without loss: centred principal points and, by default, each view cropped to the largest centred
+rectangle with source data in every pixel (`--border crop`; K exact); with `--border keep|cover`
+the frame stays and `masks/<image name>.png` (COLMAP's mask naming, 0 = no source data) is written.
 """
 
 from __future__ import annotations
