@@ -19,7 +19,7 @@ export PYOPENGL_PLATFORM := osmesa
 demo: deps
 	$(VENV)/bin/fsconvert info $(SAMPLE)
 	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap --overwrite --quiet
-	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/colmap_3dgs --principal-point center --overwrite --quiet
+	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/3dgs --for 3dgs --overwrite --quiet
 	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf --normalize sphere --masks --depth --overwrite --quiet
 	$(VENV)/bin/fsconvert to-open3d $(SAMPLE) -o $(OUT)/open3d --fuse --overwrite --quiet
 	$(VENV)/bin/fsconvert info $(SAMPLE) --align $(ALIGN)

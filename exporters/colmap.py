@@ -7,6 +7,11 @@ through the full output camera. The model is built with pycolmap ≥ 4.0 and wri
 three files (no rigs/frames: every COLMAP reader since 3.x, and read_write_model-style parsers, load
 those and any ≥ 3.12 reader recreates the same trivial rigs and frames). `points3D.ply` beside them
 (x y z nx ny nz red green blue) initialises 3D Gaussian Splatting.
+
+`--for 3dgs` writes what 3DGS's reader (PINHOLE only, principal point assumed at the centre) reads
+without loss: centred principal points and, by default, each view cropped to the largest centred
+rectangle with source data in every pixel (`--border crop`; K exact); with `--border keep|cover`
+the frame stays and `masks/<image name>.png` (COLMAP's mask naming, 0 = no source data) is written.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import trimesh
 
 from fsconvert import conventions as cv
-from fsconvert.derived import point_visibility, ply_vertices, write_ply
+from fsconvert.derived import point_visibility, ply_vertices, write_ply, write_png
 from fsconvert.errors import InputError
 from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
@@ -32,11 +37,13 @@ from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 
 NAME = "colmap"
-SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks; 3DGS-ready)"
+SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: for 3DGS"
 
 IMAGES = Path("images")
 SPARSE = Path("sparse") / "0"
 PLY = "points3D.ply"
+MASKS = Path("masks")
+FOR_3DGS = "`fsconvert to-colmap --for 3dgs`"
 MIN_PYCOLMAP_READ = (3, 12)
 """`Image.cam_from_world()` became a method (poses on frames) in 3.12."""
 WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
@@ -55,6 +62,12 @@ class Options:
         "mesh", "points3D colour: the mesh vertex colours (default), or the mean of the observed image pixels")
     depth_tolerance: float = option(
         0.005, "a view sees a point when its rendered depth differs from the point's by at most this × depth")
+    target: Literal["colmap", "3dgs"] = option(
+        "colmap", "the program the export is for: colmap, or 3dgs (3D Gaussian Splatting reads PINHOLE only and "
+        "ignores cx, cy: centred principal point, cropped to where every pixel has source data; with --border "
+        "keep|cover, masks/ instead)", name="for",
+        image_defaults={"3dgs": {"principal_point": "center", "border": "crop"}})
+    """Also the reader the check reads the export by."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -62,6 +75,9 @@ class Options:
             raise InputError(f"points must be ≥ 0, got {self.points}")
         if not 0 < self.depth_tolerance <= MAX_DEPTH_TOLERANCE:
             raise InputError(f"depth_tolerance must be in (0, {MAX_DEPTH_TOLERANCE}], got {self.depth_tolerance}")
+        if self.target == "3dgs" and self.image.principal_point != "center":
+            raise InputError("--for 3dgs: 3D Gaussian Splatting ignores cx, cy and reads PINHOLE cameras only: "
+                             "keep --distortion undistort and --principal-point center")
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
@@ -71,7 +87,13 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         raise InputError("points3D need the tuple's mesh: give --mesh, or --points 0", file=capture.root)
     plans = plan_views(capture.views, options.image)
     names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
-    write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress)
+    masks = options.target == "3dgs" and options.image.border != "crop"
+    footprints = write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress,
+                              footprints=masks)
+    if masks:  # COLMAP's mask naming: masks/<image name>.png, 0 where the pixel has no source data
+        (folder / MASKS).mkdir()
+        for name, fp in zip(names, footprints):
+            write_png(folder / MASKS / f"{name}.png", np.where(fp.mask(), 255, 0).astype(np.uint8))
     rec = pycolmap.Reconstruction()
     keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
     stats = {"sampled": options.points, "kept": 0, "dropped": 0}
@@ -99,27 +121,73 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
-    return {"images": [str(IMAGES / n) for n in names], "points3D": stats}
+    warnings = reader_warnings(pycolmap, plans, options)
+    return {"images": [str(IMAGES / n) for n in names], "points3D": stats,
+            **({"warnings": warnings} if warnings else {})}
+
+
+def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Options) -> list[str]:
+    """One line per thing COLMAP or 3DGS will do wrong with this export (the summary and check.json)."""
+    out = []
+    image = options.image
+    if options.target == "3dgs":
+        if image.border != "crop":
+            out.append(f"{NAME}: the border without source data is masked in {MASKS}/ (255 = data): 3DGS's own "
+                       "train.py does not read masks and trains on that border; use a trainer that takes masks, "
+                       "or --border crop")
+    elif image.principal_point == "center" and image.border == "keep":
+        out.append(f"{NAME}: 3DGS reads these centred PINHOLE cameras exactly, but the strip that centring uncovers "
+                   f"has no source data and no mask: for 3DGS use {FOR_3DGS} (crops it, or masks it)")
+    elif any(p.camera.has_distortion for p in plans):
+        out.append(f"{NAME}: 3DGS reads PINHOLE / SIMPLE_PINHOLE models only and stops on these: for 3DGS use "
+                   f"{FOR_3DGS}")
+    else:
+        off = {p.view.id: np.linalg.norm(p.camera.K[:2, 2] - (np.array(p.camera.size) - 1) / 2) for p in plans}
+        off = {i: d for i, d in off.items() if d > 1e-9}
+        if off:
+            out.append(f"{NAME}: 3DGS ignores cx, cy: it would read {len(off)} of {len(plans)} views up to "
+                       f"{max(off.values()):.1f} px off (their principal points are off-centre); for 3DGS use "
+                       f"{FOR_3DGS}")
+    limit = pycolmap.IncrementalMapperOptions().max_extra_param
+    bogus = {p.view.id: float(np.abs(p.camera.dist).max()) for p in plans if np.abs(p.camera.dist).max() > limit}
+    if bogus:
+        need = int(np.ceil(max(bogus.values())))
+        out.append(f"{NAME}: views {sorted(bogus)} have a distortion coefficient up to {max(bogus.values()):.3g}, "
+                   f"beyond COLMAP's max_extra_param ({limit:g}): its mapper and point_triangulator take them for "
+                   f"bogus cameras and leave them out of triangulation and bundle adjustment; pass "
+                   f"--Mapper.max_extra_param {need} to them (or export with --distortion undistort)")
+    return out
+
+
+def default_reader(options: Options) -> str:
+    """The program this export is checked for (fsconvert.readers)."""
+    return options.target
 
 
 def read(out_dir: str | Path) -> list[ExportedView]:
     """Read `out_dir/sparse/0` with pycolmap; cameras back in the internal convention, in image-id order."""
-    pycolmap = require_pycolmap(write=False)
+    rec = load_model(out_dir)
     sparse = Path(out_dir) / SPARSE
-    if not sparse.is_dir():
-        raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
-    _check_binary_layout(pycolmap, sparse)
-    try:
-        rec = pycolmap.Reconstruction(str(sparse))
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
     views = []
     for image_id in sorted(rec.images):
         image = rec.images[image_id]
         camera = internal_camera(rec.cameras[image.camera_id], sparse)
         views.append(ExportedView(str(IMAGES / image.name), camera, cv.homogeneous(image.cam_from_world().matrix())))
     return views
+
+
+def load_model(out_dir: str | Path):
+    """The pycolmap Reconstruction of `out_dir/sparse/0` (bin, else txt); one-line InputErrors."""
+    pycolmap = require_pycolmap(write=False)
+    sparse = Path(out_dir) / SPARSE
+    if not sparse.is_dir():
+        raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
+    _check_binary_layout(pycolmap, sparse)
+    try:
+        return pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
 
 
 def _check_binary_layout(pycolmap: ModuleType, sparse: Path) -> None:

@@ -12,9 +12,12 @@ Default format, one folder that nerfstudio's `nerfstudio-data` parser and instan
     OUT/mesh.ply  OUT/points3D.ply (x y z nx ny nz red green blue: mesh vertices, splatting init)
 
 `--variant blender` writes `transforms_{train,val,test}.json` (camera_angle_x, file_path without
-extension) and PNG images resampled to one horizontal field of view with a centred principal point,
-for the original NeRF, 3DGS and nerfstudio's `blender-data`; the point cloud is `points3d.ply`, the
-name 3DGS's Blender reader looks for; with `--masks` the mask is the PNG's alpha channel.
+extension; `--for 3dgs`: train and test only) and RGBA PNG images for the original NeRF, 3DGS and
+nerfstudio's `blender-data`, which read one horizontal FoV and assume a centred principal point:
+portrait views are turned landscape (K and R exact), every view keeps its focal and gets the width
+that gives the widest view's FoV and the height that holds all its source pixels, and alpha is 0
+where a pixel has no source data (with `--masks`, outside the mesh too). The point cloud is
+`points3d.ply`, the name 3DGS's Blender reader looks for.
 
 Normalization is a world similarity X' = s·R·X + t (R = I here). The files hold the normalized frame
 and record it the way nerfstudio composes it, X' = applied_scale · (applied_transform · X), i.e.
@@ -58,6 +61,9 @@ SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_
 
 SPLITS = ("train", "val", "test")
 BLENDER_SPLIT = (0.8, 0.1, 0.1)
+GAUSSIAN_SPLIT = (0.875, 0.0, 0.125)
+"""Blender layout for 3DGS: its reader loads transforms_train.json and transforms_test.json only
+(every 8th view held out, as its COLMAP reader's llffhold = 8)."""
 TRANSFORMS = "transforms.json"
 IMAGES, MASKS, DEPTHS = "images", "masks", "depths"
 MESH = "mesh.ply"
@@ -105,8 +111,14 @@ class Options:
     """Depth PNG step: in metres when the capture is aligned (default: PNGs in millimetres, as nerfstudio
     reads them), else in SfM units (see `depth_unit`)."""
     split: tuple[float, float, float] | None = option(
-        None, "deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)", metavar="TRAIN,VAL,TEST")
-    """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
+        None, "deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default; 0.875,0,0.125 with --for 3dgs)",
+        metavar="TRAIN,VAL,TEST")
+    """train/val/test fractions; None: no split lists (nerfstudio), BLENDER_SPLIT (blender) or
+    GAUSSIAN_SPLIT (blender for 3dgs)."""
+    target: Literal["blender", "3dgs"] = option(
+        "blender", "blender: the reader the export is for: the original NeRF's (default; train, val and test "
+        "each hold a view) or 3DGS's (train and test only: it never reads val)", name="for")
+    """The Blender reader the export is for, and the one the check reads it by."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -120,6 +132,9 @@ class Options:
                 raise InputError(f"split must be 3 fractions train,val,test ≥ 0 with train > 0 summing to 1, "
                                  f"got {self.split}")
             object.__setattr__(self, "split", split)
+        if self.target != "blender" and self.variant != "blender":
+            raise InputError(f"--for {self.target} needs --variant blender (the COLMAP route to 3DGS is "
+                             "`fsconvert to-colmap --for 3dgs`)")
         if self.variant == "blender":
             if not self.image.undistort:
                 raise InputError("--variant blender holds no lens distortion (NeRF/3DGS Blender readers): "
@@ -144,23 +159,25 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     blender = options.variant == "blender"
     view_stems = stems(capture.views)
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(view_stems, plans)]
-    splits = assign_splits(len(plans), options.split or (BLENDER_SPLIT if blender else None))
-    if blender and splits is not None and len(set(splits)) < len(SPLITS):
-        empty = [s for k, s in enumerate(SPLITS) if k not in splits]
-        raise InputError(f"--variant blender needs a view in every split; {', '.join(empty)} got none of "
-                         f"{len(plans)} views (change --split)")
-    if not options.image.undistort and any(p.camera.dist[4] != 0 for p in plans):
-        k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
-        print(f"fsconvert: warning: {NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it "
-              "(it models k1 k2 p1 p2 only); use --distortion undistort for instant-ngp", file=sys.stderr)
+    splits = assign_splits(len(plans), options.split or default_split(options))
+    if blender:
+        empty = [s for k, s in enumerate(SPLITS) if s in _needed_splits(options) and k not in splits]
+        if empty:
+            raise InputError(f"--variant blender --for {options.target} needs a view in every split it reads; "
+                             f"{', '.join(empty)} got none of {len(plans)} views (change --split)")
     frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, view_stems)]
     A, scale = cv.similarity_to_nerfstudio(S)
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
     meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
     depth_step = depth_unit(capture, options)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=options.masks)
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress,
+                              footprints=options.masks or blender)
     if options.masks or options.depth:
         _write_renders(mesh, plans, names, view_stems, footprints, options, depth_step, folder, progress)
+    if blender and not options.masks:  # alpha 0 where the pixel has no source data
+        for name, fp in zip(names, footprints):
+            alpha = np.where(fp.mask(), 255, 0).astype(np.uint8)
+            write_png(folder / name, np.dstack([read_image(folder / name), alpha]))
     if blender:
         _write_blender(folder, frames, splits, options, meta)
     else:
@@ -168,8 +185,10 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         _write_transforms(folder, frames, names, splits, options, meta, depth_step, extent)
     _write_mesh(folder / MESH, mesh, S)
     _write_points(folder / (BLENDER_POINTS if blender else POINTS), mesh, S)
+    warnings = reader_warnings(options, plans, splits)
     return {"images": names, "options": options,
-            "normalization": {"method": options.normalize, "similarity": S.tolist(), **record}}
+            "normalization": {"method": options.normalize, "similarity": S.tolist(), **record},
+            **({"warnings": warnings} if warnings else {})}
 
 
 def depth_unit(capture: Capture, options: Options) -> float:
@@ -179,16 +198,50 @@ def depth_unit(capture: Capture, options: Options) -> float:
 
 
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
-    """The image options used: for blender, principal point centred and one horizontal FoV for every
-    view (the given fov_x, else the median of the views' undistorted FoVs)."""
+    """The image options used: for blender, every view turned landscape, principal point centred and
+    one horizontal FoV (the given fov_x, else the widest of the views' undistorted FoVs), each view at
+    its own focal and as large as it needs to hold all its source pixels: nothing is cut off; what
+    has no source data is transparent (alpha 0)."""
     image = options.image
     if options.variant != "blender":
         return image
+    image = replace(image, principal_point="center", border="cover", orientation="landscape")
     fov = image.fov_x
     if fov is None:
-        plans = plan_views(capture.views, replace(image, principal_point="center"))
-        fov = float(np.median([cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans]))
-    return replace(image, principal_point="center", fov_x=fov)
+        plans = plan_views(capture.views, image)
+        fov = float(max(cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans))
+    return replace(image, fov_x=fov)
+
+
+def default_split(options: Options) -> tuple[float, float, float] | None:
+    if options.variant != "blender":
+        return None
+    return GAUSSIAN_SPLIT if options.target == "3dgs" else BLENDER_SPLIT
+
+
+def _needed_splits(options: Options) -> tuple[str, ...]:
+    """The Blender split files the reader opens (each must hold a view)."""
+    return ("train", "test") if options.target == "3dgs" else SPLITS
+
+
+def reader_warnings(options: Options, plans: list[ViewPlan], splits: list[int] | None) -> list[str]:
+    """One line per thing a target program will do wrong with this export (the summary and check.json)."""
+    out = []
+    if options.variant == "nerfstudio" and options.normalize != "none":
+        out.append(f"{NAME}: --normalize {options.normalize} with nerfstudio: its dataparser orients, centres and "
+                   "scales the cameras again at load and its point loader applies applied_scale once more, so "
+                   "ply_file_path lands off the mesh; for nerfstudio use --normalize none (the default), keep "
+                   f"--normalize {options.normalize} for instant-ngp")
+    k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
+    if options.variant == "nerfstudio" and k3:
+        out.append(f"{NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it (it models "
+                   "k1 k2 p1 p2 only); use --distortion undistort for instant-ngp")
+    val = [p.view.id for p, k in zip(plans, splits or []) if SPLITS[k] == "val"]
+    if options.variant == "blender" and val:
+        fix = "" if options.target == "3dgs" else "; --for 3dgs writes train/test only"
+        out.append(f"{NAME}: views {val} are in transforms_val.json, which 3DGS's Blender reader never "
+                   f"reads{fix}")
+    return out
 
 
 def normalization(options: Options, vertices: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -268,10 +321,12 @@ def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits
 
 
 def _write_blender(folder: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
+    """transforms_<split>.json for each split the reader opens or that holds a view."""
     for k, split in enumerate(SPLITS):
-        meta = {"camera_angle_x": options.image.fov_x, **record,
-                "frames": [f for f, s in zip(frames, splits) if s == k]}
-        _write_json(folder / f"transforms_{split}.json", meta)
+        chosen = [f for f, s in zip(frames, splits) if s == k]
+        if chosen or split in _needed_splits(options):
+            meta = {"camera_angle_x": options.image.fov_x, **record, "frames": chosen}
+            _write_json(folder / f"transforms_{split}.json", meta)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -335,6 +390,11 @@ def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
 # ---- read ------------------------------------------------------------------------------------------
 
 
+def default_reader(options: Options) -> str:
+    """The program this export is checked for (fsconvert.readers)."""
+    return options.target if options.variant == "blender" else "nerfstudio"
+
+
 def read(out_dir: str | Path) -> list[ExportedView]:
     """Read `transforms.json` by nerfstudio's `nerfstudio-data` rules, or `transforms_*.json` by the
     Blender rules; cameras in the internal convention, normalization undone (source world)."""
@@ -349,7 +409,7 @@ def read(out_dir: str | Path) -> list[ExportedView]:
 def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     """nerfstudio rules: a top-level fl_x/fl_y/cx/cy/w/h/distortion key wins, else every frame has it;
     file_path is relative to the JSON's folder and must name an existing file (frames sorted by it)."""
-    meta = _load_json(path)
+    meta = load_json(path)
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise InputError("no frames", file=path, key="frames")
@@ -357,7 +417,7 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     if model not in PERSPECTIVE_MODELS + ("PERSPECTIVE",):
         raise InputError(f"camera model {model!r} cannot be represented by k1 k2 p1 p2 k3", file=path,
                          key="camera_model")
-    world = _source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
+    world = source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
     top_distortion = any(k in meta for k in ("k1", "k2", "k3", "p1", "p2", "distortion_params"))
     views = []
     for i, frame in enumerate(frames):
@@ -371,37 +431,40 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
         if k4 != 0:
             raise InputError(f"k4 = {k4:g} (nerfstudio's r⁸ term) cannot be represented", file=path,
                              key=f"frames[{i}]")
-        _check_image(image, (w, h), path, i)
+        check_image(image, (w, h), path, i)
         camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), [k1, k2, p1, p2, k3])
         views.append(ExportedView(_relative(image, out_dir), camera,
-                                  _source_w2c(frame, world, path, i)))
+                                  source_w2c(frame, world, path, i)))
     return sorted(views, key=lambda v: v.name)
 
 
-def read_blender(out_dir: Path) -> list[ExportedView]:
-    """Blender rules: `transforms_{train,val,test}.json`, image = file_path + '.png' ('./' dropped),
-    focal = 0.5·W/tan(0.5·camera_angle_x) from the image width, principal point (W/2, H/2) corner origin."""
+def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: bool = False) -> list[ExportedView]:
+    """Blender rules: `transforms_{split}.json` of `splits` (each one `required`, else skipped when
+    absent), image = file_path + '.png' ('./' dropped), focal = 0.5·W/tan(0.5·camera_angle_x) from
+    the image width, principal point (W/2, H/2) corner origin."""
     views = []
-    for split in SPLITS:
+    for split in splits:
         path = out_dir / f"transforms_{split}.json"
         if not path.is_file():
+            if required:
+                raise InputError("missing: the reader needs it", file=path)
             continue
-        meta = _load_json(path)
+        meta = load_json(path)
         fov = _number(meta, "camera_angle_x", path, None)
-        world = _source_similarity(meta, path, False)
+        world = source_similarity(meta, path, False)
         frames = meta.get("frames")
         if not isinstance(frames, list):
             raise InputError("no frames", file=path, key="frames")
         for i, frame in enumerate(frames):
             image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
-            W, H = _check_image(image, None, path, i)
+            W, H = check_image(image, None, path, i)
             f = cv.focal_from_fov(W, fov)
             K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
-            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), _source_w2c(frame, world, path, i)))
+            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), source_w2c(frame, world, path, i)))
     return views
 
 
-def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
+def source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
     """The similarity from the file's world back to the source world (inverse of the recorded one)."""
     A = meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM if legacy else np.eye(4)[:3].tolist())
     s = meta.get("applied_scale", 1.0)
@@ -416,7 +479,7 @@ def _source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
     return cv.invert_similarity(cv.similarity_from_nerfstudio(A, s))
 
 
-def _source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
+def source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
     c2w = _matrix(frame, "transform_matrix", path, i)
     R = c2w[:3, :3]
     if np.abs(R.T @ R - np.eye(3)).max() > RIGID_TOL or np.linalg.det(R) < 0:
@@ -433,7 +496,7 @@ def _distortion(obj: dict, path: Path, i: int | None) -> tuple[float, ...]:
     return tuple(_number(obj, k, path, i) if k in obj else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2"))
 
 
-def _load_json(path: Path) -> dict:
+def load_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -476,7 +539,7 @@ def _matrix(obj: dict, key: str, path: Path, i: int | None, shape: tuple[int, ..
     return value
 
 
-def _check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
+def check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
     try:
         with Image.open(image) as im:
             found = im.size

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
+from . import readers
 from .errors import FsconvertError, InputError, OutputError
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
@@ -42,6 +43,8 @@ OVERLAY_ALPHA = 0.5
 """Weight of the rendered mesh in the overlays."""
 OUTLINE_BGR = (0, 255, 0)
 """Colour of the rendered silhouette's outline in the overlays."""
+_DIFFERENCE_TOL = 1e-6
+"""Camera parameters closer than this (pixels; relative for focal lengths) are reported as the same."""
 _SAME_CAMERA_TOL = 1e-12
 """Read-back and expected cameras this close render identically (float32 GL): one render serves both."""
 
@@ -118,6 +121,10 @@ class CheckReport:
     views: list[ViewCheck]
     problems: list[str]
     """Export-level failures: read-back errors, extra or unknown views."""
+    reader: str = ""
+    """The program whose loading rules read the export back (fsconvert.readers), or the format's own reader."""
+    warnings: list[str] = field(default_factory=list)
+    """The export's warnings (its manifest's): what a target program will do to it."""
     seconds: float = 0.0
 
     @property
@@ -128,7 +135,9 @@ class CheckReport:
         return {
             "passed": self.passed,
             "format": self.format,
+            "reader": self.reader,
             "source": self.source,
+            "warnings": self.warnings,
             "thresholds": asdict(self.thresholds),
             "problems": self.problems,
             "views": [{**asdict(v), "passed": v.passed} for v in self.views],
@@ -143,10 +152,13 @@ def check_export(
     max_points: int = 5000,
     render_max_side: int = 800,
     exporter: ModuleType | None = None,
+    reader: str | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
     `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
 
+    The export is read back by `reader`'s rules (a name of `fsconvert.readers.READERS`), by default
+    the reader its format is meant for (the exporter's `default_reader(options)`, else its own `read`).
     `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
@@ -167,14 +179,21 @@ def check_export(
     capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"],
                            **({"align": aligned["rt_scale_dict"], "units": aligned["units"]} if aligned else {}))
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [])
+    if reader is None:
+        reader = getattr(module, "default_reader", lambda _options: None)(options)
+    report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [],
+                         reader or manifest["format"], list(manifest.get("warnings", [])))
     if aligned and not np.allclose(capture.world, aligned["similarity"], rtol=1e-12, atol=0):
         report.problems.append(f"the alignment in {aligned['rt_scale_dict']} is not the one the export recorded "
                                "(the file changed since): checked against the file's")
 
-    read_failed = False
+    read_failed, unread = False, {}
     try:
-        readback = module.read(export_dir)
+        if reader is None:
+            readback = module.read(export_dir)
+        else:
+            reading = readers.read(reader, export_dir)
+            readback, unread = reading.views, reading.unread
     except Exception as exc:  # any reader failure is a finding of the check, not a crash
         reason = str(exc) if isinstance(exc, FsconvertError) else f"{type(exc).__name__}: {exc}"
         report.problems.append(f"read-back failed: {reason}")
@@ -205,11 +224,14 @@ def check_export(
             if plan is None:
                 result.problems.append(f"view {result.id} is not in the source tuple")
             elif view is None:
-                result.problems.append("not read back: the reader failed" if read_failed
-                                       else "missing from the read-back (dropped view)")
+                if result.name in unread:
+                    result.problems.append(f"{report.reader} does not read this view: {unread[result.name]}")
+                else:
+                    result.problems.append("not read back: the reader failed" if read_failed
+                                           else "missing from the read-back (dropped view)")
             else:
                 _check_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
-                            None if policy == "none" else out_dir, i in sampled)
+                            None if policy == "none" else out_dir, i in sampled, report.reader)
     _write_json(export_dir / REPORT, report.to_dict())
     invalid = {v.id for v in capture.views if not v.valid}
     _plot(export_dir / RIG, report, manifest["format"], by_name, invalid, points)
@@ -243,6 +265,7 @@ def _check_view(
     render_max_side: int,
     overlay_dir: Path | None,
     sampled: bool,
+    reader: str,
 ) -> None:
     """Measure one view into `result`; overlay it into `overlay_dir` (None: never) if `sampled` or failing."""
     expected_size = plan.camera.size
@@ -254,7 +277,7 @@ def _check_view(
     elif image_size != view.camera.size:
         result.problems.append(f"image is {_size(image_size)} but its camera says {_size(view.camera.size)}")
 
-    _camera_fidelity(result, plan, view, points, thresholds)
+    _camera_fidelity(result, plan, view, points, thresholds, reader)
 
     r = next((r for r in reversed(REDUCTIONS) if max(expected_size) <= render_max_side * r), max(REDUCTIONS))
     w, h = -(-expected_size[0] // r), -(-expected_size[1] // r)  # the size of a JPEG decoded at 1/r
@@ -289,7 +312,7 @@ def _check_view(
 
 
 def _camera_fidelity(
-    result: ViewCheck, plan: ViewPlan, view: ExportedView, points: np.ndarray, thresholds: Thresholds
+    result: ViewCheck, plan: ViewPlan, view: ExportedView, points: np.ndarray, thresholds: Thresholds, reader: str
 ) -> None:
     src = plan.view
     X_src = src.to_camera(points)
@@ -322,7 +345,38 @@ def _camera_fidelity(
         err = err[finite]
     result.camera_max_px, result.camera_mean_px = float(err.max()), float(err.mean())
     if result.camera_max_px > thresholds.camera_px:
-        result.problems.append(f"camera error {result.camera_max_px:.4g} px > {thresholds.camera_px:g} px")
+        why = "; ".join(camera_differences(plan.camera, plan.world_to_cam, view.camera, view.world_to_cam))
+        result.problems.append(f"{reader} reads this view {result.camera_max_px:.4g} px off "
+                               f"(> {thresholds.camera_px:g} px){f': {why}' if why else ''}")
+
+
+def camera_differences(expected: Camera, expected_w2c: np.ndarray, read: Camera, read_w2c: np.ndarray) -> list[str]:
+    """What a reader read differently from the exported camera, in words (internal convention)."""
+    out = []
+    e_pp, r_pp = expected.K[:2, 2], read.K[:2, 2]
+    if np.abs(e_pp - r_pp).max() > _DIFFERENCE_TOL:
+        centre = (np.array(read.size) - 1) / 2
+        how = "ignored: read at the image centre" if np.abs(r_pp - centre).max() < _DIFFERENCE_TOL else "read at"
+        out.append(f"principal point {how} {_pair(r_pp)}, exported at {_pair(e_pp)}")
+    e_f, r_f = np.diag(expected.K)[:2], np.diag(read.K)[:2]
+    if np.abs(e_f - r_f).max() > _DIFFERENCE_TOL * e_f.max():
+        out.append(f"focal read {_pair(r_f)}, exported {_pair(e_f)}")
+    if np.abs(expected.dist - read.dist).max() > _DIFFERENCE_TOL:
+        names = ("k1", "k2", "p1", "p2", "k3")
+        lost = [f"{n} = {e:.4g}" for n, e, r in zip(names, expected.dist, read.dist) if e != 0 and r == 0]
+        changed = [n for n, e, r in zip(names, expected.dist, read.dist) if r != 0 and abs(e - r) > _DIFFERENCE_TOL]
+        out += [f"{', '.join(lost)} dropped"] if lost else []
+        out += [f"{', '.join(changed)} read differently"] if changed else []
+    dR = read_w2c[:3, :3] @ expected_w2c[:3, :3].T
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
+    shift = float(np.linalg.norm(cv.camera_centre(read_w2c) - cv.camera_centre(expected_w2c)))
+    if angle > 1e-6 or shift > _DIFFERENCE_TOL * max(1.0, float(np.linalg.norm(cv.camera_centre(expected_w2c)))):
+        out.append(f"pose off by {angle:.3g}° and {shift:.3g} world units")
+    return out
+
+
+def _pair(values: np.ndarray) -> str:
+    return f"({values[0]:.1f}, {values[1]:.1f})"
 
 
 def _render_fidelity(result: ViewCheck, expected: Render, readback: Render, thresholds: Thresholds) -> None:
@@ -371,6 +425,7 @@ def format_report(report: CheckReport) -> str:
                      f"{_num(v.camera_mean_px, '11.2e')}  {_num(v.iou, '6.4f')}  {_num(v.depth_rel, '9.1e')}  "
                      f"{'PASS' if v.passed else 'FAIL'}{why}")
     lines += [f"FAIL: {p}" for p in report.problems]
+    lines += [f"warning: {w}" for w in report.warnings]
     unrendered = sum(v.passed and v.render_size is None for v in report.views)
     if unrendered:
         lines.append(f"IoU/depth —: {unrendered} view(s) not rendered (read-back camera identical to the expected "
@@ -379,10 +434,15 @@ def format_report(report: CheckReport) -> str:
     t = report.thresholds
     lines.append(
         f"{'PASS' if report.passed else 'FAIL'}: {passed}/{len(report.views)} views of the {report.format} export "
-        f"of {report.source} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, depth ≤ {t.depth_rel:g} "
+        f"of {report.source}{_read_by(report)} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, "
+        f"depth ≤ {t.depth_rel:g} "
         f"({report.seconds:.1f} s; every number in {REPORT})"
     )
     return "\n".join(lines)
+
+
+def _read_by(report: CheckReport) -> str:
+    return "" if report.reader == report.format else f" read by {report.reader}'s rules"
 
 
 def _num(value: float | None, fmt: str) -> str:

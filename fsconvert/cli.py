@@ -21,6 +21,7 @@ from .errors import FsconvertError, InputError
 from .imagestage import ImageOptions
 from .loader import parse_exps, parse_ids
 from .options import add_arguments, build, from_args, from_mapping, option
+from .readers import READERS
 
 IMAGES, CHECKS = "images", "check thresholds"
 """Titles of the argument groups that are also the `image:` and `check:` sections of a batch config."""
@@ -186,6 +187,9 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="re-check an export against its source (reprojection + render)")
     p.add_argument("export", type=Path)
+    p.add_argument("--reader", choices=tuple(READERS),
+                   help="judge the export by this program's loading rules (default: the program its format is "
+                   "meant for)")
     add_arguments(p.add_argument_group(CHECKS), CheckSettings, "check")
     p.set_defaults(func=_check)
 
@@ -232,7 +236,8 @@ def _check(args: argparse.Namespace) -> int:
     from .check import check_export, format_report
 
     settings = CheckSettings(**from_args(args, CheckSettings, "check"))
-    report = check_export(args.export, settings.thresholds, overlays=settings.overlay_policy(single=True))
+    report = check_export(args.export, settings.thresholds, overlays=settings.overlay_policy(single=True),
+                          reader=args.reader)
     print(format_report(report))
     return 0 if report.passed else 1
 
@@ -330,6 +335,7 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
 def _report_tuple(r, fmt: str) -> int:
     """One tuple folder: today's messages and exit codes."""
     from .batch import exit_code
+    from .protocol import read_manifest
 
     if r.status == "failed":
         print(f"fsconvert: error: {r.reason}", file=sys.stderr)
@@ -342,7 +348,10 @@ def _report_tuple(r, fmt: str) -> int:
     else:
         print(f"wrote {r.out_dir} ({fmt}, {r.views} views)")
         if r.report:
-            print(r.report)
+            print(r.report)  # it lists the export's warnings
+        else:
+            for line in read_manifest(r.out_dir).get("warnings", []):
+                print(f"warning: {line}")
     return exit_code([r])
 
 

@@ -5,7 +5,7 @@ world→camera 4×4; the centre of the top-left pixel is at (0, 0); distortion i
 
 Everything else an exporter needs is derived here: OpenGL axes (NeRF family, pyrender), camera→world,
 quaternions (w first, as COLMAP stores them), the +0.5 corner-origin pixel convention (COLMAP,
-nerfstudio, instant-ngp, pyrender), K under resize/crop/180° rotation, and world similarities.
+nerfstudio, instant-ngp, pyrender), K under resize/crop/90° and 180° rotation, and world similarities.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 ROLL_180 = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Left-multiplying a world→camera pose by this rolls the camera 180° about its optical axis."""
+
+TURN_90 = np.array([[0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+"""Left-multiplying a world→camera pose by this turns the camera's image 90° clockwise (x' = −y, y' = x);
+its transpose turns it counter-clockwise."""
 
 
 def homogeneous(Rt: np.ndarray) -> np.ndarray:
@@ -174,6 +178,26 @@ def rotate180_dist(dist: np.ndarray) -> np.ndarray:
     out = np.array(dist, dtype=np.float64)
     out[2:4] *= -1.0
     return out
+
+
+def turn90(clockwise: bool) -> np.ndarray:
+    """3×3 rotation new camera ← old camera of an image turned 90° (clockwise or counter-clockwise)."""
+    return TURN_90[:3, :3] if clockwise else TURN_90[:3, :3].T
+
+
+def rotate90_K(K: np.ndarray, width: int, height: int, clockwise: bool) -> np.ndarray:
+    """K of the width×height image turned 90° (it becomes height×width): clockwise, pixel (u, v) moves
+    to (height − 1 − v, u); counter-clockwise to (v, width − 1 − u). fx and fy swap."""
+    K = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if clockwise:
+        return K_matrix(fy, fx, height - 1 - cy, cx)
+    return K_matrix(fy, fx, cy, width - 1 - cx)
+
+
+def rotate90_w2c(w2c: np.ndarray, clockwise: bool) -> np.ndarray:
+    """World→camera pose of the camera whose image is turned 90° (see `rotate90_K`)."""
+    return (TURN_90 if clockwise else TURN_90.T) @ homogeneous(w2c)
 
 
 def similarity_matrix(scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:

@@ -84,6 +84,17 @@ class ImageOptions:
     jpeg_quality: int = option(95, "JPEG quality of resampled images")
     link: Literal["hardlink", "symlink", "copy"] = option(
         "hardlink", "how unmodified originals are placed (hardlink falls back to copy)")
+    border: Literal["keep", "crop", "cover"] = option(
+        "keep", "with a centred principal point: keep the size (an uncovered strip remains), crop to the largest "
+        "centred rectangle with source data everywhere, or cover every source pixel")
+    """With principal_point 'center': keep the output size (centring leaves a strip without source
+    data), crop to the largest centred rectangle whose every pixel has source data (3DGS), or cover
+    every source pixel with the smallest centred rectangle (lossless; the rest is outside `footprint`).
+    With fov_x and 'cover', each view keeps its focal and gets the width giving that FoV."""
+    orientation: Literal["keep", "landscape"] = option(
+        "keep", "landscape: turn portrait views 90° (undistorted; K and R follow exactly)")
+    """landscape: turn portrait views 90° (the way that puts image-up nearest the capture's up); K and
+    R follow exactly. For formats with one horizontal FoV for all views (Blender)."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -99,6 +110,12 @@ class ImageOptions:
             raise InputError("give scale or max_size, not both")
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.border != "keep" and self.principal_point != "center":
+            raise InputError(f"border '{self.border}' needs principal_point 'center'")
+        if self.fov_x is not None and self.border == "crop":
+            raise InputError("fov_x with border 'crop' would crop views to one FoV: use border 'cover'")
+        if self.orientation == "landscape" and not self.undistort:
+            raise InputError("orientation 'landscape' needs undistortion (it resamples the image)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +131,8 @@ class ViewPlan:
     reduce: int
     """JPEG decode reduction factor (1, 2, 4 or 8)."""
     options: ImageOptions
+    turn: int = 0
+    """90° turn of an undistorted view: 1 clockwise, −1 counter-clockwise (after any 180° rotation)."""
 
     @property
     def resample(self) -> bool:
@@ -128,6 +147,9 @@ class ViewPlan:
         """Source pixels (distorted, full resolution) → output pixels. Exact to ~1e-9 px."""
         src = self.view.camera
         uv = np.asarray(uv_src, dtype=np.float64).reshape(-1, 2)
+        if self.turn:
+            return cv2.undistortPoints(uv.reshape(-1, 1, 2), src.K, src.dist, R=self.rectification(),
+                                       P=self.camera.K, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
         if self.options.undistort:
             K_out = cv.rotate180_K(self.camera.K, *self.camera.size) if self.rotated else self.camera.K
             out = cv2.undistortPoints(
@@ -138,6 +160,20 @@ class ViewPlan:
         if self.rotated:
             out = np.array([self.camera.width - 1, self.camera.height - 1]) - out
         return out
+
+    def rectification(self) -> np.ndarray | None:
+        """The rotation output camera ← source camera of an undistorted view (None: identity)."""
+        R = _ROTATE_180 if self.rotated else None
+        if self.turn:
+            R = cv.turn90(self.turn > 0) @ (np.eye(3) if R is None else R)
+        return R
+
+    def footprint(self) -> np.ndarray:
+        """H×W bool: the output pixels interpolated from source pixels only, as `write_images` finds them."""
+        if not self.resample:
+            return np.ones(self.camera.size[::-1], bool)
+        decoded = tuple(-(-n // self.reduce) for n in self.view.camera.size)
+        return _inside_source(*self.maps(), decoded)
 
     def _scale(self) -> tuple[float, float]:
         return self.camera.width / self.view.camera.width, self.camera.height / self.view.camera.height
@@ -150,8 +186,7 @@ class ViewPlan:
         K_dec = cv.resize_K(src.K, 1 / self.reduce, 1 / self.reduce)
         w, h = self.camera.size
         if self.options.undistort:  # a 180° rotation is the rectification R = diag(-1, -1, 1)
-            return undistort_maps(K_dec, src.dist, _ROTATE_180 if self.rotated else None, self.camera.K, (w, h),
-                                  scratch=scratch)
+            return undistort_maps(K_dec, src.dist, self.rectification(), self.camera.K, (w, h), scratch=scratch)
         sx, sy = self._scale()
         r = self.reduce
         xs = ((np.arange(w) + 0.5) / sx / r - 0.5).astype(np.float32)
@@ -213,35 +248,118 @@ def capture_up(views: Sequence[View]) -> np.ndarray:
 
 
 def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -> ViewPlan:
-    """The plan for one view. `up` (world) is needed for upright rotation; see `plan_views`."""
+    """The plan for one view. `up` (world) is needed for upright rotation and the landscape
+    orientation; see `plan_views`."""
     src = view.camera
     w, h = output_size(src.width, src.height, options)
     sx, sy = w / src.width, h / src.height
     K = cv.resize_K(src.K, sx, sy)
     dist = src.dist
+    turn = 0
     if options.undistort:
         dist = np.zeros(5)
-        if options.fov_x is not None:
-            f = cv.focal_from_fov(w, options.fov_x)
-            K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
-        if options.principal_point == "center":
-            K = cv.centred_K(K, w, h)
-    rotated = bool(options.upright and up is not None and is_rolled(view, up))
+        if options.orientation == "landscape" and h > w and up is not None:
+            turn = _landscape_turn(view, up)
+        if options.border != "keep":
+            w, h, K = _centred_frame(src, K, options, _reduction(src, K, w, h), turned=bool(turn))
+        else:
+            if options.fov_x is not None:  # across the output's width: the source height when turned
+                f = cv.focal_from_fov(h if turn else w, options.fov_x)
+                K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
+            if options.principal_point == "center":
+                K = cv.centred_K(K, w, h)
+    rotated = bool(options.upright and up is not None and is_rolled(view, up) and not turn)
     w2c = view.world_to_cam
     if rotated:
         K, w2c, dist = cv.rotate180_K(K, w, h), cv.rotate180_w2c(w2c), cv.rotate180_dist(dist)
-    # Decode reduced when the reduced image still samples at least as densely as the output. The
-    # output size at the source focal is compared with the reduced size ⌈W/r⌉: a rounded-up output
-    # (1086 px at 1/4 → 272 = ⌈1086/4⌉) still decodes at 1/4; a zoomed-in fov_x needs more pixels.
+    reduce = _reduction(src, K, w, h)
+    if turn:
+        K, w2c, (w, h) = cv.rotate90_K(K, w, h, turn > 0), cv.rotate90_w2c(w2c, turn > 0), (h, w)
+    return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options, turn)
+
+
+def _reduction(src: Camera, K: np.ndarray, w: int, h: int) -> int:
+    """The JPEG decode reduction for an output of w×h at K (source orientation).
+
+    Decode reduced when the reduced image still samples at least as densely as the output. The
+    output size at the source focal is compared with the reduced size ⌈W/r⌉: a rounded-up output
+    (1086 px at 1/4 → 272 = ⌈1086/4⌉) still decodes at 1/4; a zoomed-in fov_x needs more pixels.
+    """
     need = (max(w, K[0, 0] / src.fx * src.width), max(h, K[1, 1] / src.fy * src.height))
-    reduce = next((r for r in REDUCTIONS
-                   if need[0] <= -(-src.width // r) + 1e-9 and need[1] <= -(-src.height // r) + 1e-9), 1)
-    return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options)
+    return next((r for r in REDUCTIONS
+                 if need[0] <= -(-src.width // r) + 1e-9 and need[1] <= -(-src.height // r) + 1e-9), 1)
+
+
+def _landscape_turn(view: View, up: np.ndarray) -> int:
+    """1 (clockwise) or −1: the 90° turn after which the view's image-up is nearest the world `up`."""
+    # image-up after a turn is the camera's new −y axis: clockwise it is the old −x axis, else +x
+    return 1 if float(-view.R[0] @ up) >= float(view.R[0] @ up) else -1
+
+
+_CROP_MARGIN_PX = 0.5
+"""Kept between a cropped output's outer pixel centres and the undistorted source border."""
+
+
+def _centred_frame(src: Camera, K: np.ndarray, options: ImageOptions, reduce: int,
+                   turned: bool) -> tuple[int, int, np.ndarray]:
+    """Size and K (principal point at the centre) of the `options.border` rectangle, before any turn.
+
+    `crop`: the largest-area centred rectangle all of whose pixel centres lie inside the undistorted
+    source (the image stage's footprint for JPEGs decoded at 1/`reduce`); `cover`: the smallest one
+    holding every undistorted source pixel, at the view's focal, or with `fov_x` one focal f = fx
+    and the width giving that FoV across the output's width (the source height when `turned`).
+    """
+    x, y = _undistorted_border(src, reduce if options.border == "crop" else 1)
+    fx, fy = K[0, 0], K[1, 1]
+    if options.border == "crop":
+        a, b = _largest_centred_box(x, y)
+        w, h = (int(np.floor(2 * (e * f - _CROP_MARGIN_PX))) + 1 for e, f in ((a, fx), (b, fy)))
+        return w, h, cv.centred_K(K, w, h)
+    a, b = np.abs(x).max(), np.abs(y).max()
+    if options.fov_x is not None:
+        t = np.tan(options.fov_x / 2)
+        if turned:  # the output's width is the source's height
+            h = int(np.ceil(2 * fy * t - 1e-9))
+            f = h / (2 * t)
+            w = 2 * int(np.ceil(a * f))
+        else:
+            w = int(np.ceil(2 * fx * t - 1e-9))
+            f = w / (2 * t)
+            h = 2 * int(np.ceil(b * f))
+        fx = fy = f
+    else:
+        w, h = 2 * int(np.ceil(a * fx)), 2 * int(np.ceil(b * fy))
+    return w, h, cv.centred_K(cv.K_matrix(fx, fy, 0.0, 0.0), w, h)
+
+
+def _undistorted_border(src: Camera, reduce: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized undistorted coordinates of the border of the source's data: every pixel centre of
+    the outermost rows and columns of the image decoded at 1/`reduce`, in full-resolution pixels."""
+    W, H = -(-src.width // reduce), -(-src.height // reduce)
+    u, v = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
+    border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
+                             np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
+    full = cv.resize_points(border, reduce, reduce)
+    xy = cv2.undistortPoints(full.reshape(-1, 1, 2), src.K, src.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
+    return xy[:, 0], xy[:, 1]
+
+
+def _largest_centred_box(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Half-extents (a, b) of the largest-area box [−a, a]×[−b, b] with no point (x, y) strictly inside:
+    the points sampling the closed border of a region around the origin, the box lies in it."""
+    order = np.argsort(np.abs(x), kind="stable")
+    ax, ay = np.abs(x)[order], np.abs(y)[order]
+    # the box of half-width ax[k] may hold the points before k only above their |y|
+    b = np.minimum.accumulate(np.concatenate([[np.inf], ay[:-1]]))
+    area = np.where(np.isfinite(b), ax * b, 0.0)
+    k = int(np.argmax(area))
+    return float(ax[k]), float(b[k])
 
 
 def plan_views(views: Sequence[View], options: ImageOptions) -> list[ViewPlan]:
-    """Plans for all views of a capture (upright rotation judged against the capture's up)."""
-    up = capture_up(views) if options.upright else None
+    """Plans for all views of a capture (upright rotation and the landscape turn judged against the
+    capture's up)."""
+    up = capture_up(views) if options.upright or options.orientation == "landscape" else None
     return [plan_view(v, options, up) for v in views]
 
 
@@ -316,13 +434,17 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool) -> Footprint | None
         out = _SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
         mx, my = plan.maps(scratch=True)
         if footprint:
-            H, W = img.shape[:2]
-            found = Footprint.of((mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1))
+            found = Footprint.of(_inside_source(mx, my, img.shape[1::-1]))
         img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
     elif plan.rotated:
         img = cv2.flip(img, -1)
     write_image(dest, img, plan.options)
     return found
+
+
+def _inside_source(mx: np.ndarray, my: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Where remap maps point inside a width×height decoded image (bilinear from source pixels only)."""
+    return (mx >= 0) & (mx <= size[0] - 1) & (my >= 0) & (my <= size[1] - 1)
 
 
 def _needs_remap(plan: ViewPlan) -> bool:

@@ -3,7 +3,10 @@ and what the framework writes into every export beside it (the manifest, the bat
 
 A format module has `NAME`, `SUMMARY`, a frozen `Options` dataclass whose first field is
 `image: ImageOptions`, `write(capture, folder, options, *, workers, progress) -> dict` and
-`read(folder) -> list[ExportedView]` (README, "Writing an exporter").
+`read(folder) -> list[ExportedView]` (README, "Writing an exporter"). Optionally
+`default_reader(options) -> str`, the program whose loading rules the check applies (a key of
+`fsconvert.readers.READERS`; without it, `read`), and a `"warnings"` list of lines among what
+`write` returns (printed in the summary, copied into check/check.json).
 """
 
 from __future__ import annotations

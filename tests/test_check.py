@@ -103,7 +103,9 @@ def test_half_pixel_principal_point_fails(corrupt):
     assert bad[3].camera_mean_px == pytest.approx(0.5, abs=1e-9)
     assert 0.99 < bad[3].iou < 1.0  # too small for the silhouette: the camera numbers catch it
     text = format_report(report)
-    assert "camera error 0.5 px > 0.01 px" in text and text.splitlines()[-1].startswith("FAIL: 6/7 views")
+    assert ("facescape reads this view 0.5 px off (> 0.01 px): principal point read at (574.0, 347.6), exported at "
+            "(573.5, 347.6)") in text
+    assert text.splitlines()[-1].startswith("FAIL: 6/7 views")
     loose = check_export(out, Thresholds(camera_px=0.6), overlays=False)
     assert loose.passed  # the thresholds are honoured
 
@@ -131,7 +133,7 @@ def test_leftover_distortion_fails(corrupt):
     (bad,) = [v for v in check_export(out).views if not v.passed]
     print(f"k1 = 0.01 left over: camera max {bad.camera_max_px:.4f} px, IoU {bad.iou:.5f}")
     assert bad.id == 2 and 0.03 < bad.camera_max_px < 0.1 and bad.iou > 0.999
-    assert bad.problems == [f"camera error {bad.camera_max_px:.4g} px > 0.01 px"]
+    assert bad.problems == [f"facescape reads this view {bad.camera_max_px:.4g} px off (> 0.01 px): k1 read differently"]
 
 
 def test_dropped_view_fails(corrupt):

@@ -132,6 +132,26 @@ def test_rotate180_matches_a_rotated_image(rng):
     assert np.abs(centroid(cv2.rotate(img, cv2.ROTATE_180)) - uv_rot[0]).max() < 1e-6
 
 
+@pytest.mark.parametrize("clockwise", [True, False])
+def test_rotate90_matches_a_turned_image_array(rng, clockwise):
+    """A pinhole camera turned 90° with rotate90_K/rotate90_w2c sees each point where the image array turned
+    by np.rot90 has it; fx and fy swap, and the turned image is H×W."""
+    W, H = 724, 1086
+    K = cv.K_matrix(4300.0, 4310.0, 355.2, 560.7)
+    w2c = random_pose(rng)
+    X = cv.camera_centre(w2c) + (np.c_[rng.uniform(-0.05, 0.05, (20, 2)), np.ones(20)] * 3) @ w2c[:3, :3]
+    uv = project(K, np.zeros(5), w2c, X)
+    K_t, w2c_t = cv.rotate90_K(K, W, H, clockwise), cv.rotate90_w2c(w2c, clockwise)
+    uv_t = project(K_t, np.zeros(5), w2c_t, X)
+    assert (K_t[0, 0], K_t[1, 1]) == (4310.0, 4300.0)
+    assert np.abs(w2c_t[:3, :3] @ w2c_t[:3, :3].T - np.eye(3)).max() < 1e-12
+    assert np.abs(cv.turn90(clockwise) @ w2c[:3, :3] - w2c_t[:3, :3]).max() < 1e-15
+    for p, p_t in zip(uv[:3], uv_t[:3]):
+        turned = np.rot90(blob((H, W), tuple(p)), k=-1 if clockwise else 1)
+        assert turned.shape == (W, H)
+        assert np.abs(centroid(turned) - p_t).max() < 1e-6
+
+
 def test_centred_K_is_the_image_centre_in_both_conventions():
     K = cv.centred_K(cv.K_matrix(10, 10, 3, 4), 1086, 724)
     assert tuple(K[:2, 2]) == (542.5, 361.5)
