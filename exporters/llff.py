@@ -78,7 +78,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         if not options.allow_lossy:
             raise InputError(f"{message}; pass --allow-lossy to export them anyway (the check reports the loss)",
                              file=capture.root)
-        print(f"fsconvert: warning: {NAME}: {message} (their check fails by that loss)", file=sys.stderr)
+        if progress:
+            print(f"fsconvert: warning: {NAME}: {message} (their check fails by that loss)", file=sys.stderr)
     names = [f"{IMAGES}/{s}{p.suffix}" for s, p in zip(stems(capture.views), plans)]
     write_images(plans, names, folder, workers=workers, progress=progress)
     rows = np.zeros((len(plans), 17))

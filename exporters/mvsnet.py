@@ -73,13 +73,13 @@ class Options:
             raise InputError(f"depth_margin must be a number ≥ 0, got {self.depth_margin}")
         if not self.image.undistort:
             raise InputError("MVSNet cameras hold no lens distortion: use --distortion undistort")
+        object.__setattr__(self, "image", replace(self.image, image_format="jpg"))  # MVSNet loaders open images/%08d.jpg
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
     mesh = capture_mesh(capture, "the MVSNet export (depth ranges, view selection)")
-    options = replace(options, image=replace(options.image, image_format="jpg"))  # loaders open %08d.jpg
     plans = plan_views(capture.views, options.image)
-    if len({p.camera.size for p in plans}) > 1:
+    if progress and len({p.camera.size for p in plans}) > 1:
         print(f"fsconvert: warning: {NAME}: images of several sizes (portrait and landscape); MVSNet loaders stack "
               "the views of a sample and need one size (each camera is exact)", file=sys.stderr)
     stems = [f"{p.view.id:08d}" for p in plans]
@@ -100,7 +100,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                                                    progress=progress)]
     scores = view_scores(np.array([p.view.centre for p in plans]), mesh.vertices, seen)
     derived.write_bytes(folder / PAIR, pair_text([p.view.id for p in plans], scores).encode("ascii"))
-    return {"images": names, "options": options}
+    return {"images": names}
 
 
 def cam_text(w2c: np.ndarray, K: np.ndarray, depth_min: float, depth_max: float, depth_num: int) -> str:

@@ -72,13 +72,13 @@ class Options:
             raise InputError(f"margin must be a positive number, got {self.margin}")
         if not self.image.undistort:
             raise InputError("NeuS/IDR cameras hold no lens distortion: use --distortion undistort")
+        object.__setattr__(self, "image", replace(self.image, image_format="png"))  # NeuS reads image/*.png
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
     mesh = capture_mesh(capture, "the NeuS export (masks, scale_mat)")
-    options = replace(options, image=replace(options.image, image_format="png"))  # NeuS reads image/*.png
     plans = plan_views(capture.views, options.image)
-    if len({p.camera.size for p in plans}) > 1:
+    if progress and len({p.camera.size for p in plans}) > 1:
         print(f"fsconvert: warning: {NAME}: images of several sizes (portrait and landscape); NeuS stacks a scene's "
               "images and needs one size (each camera is exact)", file=sys.stderr)
     digits = max(3, len(str(len(plans) - 1)))
@@ -97,7 +97,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)
     derived.write_bytes(folder / CAMERAS, npz_bytes(arrays))
-    return {"images": names, "options": options, "scale_mat": scale_mat.tolist()}
+    return {"images": names, "scale_mat": scale_mat.tolist()}
 
 
 def rig_sphere(w2cs: list[np.ndarray]) -> tuple[np.ndarray, float]:

@@ -18,7 +18,8 @@ from PIL import Image
 from exporters import llff, mvsnet, neus
 from fsconvert.check import check_export
 from fsconvert.cli import main
-from fsconvert.export import export, read_manifest
+from fsconvert.export import export
+from fsconvert.protocol import read_manifest
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
@@ -257,6 +258,26 @@ def test_mvsnet_pairs_are_symmetric_and_the_best_is_the_nearest_camera(exported,
             assert back[ref] == score  # symmetric
         nearest = max((i for i in ids if i != ref), key=lambda i: directions[i] @ directions[ref])
         assert sources[0][0] == nearest
+
+
+def test_view_scores_follow_colmap2mvsnet_point_by_point():
+    """colmap2mvsnet's calc_score, one point at a time, on random cameras and visibility."""
+    rng = np.random.default_rng(5)
+    centres, points = rng.normal(size=(5, 3)) * 10, rng.normal(size=(200, 3))
+    seen = [rng.random(200) < 0.7 for _ in centres]
+    scores = mvsnet.view_scores(centres, points, seen)
+    for i in range(5):
+        for j in range(5):
+            want = 0.0
+            for p in points[seen[i] & seen[j]] if i != j else []:
+                a, b = centres[i] - p, centres[j] - p
+                theta = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+                sigma = 1.0 if theta <= 5.0 else 10.0
+                want += np.exp(-(theta - 5.0) ** 2 / (2 * sigma**2))
+            assert scores[i, j] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    text = mvsnet.pair_text([3, 8, 9, 11, 20], scores)
+    assert text.splitlines()[0] == "5" and text.splitlines()[1] == "3"
+    assert text.splitlines()[2].split()[0] == "4"
 
 
 def test_mvsnet_depth_maps_are_the_rendered_depth(exported, capture):
