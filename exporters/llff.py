@@ -5,8 +5,8 @@
                                [R | C | hwf] row-major, R the camera→world rotation with columns
                                [down, right, backwards], C the camera centre, hwf = (H, W, focal),
                                then near and far: the depth range of the mesh the view sees (z-depth
-                               rendered through its camera), widened by `depth_margin` of its extent (`Fyusion/LLFF` README, "Using your
-                               own poses without running COLMAP")
+                               rendered through its camera), widened by `depth_margin` of its extent
+                               (`Fyusion/LLFF` README, "Using your own poses without running COLMAP")
 
 What LLFF cannot hold, and how the export deals with it:
 - one focal and a centred principal point per image: the image stage resamples every view to a

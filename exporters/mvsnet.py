@@ -17,8 +17,9 @@ README, "File Formats"; `mvsnet/preprocess.py`, `mvsnet/colmap2mvsnet.py`):
 `load_cam` splits the file into whitespace tokens: token 0 "extrinsic", 1…16 E, 17 "intrinsic",
 18…26 K, then 2, 3 or 4 depth values (with 2 DEPTH_NUM is the network's max_d and DEPTH_MAX =
 MIN + INTERVAL·NUM; with 3 the same DEPTH_MAX). All four are written, so the range is explicit.
-The depth range of a view is that of the mesh it sees (z-depth rendered through its camera), widened by `depth_margin` of its extent on both sides; DEPTH_INTERVAL = (MAX − MIN) /
-(NUM − 1), as colmap2mvsnet computes it.
+The depth range of a view is that of the mesh it sees (z-depth rendered through its camera), widened
+by `depth_margin` of its extent on both sides; DEPTH_INTERVAL = (MAX − MIN) / (NUM − 1), as
+colmap2mvsnet computes it. Images are always JPEG (`--image-format` does not apply).
 
 View selection follows colmap2mvsnet: for every pair of views, each mesh vertex both see adds
 exp(−(θ − θ0)² / (2σ²)), θ the angle in degrees between the rays from the vertex to the two camera
@@ -30,7 +31,6 @@ as they are (each camera exact), with a warning.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from PIL import Image
 from fsconvert import conventions as cv
 from fsconvert import derived
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, write_images
+from fsconvert.export import ExportedView, warn_mixed_sizes, write_images
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
@@ -73,15 +73,14 @@ class Options:
             raise InputError(f"depth_margin must be a number ≥ 0, got {self.depth_margin}")
         if not self.image.undistort:
             raise InputError("MVSNet cameras hold no lens distortion: use --distortion undistort")
-        object.__setattr__(self, "image", replace(self.image, image_format="jpg"))  # MVSNet loaders open images/%08d.jpg
+        object.__setattr__(self, "image", replace(self.image, image_format="jpg"))  # loaders open images/%08d.jpg
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
     mesh = capture_mesh(capture, "the MVSNet export (depth ranges, view selection)")
     plans = plan_views(capture.views, options.image)
-    if progress and len({p.camera.size for p in plans}) > 1:
-        print(f"fsconvert: warning: {NAME}: images of several sizes (portrait and landscape); MVSNet loaders stack "
-              "the views of a sample and need one size (each camera is exact)", file=sys.stderr)
+    if progress:
+        warn_mixed_sizes(NAME, plans, "MVSNet")
     stems = [f"{p.view.id:08d}" for p in plans]
     names = [f"{IMAGES}/{s}.jpg" for s in stems]
     write_images(plans, names, folder, workers=workers, progress=progress)

@@ -1,8 +1,8 @@
 """NeuS / IDR: `image/NNN.png`, `mask/NNN.png`, `cameras_sphere.npz`.
 
 The layout of NeuS (`Totoro97/NeuS` README "Data Convention", `models/dataset.py`) and IDR
-(`lioryariv/idr` `DATA_CONVENTION.md`), also read by VolSDF, NeuS2's NeuS loader and most SDF and
-head-reconstruction code:
+(`lioryariv/idr` `DATA_CONVENTION.md`), also read by VolSDF and many SDF and
+head-reconstruction codebases:
 
     OUT/image/NNN.png          undistorted, NNN = 000, 001, … in view order (the loader pairs the k-th
                                sorted image with world_mat_k); the manifest maps them to view ids
@@ -25,14 +25,14 @@ the largest distance to it, as gen_cameras.py builds it from the points of inter
 `--sphere cameras` centres it on the point nearest to every optical axis (the point the rig looks at)
 with radius `margin` × half the distance of the nearest camera, for tuples whose mesh does not bound
 the region of interest. The npz is written with a fixed timestamp: the same export is the same bytes.
-NeuS stacks the images of a scene, so it needs one image size; mixed portrait and landscape views are
-written as they are (each camera exact), with a warning.
+Images are always PNG (`--image-format` does not apply). NeuS stacks the images of a scene, so it
+needs one image size; mixed portrait and landscape views are written as they are (each camera
+exact), with a warning. IDR opens `cameras.npz` unless its dataset is given `cam_file`.
 """
 
 from __future__ import annotations
 
 import io
-import sys
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,7 +44,7 @@ from PIL import Image
 from fsconvert import conventions as cv
 from fsconvert import derived
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, write_images
+from fsconvert.export import ExportedView, warn_mixed_sizes, write_images
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
@@ -78,9 +78,8 @@ class Options:
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
     mesh = capture_mesh(capture, "the NeuS export (masks, scale_mat)")
     plans = plan_views(capture.views, options.image)
-    if progress and len({p.camera.size for p in plans}) > 1:
-        print(f"fsconvert: warning: {NAME}: images of several sizes (portrait and landscape); NeuS stacks a scene's "
-              "images and needs one size (each camera is exact)", file=sys.stderr)
+    if progress:
+        warn_mixed_sizes(NAME, plans, "NeuS")
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import expected_pixels
 from exporters import llff, mvsnet, neus
 from fsconvert.check import check_export
 from fsconvert.cli import main
@@ -90,16 +91,9 @@ def plans_by_name(out: Path, capture: Capture, module) -> dict[str, ViewPlan]:
     return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
 
-def expected_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the vertices kept, their source projection carried into the exported image): in front of
-    the source camera, inside the source image with and without distortion, inside the exported image."""
-    src = plan.view
-    Xc = src.to_camera(X)
-    idx = np.flatnonzero(Xc[:, 2] > 0)
-    uv, uv_pin = src.camera.project(Xc[idx]), src.camera.pinhole().project(Xc[idx])
-    W, H = src.camera.size
-    inside = np.all((uv >= 0) & (uv <= [W - 1, H - 1]) & (uv_pin >= 0) & (uv_pin <= [W - 1, H - 1]), axis=1)
-    idx, out = idx[inside], plan.src_to_out(uv[inside])
+def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`expected_pixels` kept inside the exported image too."""
+    idx, out = expected_pixels(plan, X)
     w, h = plan.camera.size
     keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
     assert keep.sum() > 100
@@ -150,7 +144,7 @@ def test_neus_loader_reprojects_the_mesh(case, exported, capture, vertices):
     worst = 0.0
     for view in views:
         plan = plans[view["name"]]
-        idx, want = expected_pixels(plan, vertices)
+        idx, want = output_pixels(plan, vertices)
         worst = max(worst, float(np.abs(neus_project(view, vertices[idx]) - want).max()))
         with Image.open(result.out_dir / view["name"]) as im:
             assert im.size == plan.camera.size and im.format == "PNG"
@@ -233,7 +227,7 @@ def test_mvsnet_loader_reprojects_the_mesh_and_depth_ranges_hold_it(case, export
         for name, plan in plans.items():
             assert re.fullmatch(r"images/\d{8}\.jpg", name)
             cam = mvsnet_cam(result.out_dir / "cams" / f"{Path(name).stem}_cam.txt")
-            idx, want = expected_pixels(plan, vertices)
+            idx, want = output_pixels(plan, vertices)
             uvw = np.c_[vertices[idx], np.ones(len(idx))] @ cam["E"].T[:, :3] @ cam["K"].T
             worst = max(worst, float(np.abs(uvw[:, :2] / uvw[:, 2:] - want).max()))
             lo, interval, n, hi = cam["depth"]
@@ -334,7 +328,7 @@ def test_llff_loader_reprojects_the_mesh_and_bounds_hold_it(case, exported, land
         for view in views:
             plan = plans[view["name"]]
             assert plan.camera.fx == plan.camera.fy == view["focal"]
-            idx, want = expected_pixels(plan, vertices)
+            idx, want = output_pixels(plan, vertices)
             worst = max(worst, float(np.abs(llff_project(view, vertices[idx]) - want).max()))
             z = visible_depths(renderer, plan, vertices)
             near, far = view["bounds"]
