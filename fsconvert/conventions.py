@@ -268,7 +268,7 @@ def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
     """(centre, radius): the centre of the axis-aligned bounding box and the largest distance to it
-    (NeuS `gen_cameras.py`'s sphere; instant-ngp normalization)."""
+    (NeuS `gen_cameras.py`'s sphere)."""
     points = np.asarray(points, dtype=np.float64)
     centre = (points.min(axis=0) + points.max(axis=0)) / 2
     return centre, float(np.linalg.norm(points - centre, axis=1).max())
