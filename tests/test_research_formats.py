@@ -399,3 +399,19 @@ def test_cli_exports_and_checks(fmt, files, sample_tuple, tmp_path, capsys):
     assert main([f"to-{fmt}", str(sample_tuple), "-o", str(out), "-q", "-j", "1", "--max-size", "400"]) == 0
     assert all((out / f).is_file() for f in files)
     assert "PASS" in capsys.readouterr().out
+
+
+def test_yaml_batch_passes_image_and_format_options(sample_root, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"input: {sample_root}\nout: {tmp_path / 'out'}\nformat: [neus, mvsnet]\njobs: 1\n"
+                      "image: {max_size: 300, upright: true}\n"
+                      "options: {neus: {sphere: cameras, idr_keys: true}, mvsnet: {depth_num: 64, depths: true}}\n")
+    assert main(["batch", str(config), "-q"]) == 0
+    neus_out, mvsnet_out = (tmp_path / "out" / fmt / "1" / "1_neutral" for fmt in ("neus", "mvsnet"))
+    manifest = read_manifest(neus_out)
+    assert manifest["options"]["sphere"] == "cameras" and manifest["options"]["image"]["upright"]
+    assert "camera_mat_inv_0" in np.load(neus_out / "cameras_sphere.npz").files
+    with Image.open(neus_out / "image" / "000.png") as im:
+        assert max(im.size) == 300
+    assert mvsnet_cam(mvsnet_out / "cams" / "00000000_cam.txt")["depth"][2] == 64
+    assert len(list((mvsnet_out / "depths").glob("*.pfm"))) == len(manifest["views"])
