@@ -18,7 +18,7 @@ from types import ModuleType
 from fsconvert.protocol import missing
 
 GROUP = "fsconvert.exporters"
-BUILTIN = ("colmap", "nerf", "open3d", "facescape")
+BUILTIN = ("colmap", "nerf", "open3d", "facescape", "neus", "mvsnet", "llff")
 _WARNED: set[str] = set()
 
 

@@ -5,11 +5,13 @@ world→camera 4×4; the centre of the top-left pixel is at (0, 0); distortion i
 
 Everything else an exporter needs is derived here: OpenGL axes (NeRF family, pyrender), camera→world,
 quaternions (w first, as COLMAP stores them), the +0.5 corner-origin pixel convention (COLMAP,
-nerfstudio, instant-ngp, pyrender), K under resize/crop/90° and 180° rotation, and world similarities.
+nerfstudio, instant-ngp, pyrender), K under resize/crop/90° and 180° rotation, world similarities, projection
+matrices K·[R|t] (IDR/NeuS world_mat) and LLFF's [down, right, backwards] camera→world columns.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 PIXEL_CENTRE_SHIFT = 0.5
@@ -17,6 +19,10 @@ PIXEL_CENTRE_SHIFT = 0.5
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiplying a camera→world pose by this flips its camera y and z axes (CV ↔ GL, self-inverse)."""
+
+CV_TO_LLFF = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+"""Right-multiplying OpenCV camera→world rotation columns (right, down, forward) by this gives LLFF's
+(down, right, backwards); self-inverse."""
 
 ROLL_180 = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Left-multiplying a world→camera pose by this rolls the camera 180° about its optical axis."""
@@ -267,3 +273,42 @@ def pyrender_intrinsics(K: np.ndarray) -> tuple[float, float, float, float]:
     """(fx, fy, cx, cy) for pyrender's IntrinsicsCamera, which centres pixels at +0.5."""
     Kc = K_to_corner_origin(K)
     return float(Kc[0, 0]), float(Kc[1, 1]), float(Kc[0, 2]), float(Kc[1, 2])
+
+
+def w2c_cv_to_c2w_llff(w2c: np.ndarray) -> np.ndarray:
+    """OpenCV world→camera to LLFF's 3×4 camera→world, rotation columns [down, right, backwards]
+    (`Fyusion/LLFF` README, "Using your own poses")."""
+    c2w = w2c_to_c2w(w2c)[:3]
+    return np.column_stack([c2w[:, :3] @ CV_TO_LLFF, c2w[:, 3]])
+
+
+def c2w_llff_to_w2c_cv(c2w_llff: np.ndarray) -> np.ndarray:
+    """LLFF 3×4 camera→world [down, right, backwards | centre] to OpenCV world→camera 4×4."""
+    c2w = np.asarray(c2w_llff, dtype=np.float64)[:3, :4]
+    return c2w_to_w2c(np.column_stack([c2w[:, :3] @ CV_TO_LLFF, c2w[:, 3]]))
+
+
+def projection_matrix(K: np.ndarray, w2c: np.ndarray) -> np.ndarray:
+    """4×4 [K·[R|t]; 0 0 0 1]: world → pixels (OpenCV pixel centres) times depth (IDR's world_mat)."""
+    P = np.eye(4)
+    P[:3, :4] = np.asarray(K, dtype=np.float64) @ homogeneous(w2c)[:3, :4]
+    return P
+
+
+def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K with K[2,2] = 1, world→camera 4×4) of a 3×4 (or 4×4) projection matrix, by
+    cv2.decomposeProjectionMatrix as IDR's and NeuS's `load_K_Rt_from_P` do, in P's precision."""
+    P = np.asarray(P)[:3, :4]
+    K, R, C = cv2.decomposeProjectionMatrix(P)[:3]
+    c2w = np.eye(4)
+    c2w[:3, :3] = R.T
+    c2w[:3, 3] = (C[:3] / C[3])[:, 0]
+    return K / K[2, 2], c2w_to_w2c(c2w)
+
+
+def bounding_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """(centre, radius): the centre of the axis-aligned bounding box and the largest distance to it
+    (NeuS `gen_cameras.py`'s sphere)."""
+    points = np.asarray(points, dtype=np.float64)
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2
+    return centre, float(np.linalg.norm(points - centre, axis=1).max())

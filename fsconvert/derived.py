@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import conventions as cv
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .model import Camera
 
 if TYPE_CHECKING:
@@ -70,6 +70,17 @@ def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, grouped: boo
     with Renderer(mesh) as renderer:
         for i in tqdm(order, desc=desc, unit="view", disable=not progress, leave=False):
             yield i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth
+
+
+def depth_range(depth: np.ndarray, margin: float, view: int) -> tuple[float, float]:
+    """(near, far) of a z-depth map's foreground, each moved out by `margin` × (far − near) (near stays
+    above half its value): the depth of every surface point the view sees at a pixel centre, with room."""
+    z = depth[depth > 0]
+    if not z.size:
+        raise InputError("the mesh is not visible in this view: no depth range", view=view)
+    near, far = float(z.min()), float(z.max())
+    pad = margin * (far - near)
+    return max(near - pad, near / 2), far + pad
 
 
 def silhouette(depth: np.ndarray, footprint: Footprint | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,6 +96,14 @@ def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, 
     for d in {d.parent for d in dests}:
         d.mkdir(parents=True, exist_ok=True)
     return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints)
+
+
+def warn_mixed_sizes(fmt: str, plans: Sequence[ViewPlan], reader: str) -> None:
+    """One stderr line when the output images have several sizes, for a target whose `reader` stacks a
+    scene's images (every camera stays exact)."""
+    if len({p.camera.size for p in plans}) > 1:
+        print(f"fsconvert: warning: {fmt}: images of several sizes (portrait and landscape); {reader} stacks a "
+              "scene's images and needs one size (each camera is exact)", file=sys.stderr)
 
 
 def stems(views: Sequence[View], digits: int = 3) -> list[str]:

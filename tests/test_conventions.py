@@ -221,3 +221,55 @@ def test_aligned_pose_sees_the_aligned_point_at_the_same_pixel_and_scaled_depth(
     cam_new = _to_tu(X, s, R, t) @ new[:3, :3].T + new[:3, 3]
     _assert_close(cam_new, s * cam)  # the same rays, depth in the new unit
     assert np.abs(new[:3, :3].T @ new[:3, :3] - np.eye(3)).max() < 1e-15
+
+
+def test_llff_columns_match_nerf_pytorch_permutation(rng):
+    """nerf-pytorch's `load_llff_data` turns LLFF columns (d, r, b) into (r, −d, b) = OpenGL (right, up, back)."""
+    for _ in range(10):
+        w2c = random_pose(rng)
+        llff = cv.w2c_cv_to_c2w_llff(w2c)
+        gl = np.concatenate([llff[:, 1:2], -llff[:, 0:1], llff[:, 2:]], 1)
+        assert np.abs(gl - cv.w2c_cv_to_c2w_gl(w2c)[:3]).max() < 1e-12
+        assert np.abs(cv.c2w_llff_to_w2c_cv(llff) - w2c).max() < 1e-12
+        # column 0 points down the image: a world point one unit along it moves +v in the camera
+        c = cv.camera_centre(w2c)
+        down = (w2c[:3, :3] @ (c + llff[:, 0] + w2c[:3, :3].T @ [0, 0, 1]) + w2c[:3, 3])
+        assert np.abs(down - [0, 1, 1]).max() < 1e-12
+
+
+def test_projection_matrix_projects_like_opencv_and_decomposes_back(rng):
+    for _ in range(10):
+        w2c = random_pose(rng)
+        K = cv.K_matrix(*rng.uniform(500, 5000, 2), *rng.uniform(100, 1000, 2))
+        X = rng.normal(size=(30, 3)) + cv.camera_centre(w2c) + w2c[2, :3] * 10  # in front
+        P = cv.projection_matrix(K, w2c)
+        h = np.c_[X, np.ones(30)] @ P.T
+        assert np.abs(h[:, 3] - 1).max() == 0
+        assert np.abs(h[:, :2] / h[:, 2:3] - project(K, np.zeros(5), w2c, X)).max() < 1e-9
+        K2, w2c2 = cv.decompose_projection(P * rng.uniform(0.1, 10))  # defined up to scale
+        assert np.abs(K2 - K).max() < 1e-6 * K.max()
+        assert np.abs(w2c2 - w2c).max() < 1e-9
+
+
+def test_decomposition_matches_scipy_rq(rng):
+    """K·R of the 3×3 block by an independent RQ decomposition (positive diagonal), camera centre as P's null vector."""
+    from scipy.linalg import null_space, rq
+
+    w2c = random_pose(rng)
+    P = cv.projection_matrix(cv.K_matrix(1200, 1210, 300, 200), w2c)[:3]
+    Kr, R = rq(P[:, :3])
+    S = np.diag(np.sign(np.diag(Kr)))
+    Kr, R = Kr @ S, S @ R
+    K, w2c2 = cv.decompose_projection(P)
+    C = null_space(P)[:, 0]
+    assert np.abs(K - Kr / Kr[2, 2]).max() < 1e-9
+    assert np.abs(w2c2[:3, :3] - R).max() < 1e-12
+    assert np.abs(cv.camera_centre(w2c2) - C[:3] / C[3]).max() < 1e-12
+
+
+def test_bounding_sphere_holds_every_point_and_touches_one(rng):
+    X = rng.normal(size=(200, 3)) * [1, 2, 3] + 5
+    centre, r = cv.bounding_sphere(X)
+    assert np.abs(centre - (X.min(0) + X.max(0)) / 2).max() == 0
+    d = np.linalg.norm(X - centre, axis=1)
+    assert d.max() == r and (d <= r).all()

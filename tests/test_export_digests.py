@@ -46,12 +46,17 @@ CASES: dict[str, list[str]] = {
     "facescape": ["to-facescape"],
     "facescape-scale": ["to-facescape", "--scale", "0.5"],
     "facescape-keep-upright": ["to-facescape", "--distortion", "keep", "--upright", "--link", "copy"],
+    "neus": ["to-neus"],
+    "mvsnet": ["to-mvsnet"],
+    "llff-lossy": ["to-llff", "--allow-lossy"],
 }
+EXIT = {"llff-lossy": 1}
+"""Cases whose check fails by design: LLFF cannot hold the sample's portrait views (the report says by how much)."""
 
 
 def export(case: str, out: Path) -> None:
     argv = [*CASES[case][:1], str(SAMPLE), "-o", str(out), "-q", "-j", "1", *CASES[case][1:]]
-    assert main(argv) == 0, argv
+    assert main(argv) == EXIT.get(case, 0), argv
 
 
 def digests(out: Path) -> dict[str, str]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import expected_pixels
 from exporters import nerf
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError
@@ -69,19 +70,6 @@ def planned(out: Path, capture) -> dict[str, ViewPlan]:
     options = from_dict(nerf.Options, manifest["options"])
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
     return {v["name"]: plans[v["id"]] for v in manifest["views"]}
-
-
-def expected_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the points kept, their source projection carried into the output image): in front
-    of the camera and inside the source image with and without distortion (where the lens model is
-    invertible)."""
-    src = plan.view
-    Xc = src.to_camera(X)
-    idx = np.flatnonzero(Xc[:, 2] > 0)
-    uv, uv_pin = src.camera.project(Xc[idx]), src.camera.pinhole().project(Xc[idx])
-    W, H = src.camera.size
-    inside = np.all((uv >= 0) & (uv <= [W - 1, H - 1]) & (uv_pin >= 0) & (uv_pin <= [W - 1, H - 1]), axis=1)
-    return idx[inside], plan.src_to_out(uv[inside])
 
 
 def distort(x: np.ndarray, y: np.ndarray, k1=0.0, k2=0.0, k3=0.0, k4=0.0, p1=0.0, p2=0.0):

@@ -34,6 +34,7 @@ from fsconvert import conventions as cv
 from fsconvert import jsonvalues, loader
 from fsconvert.errors import InputError
 from fsconvert.export import export
+from fsconvert.options import from_dict
 from fsconvert.protocol import read_manifest
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.loader import load_capture
@@ -43,9 +44,12 @@ from fsconvert.synthetic import make_sample
 EXACT = 1e-9
 HOLDS_DISTORTION = {"facescape", "colmap", "nerf"}
 """Formats that store k1 k2 p1 p2 k3 (exported with the distortion kept); the others undistort."""
-FORMAT_OPTIONS = {"colmap": {"points": 0}, "nerf": {"normalize": "sphere"}}
+FORMAT_OPTIONS = {"colmap": {"points": 0}, "nerf": {"normalize": "sphere"}, "llff": {"allow_lossy": True}}
 """No COLMAP points3D (not a camera property, and they need renders); NeRF moves the world into the
-mesh's bounding sphere (its reader must undo that: poses come back in the source frame)."""
+mesh's bounding sphere (its reader must undo that: poses come back in the source frame); LLFF holds one
+image size: only the views of the first view's size are compared."""
+PRECISION = {"neus": 1e-3}
+"""Formats whose reader loses precision: NeuS's loader decomposes world_mat @ scale_mat in float32."""
 MESH = trimesh.creation.box(extents=(1.0, 0.8, 0.6))
 """The scene: a box at the origin, which every drawn camera looks at from 4–8 units away."""
 
@@ -127,10 +131,13 @@ def round_trip_errors(tuple_dir: Path, out_root: Path) -> dict[str, float]:
         options = module.Options(image=image, **FORMAT_OPTIONS.get(name, {}))
         out = out_root / name
         export(capture, module, out, options, thresholds=None)
-        names = [v["name"] for v in read_manifest(out)["views"]]
-        plans = dict(zip(names, plan_views(capture.views, image)))
+        manifest = read_manifest(out)
+        names = [v["name"] for v in manifest["views"]]
+        plans = dict(zip(names, plan_views(capture.views, from_dict(module.Options, manifest["options"]).image)))
         back = module.read(out)
         assert sorted(v.name for v in back) == sorted(plans), name
+        if name == "llff":
+            back = [v for v in back if plans[v.name].camera.size == plans[names[0]].camera.size]
         errors[name] = max(max_difference(v.camera, v.world_to_cam, plans[v.name].camera, plans[v.name].world_to_cam)
                            for v in back)
     return errors
@@ -149,7 +156,7 @@ def test_random_valid_cameras_round_trip_exactly(params: dict, tmp_path_factory:
         assert v.camera.size == (int(params[f"{v.id}_width"]), int(params[f"{v.id}_height"]))
     errors = round_trip_errors(tuple_dir, root / "out")
     assert set(errors) >= {"colmap", "facescape", "nerf", "open3d"}
-    assert all(e <= EXACT for e in errors.values()), errors
+    assert all(e <= PRECISION.get(name, EXACT) for name, e in errors.items()), errors
     shutil.rmtree(root)
 
 
@@ -164,7 +171,7 @@ def test_round_trip_negative_control(tmp_path: Path, monkeypatch: pytest.MonkeyP
                    f"{vid}_Rt": np.hstack([R, [[0.1], [-0.2], [5.0]]]).tolist(),
                    f"{vid}_distortion": [0.2, -0.05, 1e-3, -5e-4, 0.03], f"{vid}_width": 40, f"{vid}_height": 30}
     tuple_dir = write_tuple(tmp_path, params)
-    assert max(round_trip_errors(tuple_dir, tmp_path / "good").values()) <= EXACT
+    assert all(e <= PRECISION.get(name, EXACT) for name, e in round_trip_errors(tuple_dir, tmp_path / "good").items())
     with monkeypatch.context() as m:
         m.setattr(cv, "K_from_corner_origin", lambda K: np.array(K, dtype=np.float64))
         errors = round_trip_errors(tuple_dir, tmp_path / "half-pixel")

@@ -1,0 +1,417 @@
+"""NeuS/IDR, MVSNet/DTU and LLFF exports read back by independent implementations of their loaders'
+rules (written from NeuS `models/dataset.py`, MVSNet `preprocess.py` and nerf-pytorch `load_llff.py`,
+not by calling the exporters' readers) on the synthetic sample: portrait, rolled, off-centre and k3 views."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import expected_pixels
+from exporters import llff, mvsnet, neus
+from fsconvert.check import check_export
+from fsconvert.cli import main
+from fsconvert.export import export
+from fsconvert.protocol import read_manifest
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
+from fsconvert.loader import load_capture
+from fsconvert.mesh import load_mesh
+from fsconvert.model import Capture
+from fsconvert.options import from_dict
+from fsconvert.render import Renderer
+
+PX_TOL = 0.01
+IOU_MIN = 0.99
+HALF = ImageOptions(scale=0.5)
+CASES = {
+    "neus": ("neus", neus.Options()),
+    "neus-upright-centre-cameras": ("neus", neus.Options(image=replace(HALF, upright=True, principal_point="center"),
+                                                         sphere="cameras", idr_keys=True)),
+    "mvsnet": ("mvsnet", mvsnet.Options(image=HALF, depths=True)),
+    "mvsnet-upright": ("mvsnet", mvsnet.Options(image=ImageOptions(upright=True), depth_num=64, depth_margin=0.2)),
+    "llff": ("llff", llff.Options(image=HALF)),
+    "llff-upright": ("llff", llff.Options(image=ImageOptions(upright=True))),
+    "llff-lossy": ("llff", llff.Options(image=HALF, allow_lossy=True)),
+}
+"""llff and llff-upright export the sample's landscape views (LLFF holds one size); llff-lossy all of them."""
+
+
+@pytest.fixture(scope="module")
+def capture(sample_tuple) -> Capture:
+    return load_capture(sample_tuple)
+
+
+@pytest.fixture(scope="module")
+def landscape(sample_root, sample_tuple, capture, tmp_path_factory) -> Capture:
+    """The sample without its portrait views (their params.json keys and images removed): one image size."""
+    root = Path(shutil.copytree(sample_root, tmp_path_factory.mktemp("landscape") / "sample"))
+    tuple_dir = root / sample_tuple.relative_to(sample_root)
+    params = json.loads((tuple_dir / "params.json").read_text())
+    for v in capture.views:
+        if v.camera.is_portrait:
+            params = {k: value for k, value in params.items() if not k.startswith(f"{v.id}_")}
+            (tuple_dir / f"{v.id}.jpg").unlink()
+    (tuple_dir / "params.json").write_text(json.dumps(params))
+    return load_capture(tuple_dir)
+
+
+@pytest.fixture(scope="module")
+def vertices(capture) -> np.ndarray:
+    return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def exported(capture, landscape, tmp_path_factory):
+    """case → Exported (written and checked once per module, on first use)."""
+    root, done = tmp_path_factory.mktemp("research"), {}
+
+    def get(case: str):
+        if case not in done:
+            fmt, options = CASES[case]
+            source = landscape if case in ("llff", "llff-upright") else capture
+            done[case] = export(source, fmt, root / case, options, overlays=False)
+        return done[case]
+
+    return get
+
+
+def plans_by_name(out: Path, capture: Capture, module) -> dict[str, ViewPlan]:
+    """Manifest name → the image-stage plan rebuilt from the manifest's options, as the check does."""
+    manifest = read_manifest(out)
+    options = from_dict(module.Options, manifest["options"])
+    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
+    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
+
+
+def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`expected_pixels` kept inside the exported image too."""
+    idx, out = expected_pixels(plan, X)
+    w, h = plan.camera.size
+    keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
+    assert keep.sum() > 100
+    return idx[keep], out[keep]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.count_nonzero(a & b) / np.count_nonzero(a | b))
+
+
+# ---- NeuS `models/dataset.py` rules -----------------------------------------------------------------
+
+
+def neus_load(out: Path) -> list[dict]:
+    """n = sorted image/*.png; world_mat_k, scale_mat_k as float32; P = (world_mat @ scale_mat)[:3];
+    cv2.decomposeProjectionMatrix; K / K[2,2]; pose = [Rᵀ | t[:3]/t[3]] (camera→world, normalized world)."""
+    images = sorted((out / "image").glob("*.png"))
+    cams = np.load(out / "cameras_sphere.npz")
+    views = []
+    for k, image in enumerate(images):
+        world_mat = cams[f"world_mat_{k}"].astype(np.float32)
+        scale_mat = cams[f"scale_mat_{k}"].astype(np.float32)
+        K, R, t = cv2.decomposeProjectionMatrix((world_mat @ scale_mat)[:3, :4])[:3]
+        pose = np.eye(4, dtype=np.float32)
+        pose[:3, :3] = R.T
+        pose[:3, 3] = (t[:3] / t[3])[:, 0]
+        views.append({"name": f"image/{image.name}", "K": K / K[2, 2], "pose": pose, "scale_mat": scale_mat})
+    return views
+
+
+def neus_project(view: dict, X: np.ndarray) -> np.ndarray:
+    """World points → the unit-sphere world (scale_mat⁻¹) → NeuS's camera → pixels (integer pixel centres)."""
+    S = view["scale_mat"].astype(np.float64)
+    X_unit = (X - S[:3, 3]) / S[0, 0]
+    pose = view["pose"].astype(np.float64)
+    X_cam = (X_unit - pose[:3, 3]) @ pose[:3, :3]
+    uvw = X_cam @ view["K"].T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+@pytest.mark.parametrize("case", ["neus", "neus-upright-centre-cameras"])
+def test_neus_loader_reprojects_the_mesh(case, exported, capture, vertices):
+    result = exported(case)
+    assert result.check.passed, [v.problems for v in result.check.views]
+    plans = plans_by_name(result.out_dir, capture, neus)
+    views = neus_load(result.out_dir)
+    assert [v["name"] for v in views] == list(plans)  # k-th sorted image ↔ world_mat_k ↔ k-th view
+    worst = 0.0
+    for view in views:
+        plan = plans[view["name"]]
+        idx, want = output_pixels(plan, vertices)
+        worst = max(worst, float(np.abs(neus_project(view, vertices[idx]) - want).max()))
+        with Image.open(result.out_dir / view["name"]) as im:
+            assert im.size == plan.camera.size and im.format == "PNG"
+    assert worst < PX_TOL
+
+
+def test_neus_mesh_is_inside_the_unit_sphere_and_masks_match_a_render(exported, capture, vertices):
+    result = exported("neus")
+    views = neus_load(result.out_dir)
+    S = views[0]["scale_mat"].astype(np.float64)
+    r = np.linalg.norm((vertices - S[:3, 3]) / S[0, 0], axis=1)
+    assert r.max() == pytest.approx(1 / 1.1, rel=1e-6)  # the bounding sphere with the 1.1 margin
+    plans = plans_by_name(result.out_dir, capture, neus)
+    with Renderer(load_mesh(capture.mesh)) as renderer:
+        for view in views:
+            plan = plans[view["name"]]
+            mask = cv2.imread(str(result.out_dir / view["name"].replace("image/", "mask/")), cv2.IMREAD_GRAYSCALE)
+            assert set(np.unique(mask)) <= {0, 255}
+            render = renderer.render(plan.camera, plan.world_to_cam, depth_only=True)
+            assert iou(mask > 0, render.mask) >= IOU_MIN
+
+
+def test_neus_cameras_sphere_is_outside_every_camera(exported, capture):
+    result = exported("neus-upright-centre-cameras")
+    keys = set(np.load(result.out_dir / "cameras_sphere.npz").files)
+    assert {"camera_mat_0", "camera_mat_inv_0", "world_mat_inv_0", "scale_mat_inv_0"} <= keys
+    for view in neus_load(result.out_dir):
+        assert np.linalg.norm(view["pose"][:3, 3]) > 1.5  # the camera centre, in unit-sphere coordinates
+
+
+# ---- MVSNet `preprocess.py` rules -------------------------------------------------------------------
+
+
+def mvsnet_cam(path: Path) -> dict:
+    """load_cam: whitespace tokens; 1..16 extrinsic, 18..26 intrinsic, 27.. depth min, interval, num, max."""
+    words = path.read_text().split()
+    E = np.array(words[1:17], dtype=float).reshape(4, 4)
+    K = np.array(words[18:27], dtype=float).reshape(3, 3)
+    return {"E": E, "K": K, "depth": [float(w) for w in words[27:]]}
+
+
+def mvsnet_pairs(out: Path) -> dict[int, list[tuple[int, float]]]:
+    words = (out / "pair.txt").read_text().split()
+    n, at, pairs = int(words[0]), 1, {}
+    for _ in range(n):
+        ref, count = int(words[at]), int(words[at + 1])
+        pairs[ref] = [(int(words[at + 2 + 2 * k]), float(words[at + 3 + 2 * k])) for k in range(count)]
+        at += 2 + 2 * count
+    assert at == len(words)
+    return pairs
+
+
+def read_pfm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    header = re.match(rb"(Pf)\n(\d+) (\d+)\n(-?[\d.]+)\n", data)
+    w, h, scale = int(header[2]), int(header[3]), float(header[4])
+    return np.flipud(np.frombuffer(data[header.end():], "<f4" if scale < 0 else ">f4").reshape(h, w))
+
+
+def visible_depths(renderer: Renderer, plan: ViewPlan, X: np.ndarray) -> np.ndarray:
+    """z of the vertices the exported camera sees: at their nearest pixel centre, the rendered surface is within
+    0.2 % of their depth (an occluded vertex is farther: the near side of a head is > 2 % of its distance away)."""
+    depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
+    Xc = X @ plan.world_to_cam[:3, :3].T + plan.world_to_cam[:3, 3]
+    uv = np.rint(plan.camera.project(Xc)).astype(int)
+    w, h = plan.camera.size
+    inside = (Xc[:, 2] > 0) & np.all((uv >= 0) & (uv < [w, h]), axis=1)
+    z, d = Xc[inside, 2], depth[uv[inside, 1], uv[inside, 0]]
+    return z[(d > 0) & (np.abs(z - d) < 0.002 * d)]
+
+
+@pytest.mark.parametrize("case", ["mvsnet", "mvsnet-upright"])
+def test_mvsnet_loader_reprojects_the_mesh_and_depth_ranges_hold_it(case, exported, capture, vertices):
+    result = exported(case)
+    assert result.check.passed, [v.problems for v in result.check.views]
+    plans = plans_by_name(result.out_dir, capture, mvsnet)
+    num = CASES[case][1].depth_num
+    worst = 0.0
+    with Renderer(load_mesh(capture.mesh)) as renderer:
+        for name, plan in plans.items():
+            assert re.fullmatch(r"images/\d{8}\.jpg", name)
+            cam = mvsnet_cam(result.out_dir / "cams" / f"{Path(name).stem}_cam.txt")
+            idx, want = output_pixels(plan, vertices)
+            uvw = np.c_[vertices[idx], np.ones(len(idx))] @ cam["E"].T[:, :3] @ cam["K"].T
+            worst = max(worst, float(np.abs(uvw[:, :2] / uvw[:, 2:] - want).max()))
+            lo, interval, n, hi = cam["depth"]
+            assert n == num and lo + interval * (n - 1) == pytest.approx(hi, rel=1e-12)
+            z = visible_depths(renderer, plan, vertices)
+            assert len(z) > 100 and lo <= z.min() and z.max() <= hi and 0 < lo
+    assert worst < PX_TOL
+
+
+def test_mvsnet_pairs_are_symmetric_and_the_best_is_the_nearest_camera(exported, capture, vertices):
+    result = exported("mvsnet")
+    pairs = mvsnet_pairs(result.out_dir)
+    ids = [v.id for v in capture.views]
+    assert sorted(pairs) == ids
+    centre = (vertices.min(0) + vertices.max(0)) / 2
+    directions = {v.id: (v.centre - centre) / np.linalg.norm(v.centre - centre) for v in capture.views}
+    for ref, sources in pairs.items():
+        assert len(sources) == min(10, len(ids) - 1) and ref not in [s for s, _ in sources]
+        assert [s for _, s in sources] == sorted((s for _, s in sources), reverse=True) and sources[0][1] > 0
+        for src, score in sources:
+            back = dict(pairs[src])
+            assert back[ref] == score  # symmetric
+        nearest = max((i for i in ids if i != ref), key=lambda i: directions[i] @ directions[ref])
+        assert sources[0][0] == nearest
+
+
+def test_view_scores_follow_colmap2mvsnet_point_by_point():
+    """colmap2mvsnet's calc_score, one point at a time, on random cameras and visibility."""
+    rng = np.random.default_rng(5)
+    centres, points = rng.normal(size=(5, 3)) * 10, rng.normal(size=(200, 3))
+    seen = [rng.random(200) < 0.7 for _ in centres]
+    scores = mvsnet.view_scores(centres, points, seen)
+    for i in range(5):
+        for j in range(5):
+            want = 0.0
+            for p in points[seen[i] & seen[j]] if i != j else []:
+                a, b = centres[i] - p, centres[j] - p
+                theta = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+                sigma = 1.0 if theta <= 5.0 else 10.0
+                want += np.exp(-(theta - 5.0) ** 2 / (2 * sigma**2))
+            assert scores[i, j] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    text = mvsnet.pair_text([3, 8, 9, 11, 20], scores)
+    assert text.splitlines()[0] == "5" and text.splitlines()[1] == "3"
+    assert text.splitlines()[2].split()[0] == "4"
+
+
+def test_mvsnet_depth_maps_are_the_rendered_depth(exported, capture):
+    result = exported("mvsnet")
+    plans = plans_by_name(result.out_dir, capture, mvsnet)
+    with Renderer(load_mesh(capture.mesh)) as renderer:
+        for name, plan in plans.items():
+            depth = read_pfm(result.out_dir / "depths" / f"{Path(name).stem}.pfm")
+            render = renderer.render(plan.camera, plan.world_to_cam, depth_only=True)
+            assert depth.shape == render.depth.shape and iou(depth > 0, render.mask) >= IOU_MIN
+            both = (depth > 0) & render.mask
+            assert np.abs(depth[both] - render.depth[both]).max() <= 1e-4 * depth.max()  # float32 GL depth
+
+
+# ---- nerf-pytorch `load_llff.py` rules ---------------------------------------------------------------
+
+
+def llff_load(out: Path) -> list[dict]:
+    """_load_data: rows ↔ sorted images/ (JPG/jpg/png); every row's H, W := the first image's shape;
+    load_llff_data: columns [1, −0, 2] (OpenGL right, up, back); run_nerf: hwf of poses[0] for all."""
+    arr = np.load(out / "poses_bounds.npy")
+    poses = arr[:, :-2].reshape([-1, 3, 5]).transpose([1, 2, 0])
+    files = sorted(f for f in (out / "images").iterdir() if f.name.endswith(("JPG", "jpg", "png")))
+    assert poses.shape[-1] == len(files)
+    h, w = cv2.imread(str(files[0])).shape[:2]
+    poses[:2, 4, :] = np.array([h, w]).reshape([2, 1])
+    poses = np.concatenate([poses[:, 1:2, :], -poses[:, 0:1, :], poses[:, 2:, :]], 1)
+    poses = np.moveaxis(poses, -1, 0)
+    H, W, focal = poses[0, :3, -1]
+    return [{"name": f"images/{f.name}", "c2w": p[:3, :4], "H": H, "W": W, "focal": focal,
+             "bounds": arr[i, -2:]} for i, (f, p) in enumerate(zip(files, poses))]
+
+
+def llff_project(view: dict, X: np.ndarray) -> np.ndarray:
+    """OpenGL camera, focal for both axes, principal point at the image centre ((W − 1)/2 in integer pixel
+    centres; nerf-pytorch's get_rays puts it at W/2, half a pixel off: a property of that trainer)."""
+    c2w = view["c2w"]
+    Xg = (X - c2w[:, 3]) @ c2w[:, :3]
+    f = view["focal"]
+    return np.column_stack([f * Xg[:, 0] / -Xg[:, 2] + (view["W"] - 1) / 2,
+                            -f * Xg[:, 1] / -Xg[:, 2] + (view["H"] - 1) / 2])
+
+
+@pytest.mark.parametrize("case", ["llff", "llff-upright"])
+def test_llff_loader_reprojects_the_mesh_and_bounds_hold_it(case, exported, landscape, vertices):
+    result = exported(case)
+    assert result.check.passed, [v.problems for v in result.check.views]
+    plans = plans_by_name(result.out_dir, landscape, llff)
+    assert len(plans) == len(landscape.views) and not any(p.camera.is_portrait for p in plans.values())
+    views = llff_load(result.out_dir)
+    assert [v["name"] for v in views] == list(plans)
+    worst = 0.0
+    with Renderer(load_mesh(landscape.mesh)) as renderer:
+        for view in views:
+            plan = plans[view["name"]]
+            assert plan.camera.fx == plan.camera.fy == view["focal"]
+            idx, want = output_pixels(plan, vertices)
+            worst = max(worst, float(np.abs(llff_project(view, vertices[idx]) - want).max()))
+            z = visible_depths(renderer, plan, vertices)
+            near, far = view["bounds"]
+            assert len(z) > 100 and 0 < near <= z.min() and z.max() <= far
+    assert worst < PX_TOL
+
+
+def test_llff_refuses_mixed_sizes_and_measures_the_loss_when_allowed(exported, capture, tmp_path, capsys):
+    code = main(["to-llff", str(capture.root), "-o", str(tmp_path / "out"), "-q", "-j", "1"])
+    assert code == 2 and "--allow-lossy" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    report = exported("llff-lossy").check
+    portrait = {v.id for v in capture.views if v.camera.is_portrait}
+    assert portrait and not report.passed
+    for v in report.views:
+        if v.id in portrait:
+            assert not v.passed and v.camera_max_px > 10
+        else:
+            assert v.passed and v.camera_max_px < PX_TOL
+
+
+# ---- negative controls: a wrong convention fails the check -------------------------------------------
+
+
+def test_transposed_world_mat_fails_the_check(exported, tmp_path):
+    out = copy_export(exported("neus").out_dir, tmp_path)
+    cams = dict(np.load(out / "cameras_sphere.npz"))
+    np.savez(out / "cameras_sphere.npz", **{k: v.T if k.startswith("world_mat_") else v for k, v in cams.items()})
+    assert_check_fails(out)
+
+
+def test_c2w_in_cam_txt_fails_the_check(exported, tmp_path):
+    out = copy_export(exported("mvsnet").out_dir, tmp_path)
+    for path in (out / "cams").glob("*_cam.txt"):
+        cam = mvsnet_cam(path)
+        path.write_text(mvsnet.cam_text(np.linalg.inv(cam["E"]), cam["K"], cam["depth"][0], cam["depth"][3],
+                                        int(cam["depth"][2])))
+    assert_check_fails(out)
+
+
+def test_missing_llff_axis_permutation_fails_the_check(exported, tmp_path):
+    out = copy_export(exported("llff").out_dir, tmp_path)
+    rows = np.load(out / "poses_bounds.npy")
+    poses = rows[:, :15].reshape(-1, 3, 5)
+    poses[:, :, :3] = poses[:, :, [1, 0, 2]] * [1, 1, -1]  # back to OpenCV (right, down, forward) columns
+    rows[:, :15] = poses.reshape(-1, 15)
+    np.save(out / "poses_bounds.npy", rows)
+    assert_check_fails(out)
+
+
+def copy_export(src: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(src, tmp_path / src.name))
+
+
+def assert_check_fails(out: Path) -> None:
+    report = check_export(out, overlays=False)
+    assert not report.passed and all(not v.passed for v in report.views)
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, files", [
+    ("neus", ["cameras_sphere.npz", "image/000.png", "mask/000.png"]),
+    ("mvsnet", ["pair.txt", "cams/00000000_cam.txt", "images/00000000.jpg"]),
+])
+def test_cli_exports_and_checks(fmt, files, sample_tuple, tmp_path, capsys):
+    out = tmp_path / fmt
+    assert main([f"to-{fmt}", str(sample_tuple), "-o", str(out), "-q", "-j", "1", "--max-size", "400"]) == 0
+    assert all((out / f).is_file() for f in files)
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_yaml_batch_passes_image_and_format_options(sample_root, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"input: {sample_root}\nout: {tmp_path / 'out'}\nformat: [neus, mvsnet]\njobs: 1\n"
+                      "image: {max_size: 300, upright: true}\n"
+                      "options: {neus: {sphere: cameras, idr_keys: true}, mvsnet: {depth_num: 64, depths: true}}\n")
+    assert main(["batch", str(config), "-q"]) == 0
+    neus_out, mvsnet_out = (tmp_path / "out" / fmt / "1" / "1_neutral" for fmt in ("neus", "mvsnet"))
+    manifest = read_manifest(neus_out)
+    assert manifest["options"]["sphere"] == "cameras" and manifest["options"]["image"]["upright"]
+    assert "camera_mat_inv_0" in np.load(neus_out / "cameras_sphere.npz").files
+    with Image.open(neus_out / "image" / "000.png") as im:
+        assert max(im.size) == 300
+    assert mvsnet_cam(mvsnet_out / "cams" / "00000000_cam.txt")["depth"][2] == 64
+    assert len(list((mvsnet_out / "depths").glob("*.pfm"))) == len(manifest["views"])
