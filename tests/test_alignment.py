@@ -234,7 +234,7 @@ def test_a_dict_changed_after_the_export_fails_the_check(sample_root: Path, samp
     capsys.readouterr()
     assert main(["check", str(out), "--no-overlays"]) == 1
     report = capsys.readouterr().out
-    assert "is not the one the export recorded" in report and "camera error" in report
+    assert "is not the one the export recorded" in report and "px off" in report
 
 
 # ---- datasets, configs, the library, info ------------------------------------------------------------
