@@ -2,30 +2,25 @@
 
 `convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
 everything the output depends on) inside one staging folder, so a tuple appears complete or not at
-all. A rerun skips tuples whose record matches. `run` spreads tuples over processes, one tuple per
-process at a time with its images sequential inside (memory stays bounded to one image per worker).
+all, while holding the tuple's lock, so it is never converted twice at once. A rerun skips tuples
+whose record matches. `run` spreads tuples over processes (`fsconvert.engines`: a local pool, Dask
+or Ray), one tuple per process at a time with its images sequential inside (memory stays bounded to
+one image per worker).
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -91,6 +86,10 @@ class TupleJob:
         """Image files in the tuple folder (for progress)."""
         return sum(1 for _ in self.source.glob(f"*{IMAGE_EXT}"))
 
+    def fingerprint(self) -> dict:
+        """What the output's record must hold for it to be up to date (`fingerprint`)."""
+        return self._prepare()[3]
+
     def up_to_date(self) -> TupleResult | None:
         """The "skipped" result when the output's record matches the inputs and settings, else None."""
         return self._skipped(read_record(self.out_dir), self._prepare()[3])
@@ -101,24 +100,25 @@ class TupleJob:
         out_dir = self.out_dir
         try:
             module, options, mesh, fp = self._prepare()
-            clean_stale(out_dir)
-            old = read_record(out_dir)
-            skipped = self._skipped(old, fp)
-            if skipped is not None:
-                return replace(skipped, seconds=time.perf_counter() - start)
-            if out_dir.exists() and not (self.overwrite or self.force):
-                why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
-                raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-            capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
-            with staging(out_dir, overwrite=True) as tmp:
-                module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
-                passed, report = None, ""
-                if self.thresholds is not None:
-                    checked = check_export(tmp, self.thresholds, overlays=self.overlays)
-                    passed, report = bool(checked.passed), format_report(checked)
-                excluded = tuple(v.id for v in capture.excluded)
-                write_record(tmp, fp, {"views": [v.id for v in capture.views], "excluded": list(excluded),
-                                       "check_passed": passed})
+            with tuple_lock(out_dir):
+                clean_stale(out_dir)
+                old = read_record(out_dir)
+                skipped = self._skipped(old, fp)
+                if skipped is not None:
+                    return replace(skipped, seconds=time.perf_counter() - start)
+                if out_dir.exists() and not (self.overwrite or self.force):
+                    why = "not written by fsconvert" if old is None else f"out of date: {changed(old['fingerprint'], fp)}"
+                    raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
+                capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
+                with staging(out_dir, overwrite=True) as tmp:
+                    module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
+                    passed, report = None, ""
+                    if self.thresholds is not None:
+                        checked = check_export(tmp, self.thresholds, overlays=self.overlays)
+                        passed, report = bool(checked.passed), format_report(checked)
+                    excluded = tuple(v.id for v in capture.excluded)
+                    write_record(tmp, fp, {"views": [v.id for v in capture.views], "excluded": list(excluded),
+                                           "check_passed": passed})
         except FsconvertError as exc:
             return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
         return TupleResult(self.name, out_dir, "converted", len(capture.views), excluded, passed, report,
@@ -169,8 +169,8 @@ def convert_tuple(
     `force`. An existing output that is not up to date is replaced only with `overwrite`. Any
     `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
     The projection check runs with `thresholds` (like the command line's defaults); None skips it.
-    Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
-    tuple twice at the same time (`run` holds a lock on the output root for that).
+    It holds the tuple's lock (`tuple_lock`) meanwhile, waiting for another run converting the same
+    tuple to finish, then removes the temporary folders an interrupted run on this tuple left.
     """
     job = TupleJob(Path(source), Path(out_dir), fmt, options, None if mesh is None else Path(mesh),
                    None if mesh_root is None else Path(mesh_root), include_invalid, thresholds, overlays,
@@ -185,29 +185,36 @@ def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
     overlays: bool,
 ) -> dict:
-    """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
+    """Everything an export depends on: the settings, and the `inputs` (params.json, images, mesh).
 
     Images are fingerprinted by size and mtime_ns, not hashed: the whole fingerprint takes ~0.7 ms per
     60-view tuple, while hashing reads its 100–300 MB of JPEGs (~75 ms per 100 MB from the page cache,
     about a second from disk; benchmarks/bench_batch.py).
     """
-    params = source / PARAMS
-    try:
-        digest = hashlib.sha256(params.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
     fp = {
         "fsconvert": __version__,
         "format": fmt,
         "options": options_to_dict(options),
         "include_invalid": include_invalid,
         "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
+        **inputs(source, mesh),
+    }
+    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+
+
+def inputs(source: Path, mesh: Path | None) -> dict:
+    """The part of a fingerprint read from the tuple: params.json hash, image and mesh size + mtime."""
+    params = source / PARAMS
+    try:
+        digest = hashlib.sha256(params.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
+    return {
         "source": str(source.resolve()),
         "params_sha256": digest,
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
         "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
     }
-    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -218,7 +225,7 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _changed(old: dict | None, new: dict) -> str:
+def changed(old: dict | None, new: dict) -> str:
     """Which parts of a fingerprint differ, for messages ("images 3.jpg, 7.jpg changed")."""
     old = old if isinstance(old, dict) else {}
     keys = [k for k in new if old.get(k) != new[k]]
@@ -250,7 +257,7 @@ def write_record(export_dir: Path, fp: dict, result: dict) -> None:
 
 
 def clean_stale(out_dir: Path) -> None:
-    """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it.
+    """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it (hold `tuple_lock`).
 
     `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`;
     an exporter staging inside that folder adds `..<name>.XXXX.partial.YYYY.partial`.
@@ -268,24 +275,35 @@ def clean_stale(out_dir: Path) -> None:
 # ---- running many ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def output_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder `root` (created if needed) while converting into it.
+def lock_path(out_dir: Path) -> Path:
+    """The lock file of a tuple's output: `.<name>.lock` beside it (it stays there, empty)."""
+    out_dir = Path(os.path.abspath(out_dir))
+    return out_dir.with_name(f".{out_dir.name}.lock")
 
-    Released by the kernel when the process dies, so a killed run never blocks the next one.
+
+@contextmanager
+def tuple_lock(out_dir: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the exclusive lock of the output `out_dir` (an flock on `lock_path`); yields whether it is held.
+
+    Without `wait`, yields False at once when another process holds it. The kernel releases the
+    lock when its process dies (on NFS, when its lease expires), so a killed run never blocks the next.
     """
+    path = lock_path(out_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"{root}: cannot create output: {exc.strerror or exc}") from None
+        raise OutputError(f"{path.parent}: cannot create output: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"fsconvert: waiting for another fsconvert run writing into {root}", file=sys.stderr)
+            if not wait:
+                yield False
+                return
+            print(f"fsconvert: waiting for another fsconvert run converting {out_dir}", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)
 
@@ -296,18 +314,24 @@ def run(
     workers: int = 1,
     progress: bool = False,
     on_result: Callable[[TupleResult], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[TupleResult]:
     """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
 
-    A single job runs in this process with `workers` image processes and the exporter's own progress.
+    `engine` is where the processes are (`fsconvert.engines`): "local" (this machine), "dask" or
+    "ray", on the cluster at `address` or on a local one of `workers` processes. A single job on the
+    local engine runs in this process with `workers` image processes and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
     reported as failed, with the traceback on stderr; the others go on.
     """
-    if len(jobs) == 1:
+    if len(jobs) == 1 and engine == "local":
         result = jobs[0].run(workers=workers, progress=progress)
         if on_result:
             on_result(result)
         return [result]
+    from .engines import results as engine_results
+
     results: list[TupleResult | None] = [None] * len(jobs)
     counts = [j.images for j in jobs]
     bars = [tqdm(total=len(jobs), desc="tuples", unit="tuple", disable=not progress, position=0),
@@ -329,75 +353,20 @@ def run(
                 skipped = None
             if skipped is None:
                 todo.append(i)
-            else:
-                clean_stale(job.out_dir)  # e.g. the parked old version of a replace that was killed
-                done(i, skipped)
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                done(i, _guarded(jobs[i]))
-        else:
-            _run_pool(jobs, todo, min(workers, len(todo)), done)
+                continue
+            with tuple_lock(job.out_dir, wait=False) as held:
+                if held:  # e.g. the parked old version of a replace that was killed
+                    clean_stale(job.out_dir)
+            done(i, skipped)
+        if todo:
+            stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, address=address)
+            with closing(stream):
+                for k, result in stream:
+                    done(todo[k], result)
     finally:
         for bar in bars:
             bar.close()
     return [r for r in results if r is not None]
-
-
-def _run_pool(
-    jobs: Sequence[TupleJob], todo: list[int], workers: int, done: Callable[[int, TupleResult], None]
-) -> None:
-    # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        futures: dict[Future, int] = {pool.submit(_guarded, jobs[i]): i for i in todo}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                result = _failed(jobs[i], "not converted: a worker process died (killed, or out of memory)")
-            done(i, result)
-    except BaseException:
-        # Ctrl-C: stop now, not after the running tuples (the next run removes their staging folders).
-        # shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
-        for process in list((pool._processes or {}).values()):
-            process.kill()
-        pool.shutdown(cancel_futures=True)
-        raise
-    pool.shutdown()
-
-
-def _guarded(job: TupleJob) -> TupleResult:
-    try:
-        return job.run()
-    except Exception as exc:  # a bug: report it with its traceback, keep converting the others
-        traceback.print_exc()
-        return _failed(job, f"internal error: {type(exc).__name__}: {exc}")
-
-
-def _failed(job: TupleJob, reason: str) -> TupleResult:
-    return TupleResult(job.name, job.out_dir, "failed", reason=reason)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _init_worker(parent: int) -> None:
-    """One thread per worker (the workers fill the cores); die with the parent; leave Ctrl-C to it."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
-        os.environ.setdefault(name, "1")
-    # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
-    # leaves to the resource tracker's "leaked semaphore" warning.
-    tqdm.set_lock(threading.RLock())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 # ---- reporting ------------------------------------------------------------------------------------

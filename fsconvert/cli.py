@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 from . import __version__
 from .errors import FsconvertError, InputError
@@ -28,6 +28,9 @@ A config holds the options of `fsconvert to-<format>`, spelt with underscores (s
   out: /data/out                            # OUT/<id>/<exp>/ (several formats: OUT/<format>/<id>/<exp>/)
   format: colmap                            # or a list: [colmap, nerf]
   jobs: 8                                   # default: the number of cores
+  shard: 0/4                                # only shard 0 of 4 (e.g. one task of a job array)
+  engine: dask                              # or ray; default local
+  address: tcp://scheduler:8786             # the engine's cluster (default: a local one of `jobs`)
   overwrite: false
   image:                                    # the "images" options
     scale: 0.25
@@ -48,8 +51,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mesh-root", type=Path, help="MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
+def _add_selection(p: argparse.ArgumentParser, mesh_root: bool = True) -> None:
+    if mesh_root:
+        p.add_argument("--mesh-root", type=Path,
+                       help="MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
     p.add_argument("--ids", type=parse_ids, help="subjects of a dataset, e.g. 1-20,212")
     p.add_argument("--exps", type=parse_exps, help="expressions of a dataset, e.g. 1_neutral,4_anger (or 1,4)")
 
@@ -104,6 +109,21 @@ def _thresholds(args: argparse.Namespace):
                       depth_rel=args.max_depth_error)
 
 
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    from .engines import ENGINES
+    from .shards import parse_shard
+
+    g = p.add_argument_group("cluster")
+    g.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="convert only shard I of N of the selected tuples, I from 0 (e.g. $SLURM_ARRAY_TASK_ID/8); "
+                   "see `fsconvert plan`")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="where the worker processes run: this machine (default), a Dask or a Ray cluster")
+    g.add_argument("--address",
+                   help="the engine's cluster: dask tcp://host:8786; ray auto, host:6379 or ray://host:10001 "
+                   "(default: start a local one of -j workers)")
+
+
 def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: ModuleType) -> argparse.ArgumentParser:
     """The arguments of `to-<name>` (also what a batch config may hold)."""
     p.add_argument("input", type=Path,
@@ -120,6 +140,7 @@ def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: Module
                    help="worker processes (default: the number of cores); a dataset runs one tuple per process")
     p.add_argument("--no-check", action="store_true", help="skip the projection check after export")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_cluster_arguments(p)
     _add_image_arguments(p)
     module.add_arguments(p.add_argument_group(f"{name} options"))
     _add_check_arguments(p)
@@ -139,6 +160,15 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a tuple or a dataset")
     p.add_argument("path", type=Path, help="a tuple folder (with params.json) or a dataset root")
     _add_selection(p)
+
+    p = sub.add_parser("plan", help="print how --shard I/N splits the selected tuples of a dataset")
+    p.add_argument("path", type=Path, help="a dataset root (IMGS_ROOT, or a folder holding images/)")
+    _add_selection(p, mesh_root=False)
+    p.add_argument("--shards", type=_positive_int, required=True, help="number of shards N")
+    p.add_argument("--list", action="store_true", help="also print each tuple with its shard index")
+
+    p = sub.add_parser("status", help="what a dataset run into OUT has done: done, running, failed, stale, missing")
+    p.add_argument("out", type=Path, help="the OUT folder of a dataset conversion")
 
     p = sub.add_parser("sample", help="generate a synthetic FaceScape-format dataset with known truth")
     p.add_argument("out", type=Path)
@@ -171,6 +201,17 @@ def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
 
         print(describe(args.path, mesh_root=args.mesh_root, ids=args.ids, exps=args.exps))
         return 0
+    if args.command == "plan":
+        from .shards import describe
+
+        print(describe(_weights(list(_refs(args.path, args.ids, args.exps))), args.shards, listing=args.list))
+        return 0
+    if args.command == "status":
+        from .status import status
+
+        report, complete = status(args.out)
+        print(report)
+        return 0 if complete else 1
     if args.command == "sample":
         from .export import staging
         from .synthetic import make_sample
@@ -188,17 +229,47 @@ def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
         return 0 if report.passed else 1
     if args.command == "batch":
         runs = load_config(args.config, exporters)
-        return _convert(runs, jobs=runs[0].jobs, quiet=args.quiet or runs[0].quiet, config=args.config)
-    return _convert([args], jobs=args.jobs, quiet=args.quiet)
+        return _convert(runs, quiet=args.quiet or runs[0].quiet, config=args.config)
+    return _convert([args], quiet=args.quiet)
 
 
 # ---- conversion -----------------------------------------------------------------------------------
 
 
-def _plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
-    """The tuple jobs of one `to-<format>` namespace, the folder to lock, and whether it is one tuple."""
+class Plan(NamedTuple):
+    """The tuple jobs of one `to-<format>` namespace."""
+
+    jobs: list
+    root: Path
+    """The output folder (of the dataset, or of the one tuple)."""
+    single: bool
+    """One tuple folder, not a dataset."""
+    selection: dict[str, int]
+    """Every selected tuple of the dataset → its shard index (0 without --shard); only `jobs` run here."""
+
+
+def _refs(path: Path, ids, exps) -> list:
+    from .loader import iter_dataset
+
+    refs = list(iter_dataset(path, ids=ids, exps=exps))
+    if not refs:
+        selected = ids is not None or exps is not None
+        raise InputError("no tuple matches --ids/--exps" if selected
+                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=path)
+    return refs
+
+
+def _weights(refs: list) -> list[tuple[str, int]]:
+    """(name, image count) of dataset tuples, what shards are balanced by."""
+    from .loader import IMAGE_EXT
+
+    return [(r.name, sum(1 for _ in r.path.glob(f"*{IMAGE_EXT}"))) for r in refs]
+
+
+def _plan(args: argparse.Namespace) -> Plan:
     from .batch import TupleJob
-    from .loader import is_tuple_dir, iter_dataset
+    from .loader import is_tuple_dir
+    from .shards import assignment
 
     module = args.exporter
     default_format = getattr(module, "default_image_format", lambda _args: "jpg")(args)
@@ -209,23 +280,25 @@ def _plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
         overwrite=args.overwrite, force=args.force,
     )
     if is_tuple_dir(args.input):
-        if args.ids is not None or args.exps is not None:
-            raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=args.input)
-        return [TupleJob(args.input, args.out, mesh=args.mesh, **common)], args.out.absolute().parent, True
+        for given, what in ((args.ids is not None or args.exps is not None, "--ids/--exps select tuples"),
+                            (args.shard is not None, "--shard splits the tuples")):
+            if given:
+                raise InputError(f"{what} of a dataset, but this is one tuple folder", file=args.input)
+        return Plan([TupleJob(args.input, args.out, mesh=args.mesh, **common)], args.out, True, {})
     if args.mesh is not None:
         raise InputError("--mesh is one tuple's mesh; for a dataset give --mesh-root", file=args.input)
-    refs = list(iter_dataset(args.input, ids=args.ids, exps=args.exps))
-    if not refs:
-        selected = args.ids is not None or args.exps is not None
-        raise InputError("no tuple matches --ids/--exps" if selected
-                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=args.input)
-    return [TupleJob(r.path, args.out / r.subject / r.expression, **common) for r in refs], args.out, False
+    refs = _refs(args.input, args.ids, args.exps)
+    shard_of = assignment(_weights(refs), args.shard.count) if args.shard else {r.name: 0 for r in refs}
+    mine = [r for r in refs if args.shard is None or shard_of[r.name] == args.shard.index]
+    return Plan([TupleJob(r.path, args.out / r.subject / r.expression, **common) for r in mine], args.out, False,
+                shard_of)
 
 
-def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: Path | None = None) -> int:
+def _convert(runs: list[argparse.Namespace], *, quiet: bool, config: Path | None = None) -> int:
     from tqdm import tqdm
 
-    from .batch import exit_code, output_lock, run, summary
+    from .batch import exit_code, run, summary
+    from .status import now, write_summary
 
     plans = []
     for args in runs:
@@ -235,11 +308,12 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
             if config is None or exc.file is not None:
                 raise
             raise InputError(exc.reason, file=config, key=exc.key) from None
-    todo = [job for p in plans for job in p[0]]
-    if len(plans) == 1 and plans[0][2]:
-        with output_lock(plans[0][1]):
-            (result,) = run(todo, workers=jobs, progress=not quiet)
-        return _report_tuple(result, runs[0].format)
+    first = runs[0]
+    engine = dict(workers=first.jobs, engine=first.engine, address=first.address)
+    todo = [job for p in plans for job in p.jobs]
+    if len(plans) == 1 and plans[0].single:
+        (result,) = run(todo, progress=not quiet, **engine)
+        return _report_tuple(result, first.format)
 
     def echo(r) -> None:
         if r.status == "failed":
@@ -247,12 +321,17 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
         elif r.check_passed is False and r.report:
             tqdm.write(f"{r.name}: check failed\n{r.report}", file=sys.stderr)
 
-    start = time.perf_counter()
-    with ExitStack() as stack:
-        for root in sorted({p[1] for p in plans}):
-            stack.enter_context(output_lock(root))
-        results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
-    print(summary(results, time.perf_counter() - start))
+    started, start = now(), time.perf_counter()
+    for p in plans:
+        write_summary(p.root, first.shard, p.selection, p.jobs, engine=first.engine, started=started)
+    results = run(todo, progress=not quiet, on_result=echo, **engine)
+    seconds = time.perf_counter() - start
+    done = 0
+    for p in plans:
+        write_summary(p.root, first.shard, p.selection, p.jobs, engine=first.engine, started=started,
+                      results=results[done:done + len(p.jobs)], seconds=seconds)
+        done += len(p.jobs)
+    print(("" if first.shard is None else f"shard {first.shard}: ") + summary(results, seconds))
     return exit_code(results)
 
 
