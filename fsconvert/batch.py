@@ -276,7 +276,7 @@ def clean_stale(out_dir: Path) -> None:
 
 
 def lock_path(out_dir: Path) -> Path:
-    """The lock file of a tuple's output: `.<name>.lock` beside it (it stays there, empty)."""
+    """The lock file of a tuple's output: `.<name>.lock` beside it, there while a process holds it."""
     out_dir = Path(os.path.abspath(out_dir))
     return out_dir.with_name(f".{out_dir.name}.lock")
 
@@ -286,26 +286,46 @@ def tuple_lock(out_dir: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the exclusive lock of the output `out_dir` (an flock on `lock_path`); yields whether it is held.
 
     Without `wait`, yields False at once when another process holds it. The kernel releases the
-    lock when its process dies (on NFS, when its lease expires), so a killed run never blocks the next.
+    lock when its process dies (on NFS, when its lease expires), so a killed run never blocks the
+    next. The holder removes the file when done; a waiter then finds the file it locked gone, and
+    locks the current one instead.
     """
     path = lock_path(out_dir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"{path.parent}: cannot create output: {exc.strerror or exc}") from None
-    try:
+    told = False
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path.parent}: cannot create output: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
+                os.close(fd)
                 yield False
                 return
-            print(f"fsconvert: waiting for another fsconvert run converting {out_dir}", file=sys.stderr)
+            if not told:
+                print(f"fsconvert: waiting for another fsconvert run converting {out_dir}", file=sys.stderr)
+                told = True
             fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    try:
         yield True
     finally:
+        path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def run(
