@@ -298,6 +298,7 @@ def _convert(runs: list[argparse.Namespace], *, quiet: bool, config: Path | None
     from tqdm import tqdm
 
     from .batch import exit_code, run, summary
+    from .engines import require
     from .status import now, write_summary
 
     plans = []
@@ -309,6 +310,7 @@ def _convert(runs: list[argparse.Namespace], *, quiet: bool, config: Path | None
                 raise
             raise InputError(exc.reason, file=config, key=exc.key) from None
     first = runs[0]
+    require(first.engine, first.address)
     engine = dict(workers=first.jobs, engine=first.engine, address=first.address)
     todo = [job for p in plans for job in p.jobs]
     if len(plans) == 1 and plans[0].single:

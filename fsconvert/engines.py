@@ -22,6 +22,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
@@ -47,22 +48,25 @@ def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1,
     `address` (tcp://host:port), or a LocalCluster of `workers` processes. "ray": the cluster at
     `address` ("auto", host:port or ray://host:port), or a new local one with `workers` CPUs.
     """
+    module = require(engine, address)
+    if engine == "local":
+        return _local(jobs, workers)
+    return (_dask if engine == "dask" else _ray)(module, jobs, workers, address)
+
+
+def require(engine: str, address: str | None = None) -> ModuleType | None:
+    """The engine's module (None for "local"), or an EngineError saying what to install or change."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine '{engine}' (available: {', '.join(ENGINES)})")
     if engine == "local":
         if address is not None:
             raise EngineError("--address is for --engine dask or ray")
-        return _local(jobs, workers)
-    if engine == "dask":
-        return _dask(_require("distributed", "dask"), jobs, workers, address)
-    if engine == "ray":
-        return _ray(_require("ray", "ray"), jobs, workers, address)
-    raise EngineError(f"unknown engine '{engine}' (available: {', '.join(ENGINES)})")
-
-
-def _require(module: str, extra: str) -> ModuleType:
+        return None
+    module = "distributed" if engine == "dask" else "ray"
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise EngineError(f"--engine {extra} needs {module}: pip install 'fsconvert[{extra}]'") from None
+        raise EngineError(f"--engine {engine} needs {module}: pip install 'fsconvert[{engine}]'") from None
 
 
 # ---- local -----------------------------------------------------------------------------------------
@@ -155,8 +159,9 @@ def _dask(distributed: ModuleType, jobs: Sequence[TupleJob], workers: int,
     cluster = None
     try:
         if address is None:
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=logging.ERROR)
+            with _sigint_ignored():  # by the workers, which inherit it: Ctrl-C is for this process
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None, silence_logs=logging.ERROR)
         client = distributed.Client(cluster or address)
     except (OSError, ValueError) as exc:
         if cluster is not None:
@@ -188,6 +193,19 @@ def _dask(distributed: ModuleType, jobs: Sequence[TupleJob], workers: int,
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile (in the main thread), so that processes started now ignore it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---- ray -------------------------------------------------------------------------------------------

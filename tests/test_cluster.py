@@ -214,8 +214,9 @@ def test_a_missing_engine_is_one_line(engine: str, module: str, dataset: Path, t
 
 @pytest.fixture(scope="session")
 def dask_cluster():
-    distributed = pytest.importorskip("distributed")  # an optional extra: requirements.txt pins it for CI
     import logging
+
+    import distributed  # an optional extra, which requirements.txt pins: the tests run for real
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        silence_logs=logging.ERROR)
@@ -225,7 +226,7 @@ def dask_cluster():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    ray = pytest.importorskip("ray")
+    import ray
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
