@@ -69,7 +69,8 @@ def describe(weights: Sequence[tuple[str, int]], count: int, listing: bool = Fal
     mean = sum(loads) / count
     lines = [f"{len(weights)} tuples, {sum(loads)} images in {count} shard{'s' if count > 1 else ''}; "
              f"largest shard {max(loads) / mean if mean else 1:.3f}× the mean"]
-    lines += [f"shard {Shard(i, count)}: {len(s)} tuples, {loads[i]} images" for i, s in enumerate(shards)]
+    lines += [f"shard {Shard(i, count)}: {len(s)} tuple{'' if len(s) == 1 else 's'}, {loads[i]} images"
+              for i, s in enumerate(shards)]
     if listing:
         lines += [f"{i}\t{name}" for i, s in enumerate(shards) for name in s]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .batch import RECORD, TupleJob, TupleResult, changed, inputs, lock_path, read_record
+from .check import REPORT
 from .errors import FsconvertError
 from .shards import Shard
 
@@ -37,9 +38,6 @@ def write_summary(
 ) -> None:
     """Write (atomically) the summary of this run: `selection` maps every selected tuple to its shard
     index (0 unsharded); `results` None means the run has started and not finished."""
-    settings = None
-    if jobs:
-        settings = {k: v for k, v in jobs[0].fingerprint().items() if k not in INPUT_KEYS}
     summary = {
         "fsconvert": __version__,
         "shard": None if shard is None else [shard.index, shard.count],
@@ -48,7 +46,7 @@ def write_summary(
         "started": started.isoformat(timespec="seconds"),
         "finished": None if results is None else now().isoformat(timespec="seconds"),
         "seconds": seconds,
-        "settings": settings,
+        "settings": _settings(jobs),
         "selection": selection,
         "tuples": {r.name: {"status": r.status, "reason": r.reason, "views": r.views, "check_passed": r.check_passed}
                    for r in results or ()},
@@ -61,6 +59,16 @@ def write_summary(
         os.replace(tmp, path)
     except OSError as exc:
         raise FsconvertError(f"{path}: cannot write the run summary: {exc.strerror or exc}") from None
+
+
+def _settings(jobs: Sequence[TupleJob]) -> dict | None:
+    """The fingerprint's settings part (format, options, check, version), the same for every job of a run."""
+    for job in jobs:
+        try:
+            return {k: v for k, v in job.fingerprint().items() if k not in INPUT_KEYS}
+        except FsconvertError:  # an unreadable tuple: reported by its conversion
+            continue
+    return None
 
 
 def now() -> datetime.datetime:
@@ -140,7 +148,7 @@ def status(root: str | Path) -> tuple[str, bool]:
         elif record is not None and not (why := _staleness(record, settings.get(name))):
             lines["done"].append(name)
             if record["result"]["check_passed"] is False:
-                check_failed.append(f"  check failed {name}: see {out_dir / 'check' / 'check.json'}")
+                check_failed.append(f"  check failed {name}: see {out_dir / REPORT}")
         elif record is not None:
             lines["stale"].append(f"  stale    {name}{where}: {why}")
         elif name in failures:
