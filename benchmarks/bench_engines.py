@@ -50,7 +50,7 @@ def dataset(cache: Path, tuples: int, views: int, long_side: int) -> Path:
 def convert(root: Path, out: Path, engine: str, address: str | None, tuples: int) -> float:
     """Wall seconds to convert the first `tuples` tuples of `root` into a fresh `out`."""
     refs = list(iter_dataset(root))[:tuples]
-    jobs = [TupleJob(r.path, out / r.subject / r.expression, "facescape") for r in refs]
+    jobs = [TupleJob(source=r.path, out_dir=out / r.subject / r.expression, fmt="facescape") for r in refs]
     start = time.perf_counter()
     results = run(jobs, workers=WORKERS, engine=engine, address=address)
     seconds = time.perf_counter() - start

@@ -1,11 +1,11 @@
 """Whole-dataset conversion: a pure per-tuple function, a resumable record, a parallel runner.
 
 `convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
-everything the output depends on) inside one staging folder, so a tuple appears complete or not at
-all, while holding the tuple's lock, so it is never converted twice at once. A rerun skips tuples
-whose record matches. `run` spreads tuples over processes (`fsconvert.engines`: a local pool, Dask
-or Ray), one tuple per process at a time with its images sequential inside (memory stays bounded to
-one image per worker).
+everything the output depends on) inside the one staging folder of `fsconvert.export.export`, so a
+tuple appears complete or not at all, while holding the tuple's lock, so it is never converted twice
+at once. A rerun skips tuples whose record matches. `run` spreads tuples over processes
+(`fsconvert.engines`: a local pool, Dask or Ray), one tuple per process at a time with its images
+sequential inside (memory stays bounded to one image per worker).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -29,13 +30,12 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
-from .check import REPORT, Thresholds, check_export, format_report
+from .check import REPORT, Thresholds, format_report
 from .errors import FsconvertError, InputError, OutputError
-from .export import options_to_dict, staging
+from .export import export
 from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
-
-RECORD = Path("fsconvert") / "record.json"
-"""Inside each export, written last: the fingerprint of the inputs and settings, and the outcome."""
+from .options import to_dict
+from .protocol import read_record
 
 Status = Literal["converted", "skipped", "failed"]
 
@@ -60,7 +60,7 @@ class TupleResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TupleJob:
     """One tuple to convert: the arguments of `convert_tuple` (picklable when `fmt` is a name)."""
 
@@ -86,57 +86,60 @@ class TupleJob:
         """Image files in the tuple folder (for progress)."""
         return sum(1 for _ in self.source.glob(f"*{IMAGE_EXT}"))
 
-    def fingerprint(self) -> dict:
-        """What the output's record must hold for it to be up to date (`fingerprint`)."""
-        return self._prepare()[3]
-
     def up_to_date(self) -> TupleResult | None:
         """The "skipped" result when the output's record matches the inputs and settings, else None."""
-        return self._skipped(read_record(self.out_dir), self._prepare()[3])
+        return self._skipped(read_record(self.out_dir))
 
     def run(self, workers: int = 1, progress: bool = False) -> TupleResult:
         """Convert, check and record (or skip); FsconvertErrors become a "failed" result."""
         start = time.perf_counter()
         out_dir = self.out_dir
         try:
-            module, options, mesh, fp = self._prepare()
+            fp = self.fingerprint  # first: an unreadable tuple fails here, naming its params.json
             with tuple_lock(out_dir):
                 clean_stale(out_dir)
                 old = read_record(out_dir)
-                skipped = self._skipped(old, fp)
+                skipped = self._skipped(old)
                 if skipped is not None:
                     return replace(skipped, seconds=time.perf_counter() - start)
                 if out_dir.exists() and not (self.overwrite or self.force):
                     why = "not written by fsconvert" if old is None else f"out of date: {changed(old['fingerprint'], fp)}"
                     raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-                capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
-                with staging(out_dir, overwrite=True) as tmp:
-                    module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
-                    passed, report = None, ""
-                    if self.thresholds is not None:
-                        checked = check_export(tmp, self.thresholds, overlays=self.overlays)
-                        passed, report = bool(checked.passed), format_report(checked)
-                    excluded = tuple(v.id for v in capture.excluded)
-                    write_record(tmp, fp, {"views": [v.id for v in capture.views], "excluded": list(excluded),
-                                           "check_passed": passed})
+                capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid)
+                done = export(capture, self._exporter, out_dir, self._options, overwrite=True, workers=workers,
+                              progress=progress, thresholds=self.thresholds, overlays=self.overlays, record=fp)
         except FsconvertError as exc:
             return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
-        return TupleResult(self.name, out_dir, "converted", len(capture.views), excluded, passed, report,
+        check = done.check
+        return TupleResult(self.name, out_dir, "converted", len(done.views), done.excluded,
+                           None if check is None else bool(check.passed), "" if check is None else format_report(check),
                            seconds=time.perf_counter() - start)
 
-    def _skipped(self, old: dict | None, fp: dict) -> TupleResult | None:
-        if self.force or old is None or old.get("fingerprint") != fp:
+    def _skipped(self, old: dict | None) -> TupleResult | None:
+        if self.force or old is None or old.get("fingerprint") != self.fingerprint:
             return None
         done = old["result"]
         return TupleResult(self.name, self.out_dir, "skipped", len(done["views"]), tuple(done["excluded"]),
                            done["check_passed"])
 
-    def _prepare(self) -> tuple[ModuleType, Any, Path | None, dict]:
-        module = _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
-        options = module.Options() if self.options is None else self.options
-        mesh = Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
-        fp = fingerprint(self.source, mesh, module.NAME, options, self.include_invalid, self.thresholds, self.overlays)
-        return module, options, mesh, fp
+    @property
+    def _exporter(self) -> ModuleType:
+        return _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
+
+    @property
+    def _options(self) -> Any:
+        return self._exporter.Options() if self.options is None else self.options
+
+    @property
+    def _mesh(self) -> Path | None:
+        return Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """What the output's record must hold for it to be up to date (`fingerprint`). Computed once per
+        tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
+        return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
+                           self.thresholds, self.overlays)
 
 
 @functools.cache
@@ -172,9 +175,10 @@ def convert_tuple(
     It holds the tuple's lock (`tuple_lock`) meanwhile, waiting for another run converting the same
     tuple to finish, then removes the temporary folders an interrupted run on this tuple left.
     """
-    job = TupleJob(Path(source), Path(out_dir), fmt, options, None if mesh is None else Path(mesh),
-                   None if mesh_root is None else Path(mesh_root), include_invalid, thresholds, overlays,
-                   overwrite, force)
+    job = TupleJob(source=Path(source), out_dir=Path(out_dir), fmt=fmt, options=options,
+                   mesh=None if mesh is None else Path(mesh), mesh_root=None if mesh_root is None else Path(mesh_root),
+                   include_invalid=include_invalid, thresholds=thresholds, overlays=overlays, overwrite=overwrite,
+                   force=force)
     return job.run(workers=workers, progress=progress)
 
 
@@ -194,7 +198,7 @@ def fingerprint(
     fp = {
         "fsconvert": __version__,
         "format": fmt,
-        "options": options_to_dict(options),
+        "options": to_dict(options),
         "include_invalid": include_invalid,
         "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
         **inputs(source, mesh),
@@ -236,40 +240,23 @@ def changed(old: dict | None, new: dict) -> str:
     return ", ".join(keys) + " changed"
 
 
-def read_record(out_dir: Path) -> dict | None:
-    """The record of an export, or None when absent or unreadable (then it is not up to date)."""
-    try:
-        record = json.loads((Path(out_dir) / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
-        return None
-    result = record.get("result")
-    if not isinstance(result, dict) or not {"views", "excluded", "check_passed"} <= result.keys():
-        return None
-    return record
+def stale(out_dir: Path) -> list[Path]:
+    """Temporary folders that an interrupted `staging` of `out_dir` left beside it.
 
-
-def write_record(export_dir: Path, fp: dict, result: dict) -> None:
-    path = export_dir / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fp, "result": result}, indent=1, sort_keys=True) + "\n")
-
-
-def clean_stale(out_dir: Path) -> None:
-    """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it (hold `tuple_lock`).
-
-    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`;
-    an exporter staging inside that folder adds `..<name>.XXXX.partial.YYYY.partial`.
+    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`.
     """
-    stale = re.compile(rf"^\.\.?{re.escape(out_dir.name)}\..*\.(partial|old)$")
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.(partial|old)$")
     try:
         entries = list(out_dir.parent.iterdir())
     except OSError:
-        return
-    for entry in entries:
-        if stale.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+        return []
+    return [e for e in entries if pattern.match(e.name) and e.is_dir() and not e.is_symlink()]
+
+
+def clean_stale(out_dir: Path) -> None:
+    """Remove the `stale` folders of `out_dir` (hold its `tuple_lock`: they are not another run's)."""
+    for entry in stale(out_dir):
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 # ---- running many ---------------------------------------------------------------------------------
@@ -374,9 +361,10 @@ def run(
             if skipped is None:
                 todo.append(i)
                 continue
-            with tuple_lock(job.out_dir, wait=False) as held:
-                if held:  # e.g. the parked old version of a replace that was killed
-                    clean_stale(job.out_dir)
+            if stale(job.out_dir):  # e.g. the parked old version of a replace that was killed
+                with tuple_lock(job.out_dir, wait=False) as held:
+                    if held:
+                        clean_stale(job.out_dir)
             done(i, skipped)
         if todo:
             stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, address=address)

@@ -26,13 +26,15 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
+from typing import Literal, get_args
 
 from tqdm import tqdm
 
 from .batch import TupleJob, TupleResult
 from .errors import FsconvertError
 
-ENGINES = ("local", "dask", "ray")
+Engine = Literal["local", "dask", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 LOST = "not converted: a worker process died (killed, or out of memory)"
 
 

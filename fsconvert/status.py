@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .batch import RECORD, TupleJob, TupleResult, changed, inputs, lock_path, read_record
+from .batch import TupleJob, TupleResult, changed, inputs, lock_path
 from .check import REPORT
+from .protocol import RECORD, read_record
 from .errors import FsconvertError
 from .shards import Shard
 
@@ -65,7 +66,7 @@ def _settings(jobs: Sequence[TupleJob]) -> dict | None:
     """The fingerprint's settings part (format, options, check, version), the same for every job of a run."""
     for job in jobs:
         try:
-            return {k: v for k, v in job.fingerprint().items() if k not in INPUT_KEYS}
+            return {k: v for k, v in job.fingerprint.items() if k not in INPUT_KEYS}
         except FsconvertError:  # an unreadable tuple: reported by its conversion
             continue
     return None

@@ -189,8 +189,9 @@ def test_shard_engine_address_are_yaml_keys(dataset: Path, tmp_path: Path, capsy
     config = tmp_path / "run.yaml"
     config.write_text(f"input: {dataset}\nout: o\nformat: facescape\nshard: 1/3\nengine: dask\n"
                       "address: tcp://127.0.0.1:1\n")
-    (args,) = load_config(config, available())
-    assert (args.shard, args.engine, args.address) == (Shard(1, 3), "dask", "tcp://127.0.0.1:1")
+    (run_,) = load_config(config, available())
+    c = run_.conversion
+    assert (c.shard, c.engine, c.address) == (Shard(1, 3), "dask", "tcp://127.0.0.1:1")
     config.write_text(f"input: {dataset}\nout: o\nformat: facescape\nshard: 3/3\n")
     assert main(["batch", str(config)]) == 2
     err = capsys.readouterr().err
@@ -256,7 +257,8 @@ def _run_and_kill_one_worker(argv: list[str], out: Path) -> tuple[int, str]:
     thread.start()
     deadline, victim = time.monotonic() + 240, None
     while thread.is_alive() and time.monotonic() < deadline:
-        holders = _lock_holders(out)
+        holders = {pid: lock for pid, lock in _lock_holders(out).items()
+                   if any(Path(lock).parent.glob(f"{Path(lock).stem}.*.partial"))}  # staging, not finished
         if holders and (tuples(out) or len(holders) > 1):
             victim = next(iter(holders.items()))
             os.kill(victim[0], signal.SIGKILL)
@@ -301,15 +303,15 @@ def test_engine_equals_local_and_survives_a_killed_worker(engine: str, dataset: 
     failed = {line.split()[1][:-1]: line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("  failed")}
     # the killed tuple, and with Dask the one queued behind it on the same worker (worker-saturation 1.1)
     assert code == 2 and _name(lock) in failed and len(failed) <= 2 and set(failed.values()) == {LOST}, out
-    assert tuples(killed) == tuples(clean) - failed.keys()
+    assert tuples(killed) >= tuples(clean) - failed.keys()  # (killed just after its rename: complete)
     for name in tuples(killed):  # every visible tuple is whole and the local run's
         assert files(killed / name) == files(clean / name)
     assert main(argv) == 0
-    assert f"converted {len(failed)} (" in capsys.readouterr().out
+    assert f"converted {len(tuples(clean) - tuples(killed))} (" in capsys.readouterr().out
     assert files(killed) == files(clean)  # and no staging folder or lock file left
 
     # a task that fails is reported by the engine like by the local pool
-    jobs = [TupleJob(dataset / "images" / "7" / "1_neutral", tmp_path / "none", "facescape")]
+    jobs = [TupleJob(source=dataset / "images" / "7" / "1_neutral", out_dir=tmp_path / "none", fmt="facescape")]
     (result,) = run(jobs, engine=engine, address=address, workers=2)
     assert result.status == "failed" and "params.json: cannot read" in result.reason
 
@@ -320,5 +322,5 @@ def test_dask_reruns_a_task_whose_worker_died(dask_cluster, dataset: Path, clean
     dask_cluster.scheduler.allowed_failures = 3
     out = tmp_path / "out"
     code, lock = _run_and_kill_one_worker(_engine_run("dask", dask_cluster.scheduler_address, dataset, out), out)
-    assert code == 0 and "converted 6" in capsys.readouterr().out
+    assert code == 0 and "failed 0" in capsys.readouterr().out
     assert files(out) == files(clean)
