@@ -2,8 +2,9 @@
 
 Each engine runs `TupleJob.run` (the same per-tuple unit of work: export, check, record, under the
 tuple's lock) as one task per tuple on one core, and yields the results as they finish. Tasks are
-never started twice speculatively. A worker that dies gives a "failed" result for its tuple: its
-staging folder stays hidden, and the next run removes it and converts the tuple again.
+never started twice speculatively. A worker that dies gives a "failed" result for its tuple (Dask
+first re-runs it elsewhere, up to its `allowed-failures`): its staging folder stays hidden, and the
+next attempt removes it and converts the tuple again.
 
 Dask and Ray are optional (`pip install 'fsconvert[dask]'` / `'fsconvert[ray]'`), imported only here.
 """
@@ -22,9 +23,9 @@ import threading
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Literal, get_args
 

@@ -23,6 +23,7 @@ from fsconvert.engines import LOST
 from fsconvert.loader import iter_dataset
 from fsconvert.shards import Shard, assignment, parse_shard, partition
 from fsconvert.status import status
+from test_batch import clean, files, tuples  # noqa: F401  (the local reference run over `dataset`; helpers)
 
 SUBJECTS = ("1", "2")
 EXPRESSIONS = ("1_neutral", "2_smile", "3_mouth_stretch")
@@ -41,24 +42,6 @@ def dataset(tmp_path_factory) -> Path:
         os.rename(root / "more" / sub / "2", root / sub / "2")
     shutil.rmtree(root / "more")
     return root
-
-
-@pytest.fixture(scope="module")
-def clean(dataset: Path, tmp_path_factory) -> Path:
-    """The reference: one local run in this process."""
-    out = tmp_path_factory.mktemp("clean") / "out"
-    assert main(["to-facescape", str(dataset), "-o", str(out), "-q", "-j", "1"]) == 0
-    return out
-
-
-def files(root: Path) -> dict[str, bytes]:
-    """Every file below `root` (hidden ones too) byte for byte, but the run summaries (they hold times)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.parent != root / "fsconvert"}
-
-
-def tuples(out: Path) -> set[str]:
-    return {f"{p.parent.name}/{p.name}" for p in out.glob("*/*") if p.is_dir() and not p.name.startswith(".")}
 
 
 def weights(dataset: Path) -> list[tuple[str, int]]:
