@@ -206,6 +206,10 @@ def fingerprint(
     return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 
 
+INPUT_KEYS = ("source", "params_sha256", "images", "mesh")
+"""The keys of `inputs` in a fingerprint; the others are the settings."""
+
+
 def inputs(source: Path, mesh: Path | None) -> dict:
     """The part of a fingerprint read from the tuple: params.json hash, image and mesh size + mtime."""
     params = source / PARAMS

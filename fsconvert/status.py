@@ -17,15 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .batch import TupleJob, TupleResult, changed, inputs, lock_path
+from .batch import INPUT_KEYS, TupleJob, TupleResult, changed, inputs, lock_path
 from .check import REPORT
-from .protocol import RECORD, read_record
 from .errors import FsconvertError
+from .protocol import RECORD, read_record
 from .shards import Shard
 
 FOLDER = Path("fsconvert")
 """Inside OUT, beside the OUT/<id>/<exp> tuples."""
-INPUT_KEYS = ("source", "params_sha256", "images", "mesh")
 
 
 def summary_path(root: Path, shard: Shard | None) -> Path:
