@@ -2,31 +2,25 @@
 
 `convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
 everything the output depends on) inside the one staging folder of `fsconvert.export.export`, so a
-tuple appears complete or not at all. A rerun skips tuples whose record matches. `run` spreads
-tuples over processes, one tuple per process at a time with its images sequential inside (memory
-stays bounded to one image per worker).
+tuple appears complete or not at all, while holding the tuple's lock, so it is never converted twice
+at once. A rerun skips tuples whose record matches. `run` spreads tuples over processes
+(`fsconvert.engines`: a local pool, Dask or Ray), one tuple per process at a time with its images
+sequential inside (memory stays bounded to one image per worker).
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -106,19 +100,20 @@ class TupleJob:
         start = time.perf_counter()
         out_dir = self.out_dir
         try:
-            fp = self._fingerprint  # first: an unreadable tuple fails here, naming its params.json
-            clean_stale(out_dir)
-            old = read_record(out_dir)
-            skipped = self._skipped(old)
-            if skipped is not None:
-                return replace(skipped, seconds=time.perf_counter() - start)
-            if out_dir.exists() and not (self.overwrite or self.force):
-                why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
-                raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-            capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid,
-                                   align=self.align, units=self.units)
-            done = export(capture, self._exporter, out_dir, self._options, overwrite=True, workers=workers,
-                          progress=progress, thresholds=self.thresholds, overlays=self.overlays, record=fp)
+            fp = self.fingerprint  # first: an unreadable tuple fails here, naming its params.json
+            with tuple_lock(out_dir):
+                clean_stale(out_dir)
+                old = read_record(out_dir)
+                skipped = self._skipped(old)
+                if skipped is not None:
+                    return replace(skipped, seconds=time.perf_counter() - start)
+                if out_dir.exists() and not (self.overwrite or self.force):
+                    why = "not written by fsconvert" if old is None else f"out of date: {changed(old['fingerprint'], fp)}"
+                    raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
+                capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid,
+                                       align=self.align, units=self.units)
+                done = export(capture, self._exporter, out_dir, self._options, overwrite=True, workers=workers,
+                              progress=progress, thresholds=self.thresholds, overlays=self.overlays, record=fp)
         except FsconvertError as exc:
             return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
         check = done.check
@@ -127,7 +122,7 @@ class TupleJob:
                            seconds=time.perf_counter() - start)
 
     def _skipped(self, old: dict | None) -> TupleResult | None:
-        if self.force or old is None or old.get("fingerprint") != self._fingerprint:
+        if self.force or old is None or old.get("fingerprint") != self.fingerprint:
             return None
         done = old["result"]
         return TupleResult(self.name, self.out_dir, "skipped", len(done["views"]), tuple(done["excluded"]),
@@ -146,8 +141,9 @@ class TupleJob:
         return Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
 
     @cached_property
-    def _fingerprint(self) -> dict:
-        """Computed once per tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
+    def fingerprint(self) -> dict:
+        """What the output's record must hold for it to be up to date (`fingerprint`). Computed once per
+        tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
         return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
                            self.thresholds, self.overlays, self.align, self.units)
 
@@ -185,8 +181,8 @@ def convert_tuple(
     `FsconvertError` gives status "failed" with a one-line reason; other exceptions are bugs and raise.
     The projection check runs with `thresholds` (like the command line's defaults); None skips it.
     `align` (FaceScape's Rt_scale_dict.json) exports the tuple in its TU frame, in `units` (mm or m).
-    Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
-    tuple twice at the same time (`run` holds a lock on the output root for that).
+    It holds the tuple's lock (`tuple_lock`) meanwhile, waiting for another run converting the same
+    tuple to finish, then removes the temporary folders an interrupted run on this tuple left.
     """
     job = TupleJob(source=Path(source), out_dir=Path(out_dir), fmt=fmt, options=options,
                    mesh=None if mesh is None else Path(mesh), mesh_root=None if mesh_root is None else Path(mesh_root),
@@ -202,31 +198,42 @@ def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
     overlays: Overlays, align: Path | None = None, units: str = DEFAULT_UNITS,
 ) -> dict:
-    """Everything an export depends on: params.json content, image and mesh size + mtime, settings.
+    """Everything an export depends on: the settings, and the `inputs` (params.json, images, mesh).
 
     Images are fingerprinted by size and mtime_ns, not hashed: the whole fingerprint takes ~0.7 ms per
     60-view tuple, while hashing reads its 100–300 MB of JPEGs (~75 ms per 100 MB from the page cache,
     about a second from disk; benchmarks/bench_batch.py).
     """
-    params = source / PARAMS
-    try:
-        digest = hashlib.sha256(params.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
     fp = {
         "fsconvert": __version__,
         "format": fmt,
         "options": to_dict(options),
         "include_invalid": include_invalid,
         "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": _policy_key(overlays)},
+        **inputs(source, mesh),
+    }
+    if align is not None:
+        fp["alignment"] = {"path": str(align.resolve()), "stat": _stat(align), "units": units}
+    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+
+
+INPUT_KEYS = ("source", "params_sha256", "images", "mesh")
+"""The keys of `inputs` in a fingerprint; the others are the settings."""
+
+
+def inputs(source: Path, mesh: Path | None) -> dict:
+    """The part of a fingerprint read from the tuple: params.json hash, image and mesh size + mtime."""
+    params = source / PARAMS
+    try:
+        digest = hashlib.sha256(params.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
+    return {
         "source": str(source.resolve()),
         "params_sha256": digest,
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
         "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
     }
-    if align is not None:
-        fp["alignment"] = {"path": str(align.resolve()), "stat": _stat(align), "units": units}
-    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 
 
 def _policy_key(overlays: Overlays) -> bool | str:
@@ -244,7 +251,7 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _changed(old: dict | None, new: dict) -> str:
+def changed(old: dict | None, new: dict) -> str:
     """Which parts of a fingerprint differ, for messages ("images 3.jpg, 7.jpg changed")."""
     old = old if isinstance(old, dict) else {}
     keys = [k for k in new if old.get(k) != new[k]]
@@ -255,44 +262,79 @@ def _changed(old: dict | None, new: dict) -> str:
     return ", ".join(keys) + " changed"
 
 
-def clean_stale(out_dir: Path) -> None:
-    """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it.
+def stale(out_dir: Path) -> list[Path]:
+    """Temporary folders that an interrupted `staging` of `out_dir` left beside it.
 
     `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`.
     """
-    stale = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.(partial|old)$")
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.(partial|old)$")
     try:
         entries = list(out_dir.parent.iterdir())
     except OSError:
-        return
-    for entry in entries:
-        if stale.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+        return []
+    return [e for e in entries if pattern.match(e.name) and e.is_dir() and not e.is_symlink()]
+
+
+def clean_stale(out_dir: Path) -> None:
+    """Remove the `stale` folders of `out_dir` (hold its `tuple_lock`: they are not another run's)."""
+    for entry in stale(out_dir):
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 # ---- running many ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def output_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder `root` (created if needed) while converting into it.
+def lock_path(out_dir: Path) -> Path:
+    """The lock file of a tuple's output: `.<name>.lock` beside it, there while a process holds it."""
+    out_dir = Path(os.path.abspath(out_dir))
+    return out_dir.with_name(f".{out_dir.name}.lock")
 
-    Released by the kernel when the process dies, so a killed run never blocks the next one.
+
+@contextmanager
+def tuple_lock(out_dir: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the exclusive lock of the output `out_dir` (an flock on `lock_path`); yields whether it is held.
+
+    Without `wait`, yields False at once when another process holds it. The kernel releases the
+    lock when its process dies (on NFS, when its lease expires), so a killed run never blocks the
+    next. The holder removes the file when done; a waiter then finds the file it locked gone, and
+    locks the current one instead.
     """
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise OutputError(f"{root}: cannot create output: {exc.strerror or exc}") from None
-    try:
+    path = lock_path(out_dir)
+    told = False
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path.parent}: cannot create output: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"fsconvert: waiting for another fsconvert run writing into {root}", file=sys.stderr)
+            if not wait:
+                os.close(fd)
+                yield False
+                return
+            if not told:
+                print(f"fsconvert: waiting for another fsconvert run converting {out_dir}", file=sys.stderr)
+                told = True
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
+        if _same_file(fd, path):
+            break
         os.close(fd)
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def run(
@@ -301,18 +343,24 @@ def run(
     workers: int = 1,
     progress: bool = False,
     on_result: Callable[[TupleResult], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[TupleResult]:
     """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
 
-    A single job runs in this process with `workers` image processes and the exporter's own progress.
+    `engine` is where the processes are (`fsconvert.engines`): "local" (this machine), "dask" or
+    "ray", on the cluster at `address` or on a local one of `workers` processes. A single job on the
+    local engine runs in this process with `workers` image processes and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
     reported as failed, with the traceback on stderr; the others go on.
     """
-    if len(jobs) == 1:
+    if len(jobs) == 1 and engine == "local":
         result = jobs[0].run(workers=workers, progress=progress)
         if on_result:
             on_result(result)
         return [result]
+    from .engines import results as engine_results
+
     results: list[TupleResult | None] = [None] * len(jobs)
     counts = [j.images for j in jobs]
     bars = [tqdm(total=len(jobs), desc="tuples", unit="tuple", disable=not progress, position=0),
@@ -334,75 +382,21 @@ def run(
                 skipped = None
             if skipped is None:
                 todo.append(i)
-            else:
-                clean_stale(job.out_dir)  # e.g. the parked old version of a replace that was killed
-                done(i, skipped)
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                done(i, _guarded(jobs[i]))
-        else:
-            _run_pool(jobs, todo, min(workers, len(todo)), done)
+                continue
+            if stale(job.out_dir):  # e.g. the parked old version of a replace that was killed
+                with tuple_lock(job.out_dir, wait=False) as held:
+                    if held:
+                        clean_stale(job.out_dir)
+            done(i, skipped)
+        if todo:
+            stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, address=address)
+            with closing(stream):
+                for k, result in stream:
+                    done(todo[k], result)
     finally:
         for bar in bars:
             bar.close()
     return [r for r in results if r is not None]
-
-
-def _run_pool(
-    jobs: Sequence[TupleJob], todo: list[int], workers: int, done: Callable[[int, TupleResult], None]
-) -> None:
-    # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        futures: dict[Future, int] = {pool.submit(_guarded, jobs[i]): i for i in todo}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                result = _failed(jobs[i], "not converted: a worker process died (killed, or out of memory)")
-            done(i, result)
-    except BaseException:
-        # Ctrl-C: stop now, not after the running tuples (the next run removes their staging folders).
-        # shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
-        for process in list((pool._processes or {}).values()):
-            process.kill()
-        pool.shutdown(cancel_futures=True)
-        raise
-    pool.shutdown()
-
-
-def _guarded(job: TupleJob) -> TupleResult:
-    try:
-        return job.run()
-    except Exception as exc:  # a bug: report it with its traceback, keep converting the others
-        traceback.print_exc()
-        return _failed(job, f"internal error: {type(exc).__name__}: {exc}")
-
-
-def _failed(job: TupleJob, reason: str) -> TupleResult:
-    return TupleResult(job.name, job.out_dir, "failed", reason=reason)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _init_worker(parent: int) -> None:
-    """One thread per worker (the workers fill the cores); die with the parent; leave Ctrl-C to it."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
-        os.environ.setdefault(name, "1")
-    # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
-    # leaves to the resource tracker's "leaked semaphore" warning.
-    tqdm.set_lock(threading.RLock())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 # ---- reporting ------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import functools
 import os
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +16,13 @@ from typing import Any, NamedTuple
 from . import __version__
 from .alignment import DEFAULT_UNITS, UNITS, read_rt_scale_dict
 from .check import Thresholds, overlay_policy
+from .engines import Engine
 from .errors import FsconvertError, InputError
 from .imagestage import ImageOptions
 from .loader import parse_exps, parse_ids
 from .options import add_arguments, build, from_args, from_mapping, option
 from .readers import READERS
+from .shards import Shard, parse_shard
 
 IMAGES, CHECKS = "images", "check thresholds"
 """Titles of the argument groups that are also the `image:` and `check:` sections of a batch config."""
@@ -39,6 +40,9 @@ A config holds the options of `fsconvert to-<format>`, spelt with underscores (s
   format: colmap                            # or a list: [colmap, nerf]
   align: /data/facescape/Rt_scale_dict.json # optional: the TU frame, metric (units: mm, the default, or m)
   jobs: 8                                   # default: the number of cores
+  shard: 0/4                                # only shard 0 of 4 (e.g. one task of a job array)
+  engine: dask                              # or ray; default local
+  address: tcp://scheduler:8786             # the engine's cluster (default: a local one of `jobs`)
   overwrite: false
   image:                                    # the "images" options
     scale: 0.25
@@ -68,10 +72,9 @@ def _overlay_policy(text: str) -> str | int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Selection:
-    """Which tuples of a dataset (and where their meshes are)."""
+class Subset:
+    """Which tuples of a dataset."""
 
-    mesh_root: Path | None = option(None, "MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
     ids: set[int] | None = option(None, "subjects of a dataset, e.g. 1-20,212", parse=parse_ids)
     exps: list[str] | None = option(None, "expressions of a dataset, e.g. 1_neutral,4_anger (or 1,4)",
                                     parse=parse_exps)
@@ -96,6 +99,13 @@ class AlignTo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Selection(Subset):
+    """Which tuples of a dataset, and where their meshes are."""
+
+    mesh_root: Path | None = option(None, "MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Conversion(AlignTo, Selection):
     """The arguments of every `to-<format>` besides image, format and check options (a config's top level)."""
 
@@ -110,6 +120,11 @@ class Conversion(AlignTo, Selection):
                        help="worker processes (default: the number of cores); a dataset runs one tuple per process")
     no_check: bool = option(False, "skip the projection check after export")
     quiet: bool = option(False, "no progress bars", flags=("-q", "--quiet"))
+    shard: Shard | None = option(None, "convert only shard I of N of the selected tuples, I from 0 (e.g. "
+                                 "$SLURM_ARRAY_TASK_ID/8); see `fsconvert plan`", parse=parse_shard, metavar="I/N")
+    engine: Engine = option("local", "where the worker processes run: this machine, a Dask or a Ray cluster")
+    address: str | None = option(None, "the engine's cluster: dask tcp://host:8786; ray auto, host:6379 or "
+                                 "ray://host:10001 (default: start a local one of -j workers)")
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,17 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
                    help="also draw a tuple's camera rig (source cameras around the mesh) into this PNG")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser("plan", help="print how --shard I/N splits the selected tuples of a dataset")
+    p.add_argument("path", type=Path, help="a dataset root (IMGS_ROOT, or a folder holding images/)")
+    add_arguments(p, Subset, "")
+    p.add_argument("--shards", type=_positive_int, required=True, help="number of shards N")
+    p.add_argument("--list", action="store_true", help="also print each tuple with its shard index")
+    p.set_defaults(func=_plan_command)
+
+    p = sub.add_parser("status", help="what a dataset run into OUT has done: done, running, failed, stale, missing")
+    p.add_argument("out", type=Path, help="the OUT folder of a dataset conversion")
+    p.set_defaults(func=_status)
+
     p = sub.add_parser("sample", help="generate a synthetic FaceScape-format dataset with known truth")
     p.add_argument("out", type=Path)
     p.add_argument("--subjects", type=int, default=1, help="number of subjects")
@@ -221,6 +247,22 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_command(args: argparse.Namespace) -> int:
+    from .shards import describe
+
+    subset = Subset(**from_args(args, Subset, ""))
+    print(describe(_weights(_refs(args.path, subset.ids, subset.exps)), args.shards, listing=args.list))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import status
+
+    report, complete = status(args.out)
+    print(report)
+    return 0 if complete else 1
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .export import staging
     from .synthetic import make_sample
@@ -263,15 +305,36 @@ class Plan(NamedTuple):
 
     jobs: list
     """`fsconvert.batch.TupleJob`s."""
-    lock: Path
-    """The folder to hold the output lock on."""
+    root: Path
+    """The output folder (of the dataset, or of the one tuple)."""
     single: bool
     """The input is one tuple folder (not a dataset)."""
+    selection: dict[str, int]
+    """Every selected tuple of the dataset → its shard index (0 without --shard); only `jobs` run here."""
+
+
+def _refs(path: Path, ids: set[int] | None, exps: list[str] | None) -> list:
+    from .loader import iter_dataset
+
+    refs = list(iter_dataset(path, ids=ids, exps=exps))
+    if not refs:
+        selected = ids is not None or exps is not None
+        raise InputError("no tuple matches --ids/--exps" if selected
+                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=path)
+    return refs
+
+
+def _weights(refs: list) -> list[tuple[str, int]]:
+    """(name, image count) of dataset tuples, what shards are balanced by."""
+    from .loader import IMAGE_EXT
+
+    return [(r.name, sum(1 for _ in r.path.glob(f"*{IMAGE_EXT}"))) for r in refs]
 
 
 def _plan(run: Run) -> Plan:
     from .batch import TupleJob
-    from .loader import is_tuple_dir, iter_dataset
+    from .loader import is_tuple_dir
+    from .shards import assignment
 
     c = run.conversion
     single = is_tuple_dir(c.input)
@@ -283,31 +346,35 @@ def _plan(run: Run) -> Plan:
     if c.align is not None:
         read_rt_scale_dict(c.align)  # a damaged dict fails here, before any tuple is written
     if single:
-        if c.ids is not None or c.exps is not None:
-            raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=c.input)
-        return Plan([TupleJob(source=c.input, out_dir=c.out, mesh=c.mesh, **common)], c.out.absolute().parent, True)
+        for given, what in ((c.ids is not None or c.exps is not None, "--ids/--exps select tuples"),
+                            (c.shard is not None, "--shard splits the tuples")):
+            if given:
+                raise InputError(f"{what} of a dataset, but this is one tuple folder", file=c.input)
+        return Plan([TupleJob(source=c.input, out_dir=c.out, mesh=c.mesh, **common)], c.out, True, {})
     if c.mesh is not None:
         raise InputError("--mesh is one tuple's mesh; for a dataset give --mesh-root", file=c.input)
-    refs = list(iter_dataset(c.input, ids=c.ids, exps=c.exps))
-    if not refs:
-        selected = c.ids is not None or c.exps is not None
-        raise InputError("no tuple matches --ids/--exps" if selected
-                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=c.input)
-    return Plan([TupleJob(source=r.path, out_dir=c.out / r.subject / r.expression, **common) for r in refs], c.out,
-                False)
+    refs = _refs(c.input, c.ids, c.exps)
+    shard_of = assignment(_weights(refs), c.shard.count) if c.shard else {r.name: 0 for r in refs}
+    mine = [r for r in refs if c.shard is None or shard_of[r.name] == c.shard.index]
+    return Plan([TupleJob(source=r.path, out_dir=c.out / r.subject / r.expression, **common) for r in mine], c.out,
+                False, shard_of)
 
 
 def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
     from tqdm import tqdm
 
-    from .batch import exit_code, output_lock, run, summary
+    from .batch import exit_code, run, summary
+    from .engines import require
     from .report import write_run_report
+    from .status import now, write_summary
 
     plans = [_plan(r) for r in runs]
+    first = runs[0].conversion
+    require(first.engine, first.address)
+    engine = dict(workers=jobs, engine=first.engine, address=first.address)
     todo = [job for p in plans for job in p.jobs]
     if len(plans) == 1 and plans[0].single:
-        with output_lock(plans[0].lock):
-            (result,) = run(todo, workers=jobs, progress=not quiet)
+        (result,) = run(todo, progress=not quiet, **engine)
         return _report_tuple(result, runs[0].fmt)
 
     def echo(r) -> None:
@@ -316,19 +383,20 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
         elif r.check_passed is False and r.report:
             tqdm.write(f"{r.name}: check failed\n{r.report}", file=sys.stderr)
 
-    start = time.perf_counter()
-    with ExitStack() as stack:
-        for root in sorted({p.lock for p in plans}):
-            stack.enter_context(output_lock(root))
-        results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
-        pages, first = [], 0
-        for plan in plans:  # a dataset's OUT/report.html (a single tuple has its OUT/check/index.html)
-            if not plan.single:
-                pages.append(write_run_report(plan.lock, results[first:first + len(plan.jobs)]))
-            first += len(plan.jobs)
-    print(summary(results, time.perf_counter() - start))
-    if pages:
-        print("report: " + ", ".join(map(str, pages)))
+    started, start = now(), time.perf_counter()
+    for p in plans:
+        write_summary(p.root, first.shard, p.selection, p.jobs, engine=first.engine, started=started)
+    results = run(todo, progress=not quiet, on_result=echo, **engine)
+    seconds = time.perf_counter() - start
+    done, pages = 0, []
+    for p in plans:
+        mine = results[done:done + len(p.jobs)]
+        write_summary(p.root, first.shard, p.selection, p.jobs, engine=first.engine, started=started,
+                      results=mine, seconds=seconds)
+        pages.append(write_run_report(p.root, mine, first.shard))
+        done += len(p.jobs)
+    print(("" if first.shard is None else f"shard {first.shard}: ") + summary(results, seconds))
+    print("report: " + ", ".join(map(str, pages)))
     return exit_code(results)
 
 

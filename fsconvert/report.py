@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .check import CHECK_DIR, REPORT, RIG
 from .errors import OutputError
+from .shards import Shard
 
 if TYPE_CHECKING:
     from .batch import TupleResult
@@ -85,9 +86,10 @@ def write_check_page(export_dir: str | Path, check: dict, manifest: dict, invali
     return path
 
 
-def write_run_report(out_root: str | Path, results: Sequence[TupleResult]) -> Path:
-    """Write `OUT/report.html`: every tuple of a dataset run (failures first) with its status, check
-    verdict, worst camera error and IoU, linking each tuple's check page."""
+def write_run_report(out_root: str | Path, results: Sequence[TupleResult], shard: Shard | None = None) -> Path:
+    """Write `OUT/report.html` (a shard's: `OUT/report-shard-I-of-N.html`): every tuple of a dataset run
+    (failures first) with its status, check verdict, worst camera error and IoU, linking each tuple's
+    check page."""
     out_root = Path(out_root)
     rows = [_tuple_row(r, out_root) for r in results]
     rows.sort(key=lambda row: row[0])
@@ -106,7 +108,7 @@ def write_run_report(out_root: str | Path, results: Sequence[TupleResult]) -> Pa
         f'<p class="note">fsconvert {escape(__version__)}. Each tuple links its check page '
         f"({PAGE.as_posix()}); numbers from its {REPORT.as_posix()}.</p>",
     ]
-    path = out_root / RUN_REPORT
+    path = out_root / (RUN_REPORT if shard is None else f"report-shard-{shard.index}-of-{shard.count}.html")
     _write(path, _html(f"{verdict}: fsconvert run of {len(results)} tuples", body))
     return path
 

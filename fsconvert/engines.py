@@ -1,0 +1,248 @@
+"""Where tuples are converted: a local process pool, a Dask cluster or a Ray cluster.
+
+Each engine runs `TupleJob.run` (the same per-tuple unit of work: export, check, record, under the
+tuple's lock) as one task per tuple on one core, and yields the results as they finish. Tasks are
+never started twice speculatively. A worker that dies gives a "failed" result for its tuple (Dask
+first re-runs it elsewhere, up to its `allowed-failures`): its staging folder stays hidden, and the
+next attempt removes it and converts the tuple again.
+
+Dask and Ray are optional (`pip install 'fsconvert[dask]'` / `'fsconvert[ray]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Literal, get_args
+
+from tqdm import tqdm
+
+from .batch import TupleJob, TupleResult
+from .errors import FsconvertError
+
+Engine = Literal["local", "dask", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+LOST = "not converted: a worker process died (killed, or out of memory)"
+
+
+class EngineError(FsconvertError):
+    """The engine is not installed, or its cluster cannot be reached or used."""
+
+
+def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1,
+            address: str | None = None) -> Iterator[tuple[int, TupleResult]]:
+    """(index in `jobs`, result) of every job, in the order they finish.
+
+    "local": `workers` processes of this machine (`address` must be None). "dask": the scheduler at
+    `address` (tcp://host:port), or a LocalCluster of `workers` processes. "ray": the cluster at
+    `address` ("auto", host:port or ray://host:port), or a new local one with `workers` CPUs.
+    """
+    module = require(engine, address)
+    if engine == "local":
+        return _local(jobs, workers)
+    return (_dask if engine == "dask" else _ray)(module, jobs, workers, address)
+
+
+def require(engine: str, address: str | None = None) -> ModuleType | None:
+    """The engine's module (None for "local"), or an EngineError saying what to install or change."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine '{engine}' (available: {', '.join(ENGINES)})")
+    if engine == "local":
+        if address is not None:
+            raise EngineError("--address is for --engine dask or ray")
+        return None
+    module = "distributed" if engine == "dask" else "ray"
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EngineError(f"--engine {engine} needs {module}: pip install 'fsconvert[{engine}]'") from None
+
+
+# ---- local -----------------------------------------------------------------------------------------
+
+
+def _local(jobs: Sequence[TupleJob], workers: int) -> Iterator[tuple[int, TupleResult]]:
+    if workers <= 1 or len(jobs) <= 1:
+        for k, job in enumerate(jobs):
+            yield k, guarded(job)
+        return
+    # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    try:
+        futures: dict[Future, int] = {pool.submit(guarded, job): k for k, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            k = futures[future]
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = failed(jobs[k], LOST)
+            yield k, result
+    except BaseException:
+        # Ctrl-C: stop now, not after the running tuples (the next run removes their staging folders).
+        # shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
+        for process in list((pool._processes or {}).values()):
+            process.kill()
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    """A local pool worker: one thread; die with the parent; leave Ctrl-C to it."""
+    _one_thread()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+@functools.cache
+def _one_thread() -> None:
+    """One OpenCV and one render thread per worker process (the workers fill the cores)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
+        os.environ.setdefault(name, "1")
+    # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
+    # leaves to the resource tracker's "leaked semaphore" warning.
+    tqdm.set_lock(threading.RLock())
+
+
+def guarded(job: TupleJob) -> TupleResult:
+    """`job.run()`, with a bug (any other exception than an FsconvertError) made a failed result."""
+    try:
+        return job.run()
+    except Exception as exc:  # a bug: report it with its traceback, keep converting the others
+        traceback.print_exc()
+        return failed(job, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def failed(job: TupleJob, reason: str) -> TupleResult:
+    return TupleResult(job.name, job.out_dir, "failed", reason=reason)
+
+
+def _task(job: TupleJob) -> TupleResult:
+    """One tuple on a Dask or Ray worker process."""
+    _one_thread()
+    return guarded(job)
+
+
+def _lost(job: TupleJob, exc: BaseException) -> TupleResult:
+    """The result of a task the engine could not run or finish."""
+    first = str(exc).strip().splitlines()
+    return failed(job, f"not converted: {type(exc).__name__}" + (f": {first[0]}" if first else ""))
+
+
+# ---- dask ------------------------------------------------------------------------------------------
+
+
+def _dask(distributed: ModuleType, jobs: Sequence[TupleJob], workers: int,
+          address: str | None) -> Iterator[tuple[int, TupleResult]]:
+    cluster = None
+    try:
+        if address is None:
+            with _sigint_ignored():  # by the workers, which inherit it: Ctrl-C is for this process
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None, silence_logs=logging.ERROR)
+        client = distributed.Client(cluster or address)
+    except (OSError, ValueError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise EngineError(f"dask: cannot connect to the scheduler at {address}: {exc}") from None
+    try:
+        threaded = {w: n for w, n in client.nthreads().items() if n != 1}
+        if threaded:
+            worker, n = next(iter(threaded.items()))
+            raise EngineError(f"dask: worker {worker} runs {n} threads; fsconvert needs one task per worker "
+                              "process (start the workers with --nthreads 1)")
+        run = uuid.uuid4().hex[:8]
+        futures = {client.submit(_task, job, key=f"fsconvert-{run}-{k}", pure=False): k
+                   for k, job in enumerate(jobs)}
+        try:
+            for future in distributed.as_completed(futures):
+                k = futures.pop(future)
+                try:
+                    result = future.result()
+                except distributed.KilledWorker:
+                    result = failed(jobs[k], LOST)
+                except Exception as exc:  # e.g. fsconvert missing on a worker
+                    result = _lost(jobs[k], exc)
+                yield k, result
+        except BaseException:
+            client.cancel(list(futures), force=True)
+            raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile (in the main thread), so that processes started now ignore it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---- ray -------------------------------------------------------------------------------------------
+
+
+def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
+         address: str | None) -> Iterator[tuple[int, TupleResult]]:
+    started = not ray.is_initialized()  # else use the caller's session, and leave it open
+    if started:
+        local = {"address": "local", "num_cpus": workers} if address is None else {"address": address}
+        try:
+            ray.init(**local, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise EngineError(f"ray: cannot connect to the cluster at {address}: {exc}") from None
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_task)
+        refs = {task.remote(job): k for k, job in enumerate(jobs)}
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                k = refs.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                        ray.exceptions.OutOfMemoryError):
+                    result = failed(jobs[k], LOST)
+                except ray.exceptions.RayError as exc:
+                    result = _lost(jobs[k], exc)
+                yield k, result
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()
