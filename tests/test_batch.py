@@ -51,18 +51,21 @@ def clean(dataset: Path, tmp_path_factory) -> Path:
     return out
 
 
+def _per_run(p: Path, root: Path) -> bool:
+    """A file that describes the last run, not the exports: the run summaries (they hold times) and the run
+    reports (`report.html`, a shard's `report-shard-I-of-N.html`: converted or skipped each tuple)."""
+    return root / "fsconvert" in (p, p.parent) or (p.parent == root and p.match("report*.html"))
+
+
 def files(root: Path) -> dict[str, bytes]:
-    """Every file below `root` (hidden ones too), byte for byte; but the run summaries (they hold times) and
-    the run's report.html, which says what the last run did (converted or skipped each tuple), not what the
-    exports hold."""
+    """Every file below `root` (hidden ones too), byte for byte, but those describing the last run."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.parent != root / "fsconvert" and p != root / RUN_REPORT}
+            if p.is_file() and not _per_run(p, root)}
 
 
 def stamps(root: Path) -> dict[Path, int]:
-    """mtime of everything below `root`, but the run summaries and report.html (rewritten by every run)."""
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*")
-            if root / "fsconvert" not in (p, p.parent) and p != root / RUN_REPORT}
+    """mtime of everything below `root`, but what every run rewrites (see `_per_run`)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if not _per_run(p, root)}
 
 
 def tuples(out: Path) -> set[str]:

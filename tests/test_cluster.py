@@ -153,7 +153,7 @@ def test_a_tuple_is_never_converted_twice_at_once(dataset: Path, clean: Path, tm
     result = []
     with tuple_lock(out):  # another run holds the tuple
         assert lock_path(out).exists()
-        worker = threading.Thread(target=lambda: result.append(convert_tuple(ref.path, out, "facescape")))
+        worker = threading.Thread(target=lambda: result.append(convert_tuple(ref.path, out, "facescape", overlays=2)))
         worker.start()
         time.sleep(1.5)
         assert worker.is_alive()
