@@ -37,7 +37,7 @@ from . import __version__
 from .check import REPORT, Thresholds, check_export, format_report
 from .errors import FsconvertError, InputError, OutputError
 from .export import options_to_dict, staging
-from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
+from .loader import IMAGE_EXT, PARAMS, find_mesh, layout_path, load_capture
 
 RECORD = Path("fsconvert") / "record.json"
 """Inside each export, written last: the fingerprint of the inputs and settings, and the outcome."""
@@ -84,7 +84,8 @@ class TupleJob:
 
     @property
     def name(self) -> str:
-        return f"{self.source.parent.name}/{self.source.name}"
+        where = layout_path(self.source)
+        return f"{where.parent.name}/{where.name}"
 
     @property
     def images(self) -> int:
@@ -202,10 +203,10 @@ def fingerprint(
         "options": options_to_dict(options),
         "include_invalid": include_invalid,
         "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
-        "source": str(source.resolve()),
+        "source": str(layout_path(source)),
         "params_sha256": digest,
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
-        "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
+        "mesh": None if mesh is None else {"path": str(layout_path(mesh)), "stat": _stat(mesh)},
     }
     return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
 

@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, OutputError
 from .imagestage import ViewPlan, run_plans
+from .loader import layout_path
 from .model import Camera, Capture
 
 MANIFEST = Path("fsconvert") / "manifest.json"
@@ -122,8 +123,8 @@ def write_manifest(
         "fsconvert": __version__,
         "format": fmt,
         "source": {
-            "tuple": str(capture.root.resolve()),
-            "mesh": str(capture.mesh.resolve()) if capture.mesh else None,
+            "tuple": str(layout_path(capture.root)),
+            "mesh": str(layout_path(capture.mesh)) if capture.mesh else None,
             "subject": capture.subject,
             "expression": capture.expression,
             "include_invalid": any(not v.valid for v in capture.views),
