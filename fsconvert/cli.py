@@ -68,6 +68,8 @@ def _add_image_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jpeg-quality", type=int, default=95)
     g.add_argument("--link", choices=("hardlink", "symlink", "copy"), default="hardlink",
                    help="how unmodified originals are placed (hardlink falls back to copy)")
+    g.add_argument("--allow-corrupt-images", action="store_true",
+                   help="export JPEGs whose data the decoder reports as corrupt (a warning per view) instead of failing")
 
 
 def _image_options(args: argparse.Namespace, default_format: str) -> ImageOptions:
@@ -80,6 +82,7 @@ def _image_options(args: argparse.Namespace, default_format: str) -> ImageOption
         image_format=args.image_format or default_format,
         jpeg_quality=args.jpeg_quality,
         link=args.link,
+        allow_corrupt_images=args.allow_corrupt_images,
     )
 
 

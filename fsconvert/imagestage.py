@@ -1,8 +1,9 @@
 """The image stage shared by every exporter: one plan per view → output camera + one remap per image.
 
 A plan composes undistortion (optional), scaling and an optional 180° upright rotation into a single
-`cv2.remap` whose map is computed once per view. JPEGs are decoded with IMREAD_REDUCED_COLOR_{2,4,8}
-when the output is at least that much smaller; images needing no resampling are linked or copied.
+`cv2.remap` whose map is computed once per view. JPEGs are decoded at 1/2, 1/4 or 1/8 size (DCT
+scaling) when the output is at least that much smaller, by libjpeg-turbo with its warnings as errors
+(corrupt data); images needing no resampling are linked or copied, after a 1/8-size verification decode.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import multiprocessing
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +22,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import simplejpeg
 from tqdm import tqdm
 
 from . import conventions as cv
@@ -82,6 +85,8 @@ class ImageOptions:
     jpeg_quality: int = 95
     link: Literal["hardlink", "symlink", "copy"] = "hardlink"
     """How originals are placed when no resampling is needed (hardlink falls back to copy)."""
+    allow_corrupt_images: bool = False
+    """Export source JPEGs whose data the decoder reports as corrupt (a warning per view) instead of refusing."""
 
     def __post_init__(self) -> None:
         if self.principal_point not in ("keep", "center"):
@@ -251,12 +256,53 @@ def plan_views(views: Sequence[View], options: ImageOptions) -> list[ViewPlan]:
 # ---- execution -------------------------------------------------------------------------------------
 
 
-def read_image(path: Path, reduce: int = 1, view: int | None = None) -> np.ndarray:
-    """Decode a colour image (EXIF orientation ignored: cameras describe the stored pixels)."""
-    img = cv2.imread(str(path), _REDUCED_FLAG[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
+def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_corrupt: bool = False) -> np.ndarray:
+    """Decode a colour image at 1/`reduce` size (EXIF orientation ignored: cameras describe the stored pixels).
+
+    JPEGs go through libjpeg-turbo with its warnings as errors: data overwritten mid-file (which
+    decoders otherwise fill with grey or garbled blocks) is a one-line InputError, or with
+    `allow_corrupt` a warning on stderr and the pixels the decoder recovered.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image: {exc.strerror or exc}", file=path, view=view) from None
+    if simplejpeg.is_jpeg(data):
+        img = _decode_jpeg(data, reduce, path, view, allow_corrupt)
+        if img is not None:
+            return img
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAG[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise InputError("cannot decode image (truncated or corrupt)", file=path, view=view)
     return img
+
+
+def verify_jpeg(path: Path, view: int | None = None, *, allow_corrupt: bool = False) -> None:
+    """Decode a JPEG at 1/8 size (every entropy-coded byte is still read) only to find corrupt data."""
+    read_image(path, 8, view, allow_corrupt=allow_corrupt)
+
+
+def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_corrupt: bool) -> np.ndarray | None:
+    """libjpeg-turbo's strict decode (the same pixels as OpenCV's, measured), or None where OpenCV decodes:
+    colour spaces it does not convert (CMYK, ...), and what it cannot recover of an allowed corrupt file."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    size = dict(min_height=-(-height // reduce), min_width=-(-width // reduce))
+    try:
+        return simplejpeg.decode_jpeg(data, "BGR", **size, strict=True)
+    except ValueError as exc:
+        reason = f"corrupt JPEG data ({exc})"
+    if not allow_corrupt:
+        raise InputError(f"{reason}; not exported (--allow-corrupt-images exports it anyway)", file=path, view=view)
+    print(f"fsconvert: warning: {InputError(reason, file=path, view=view)}; exported anyway", file=sys.stderr)
+    try:
+        return simplejpeg.decode_jpeg(data, "BGR", **size, strict=False)
+    except ValueError:
+        return None
 
 
 def write_image(path: Path, img: np.ndarray, options: ImageOptions) -> None:
@@ -286,13 +332,15 @@ def _write_encoded(path: Path, img: np.ndarray, ext: str, params: list[int]) -> 
 def run_plan(plan: ViewPlan, dest: Path) -> Path:
     """Produce one output image at `dest` (its suffix must be `plan.suffix`)."""
     view = plan.view
+    allow = plan.options.allow_corrupt_images
     if not plan.resample:
+        verify_jpeg(view.image, view.id, allow_corrupt=allow)
         _place_original(view.image, dest, plan.options.link)
         return dest
-    img = read_image(view.image, plan.reduce, view.id)
+    img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow)
     expected = (-(-view.camera.height // plan.reduce), -(-view.camera.width // plan.reduce))
     if img.shape[:2] != expected:
-        img = read_image(view.image, 1, view.id)
+        img = read_image(view.image, 1, view.id, allow_corrupt=allow)
         if img.shape[:2] != (view.camera.height, view.camera.width):
             raise InputError(
                 f"decoded image is {img.shape[1]}×{img.shape[0]}, params.json says "
