@@ -4,7 +4,9 @@ For every view of the manifest: mesh vertices projected by the source camera (wi
 carried through the image stage's transform into the exported pixel frame, against their projection
 through the read-back camera (max and mean difference in exported pixels); then the mesh rendered
 from the read-back camera and from the expected output camera (silhouette IoU, relative z-depth
-difference), and the read-back render blended over the exported image (`check/mv_result_<view>.jpg`).
+difference), and the read-back render blended over the exported image (`check/mv_result_<view>.jpg`);
+the renders draw the mesh's render proxy (a dense scan's ~100 000-face clustered copy: both cameras
+see the same geometry, so camera errors show alike).
 Without overlays, a view whose read-back camera equals the expected one (to 1e-12) is not rendered:
 the two renders would be the same image.
 Views missing from the read-back, extra ones and unreadable exports are failures, never skipped.
@@ -26,7 +28,7 @@ from .errors import FsconvertError, InputError, OutputError
 from .export import ExportedView, options_from_dict, read_manifest
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
-from .mesh import load_mesh
+from .mesh import load_mesh, load_render_proxy
 from .model import Camera
 from .render import Render, Renderer, distorted_render
 
@@ -147,11 +149,11 @@ def check_export(
     if dropped:
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
-    mesh = load_mesh(capture.mesh)
-    points = _subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
+    points = _subsample(np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64), max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)
-    with Renderer(mesh) as renderer:
+    # the renders compare two cameras through one geometry: a dense scan's light proxy serves as well
+    with Renderer(load_render_proxy(capture.mesh)) as renderer:
         for entry in manifest["views"]:
             result = ViewCheck(int(entry["id"]), entry["name"])
             report.views.append(result)
