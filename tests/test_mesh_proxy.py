@@ -14,24 +14,15 @@ from fsconvert import conventions as cv
 from fsconvert.loader import load_capture
 from fsconvert.mesh import PROXY_CELLS, PROXY_MAX_FACES, load_mesh, load_render_proxy, render_proxy, vertex_colors
 from fsconvert.model import Camera
+from fsconvert.synthetic import dense_scan
 from fsconvert.render import Renderer
 
 
 @pytest.fixture(scope="module")
 def dense(sample_root: Path, tmp_path_factory) -> Path:
-    """The sample mesh subdivided twice (16× the faces) with a fine relief along the normals, like a scan."""
+    """The sample mesh subdivided twice (16× the faces, 327 680) with a fine relief, like a scan."""
     (ply,) = sample_root.glob("models/*/*.ply")
-    light = trimesh.load(ply, process=False)
-    v, f = light.vertices, light.faces
-    colors = np.asarray(light.visual.vertex_colors, np.float64)
-    for _ in range(2):
-        v, f, attr = trimesh.remesh.subdivide(v, f, vertex_attributes={"c": colors})
-        colors = attr["c"]
-    mesh = trimesh.Trimesh(v, f, process=False)
-    extent = np.ptp(v, axis=0).max()
-    relief = 2e-4 * extent * np.sin(v @ np.array([211.0, 157.0, 97.0]) / extent)
-    mesh = trimesh.Trimesh(v + mesh.vertex_normals * relief[:, None], f,
-                           vertex_colors=np.rint(colors).astype(np.uint8), process=False)
+    mesh = dense_scan(trimesh.load(ply, process=False), 300_000)
     path = tmp_path_factory.mktemp("dense") / "dense.ply"
     path.write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary"))
     return path
