@@ -1,7 +1,7 @@
 """Whole-dataset conversion throughput: every exporter against two image baselines, 1 → 2 workers,
 the projection check's share, and peak RSS per worker.
 
-- per core: one process, one OpenCV and one llvmpipe thread, one tuple; images/s of `<exporter>.write`
+- per core: one process, one OpenCV and one llvmpipe thread, one tuple; images/s of `fsconvert.export.export` (check off)
   at scale 1 and 1/4, against the naive loop (full `cv2.imread`, `cv2.undistort`, `cv2.resize`
   INTER_AREA, `cv2.imwrite`) and the raw OpenCV bound (decode reduced like the stage, `cv2.remap` with
   maps precomputed outside the timing, encode; same sizes, JPEG quality 95). The check is timed apart.
@@ -43,6 +43,7 @@ import numpy as np
 from exporters import available
 from fsconvert.batch import fingerprint
 from fsconvert.check import Thresholds, check_export
+from fsconvert.export import export
 from fsconvert.imagestage import ImageOptions, plan_views, read_image
 from fsconvert.loader import load_capture
 
@@ -110,7 +111,7 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
     n = len(capture.views)
     few = replace(capture, views=capture.views[:2])
     for fmt in formats:  # untimed warm-up: lazy imports (open3d takes seconds), GL context
-        exporters[fmt].write(few, tmp / f"warm-{fmt}", workers=1)
+        export(few, exporters[fmt], tmp / f"warm-{fmt}", thresholds=None)
         check_export(tmp / f"warm-{fmt}")
     best: dict = {}
     for scale in (1.0, 0.25):
@@ -126,7 +127,7 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
                 module = exporters[fmt]
                 out = tmp / f"{fmt}-{scale:g}"
                 options = module.Options(image=image)
-                export_s = timed(lambda: module.write(capture, out, options, overwrite=True, workers=1))
+                export_s = timed(lambda: export(capture, module, out, options, overwrite=True, thresholds=None))
                 check_s = timed(lambda: check_export(out, Thresholds()))
                 bare_s = timed(lambda: check_export(out, Thresholds(), overlays=False))
                 old = best.get((fmt, scale), (np.inf,) * 3)

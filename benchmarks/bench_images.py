@@ -133,13 +133,14 @@ def main() -> None:
 
     from exporters import facescape
     from fsconvert.check import check_export
+    from fsconvert.export import export
 
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (1.0, 0.25):
             options = facescape.Options(image=ImageOptions(scale=None if scale == 1 else scale))
             out = Path(tmp) / f"export-{scale:g}"
             start = time.perf_counter()
-            facescape.write(capture, out, options, workers=2)
+            export(capture, facescape, out, options, workers=2, thresholds=None)
             export_s = time.perf_counter() - start
             start = time.perf_counter()
             report = check_export(out)

@@ -11,29 +11,25 @@ those and any ≥ 3.12 reader recreates the same trivial rigs and frames). `poin
 
 from __future__ import annotations
 
-import argparse
 import re
 import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import cv2
 import numpy as np
 import trimesh
-from tqdm import tqdm
 
 from fsconvert import conventions as cv
+from fsconvert.derived import point_visibility, ply_vertices, write_ply
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import load_mesh, vertex_colors
+from fsconvert.mesh import load_mesh, load_render_proxy, vertex_colors
 from fsconvert.model import Camera, Capture
-
-if TYPE_CHECKING:
-    from fsconvert.render import Renderer
+from fsconvert.options import check_choices, option
 
 NAME = "colmap"
 SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks; 3DGS-ready)"
@@ -48,98 +44,62 @@ WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
 SAMPLE_SEED = 0
 MAX_DEPTH_TOLERANCE = 0.05
 """Looser depth tests let hidden surfaces in (and could out-vote the visible ones on normal orientation)."""
-_VISIBILITY_MAX_SIDE = 480
-"""Long side of the depth maps the visibility of points3D is tested on (observations stay exact)."""
-_BORDER_MARGIN_PX = 2
-_ROUND_TRIP_TOL_PX = 0.01
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-_PLY_DTYPE = np.dtype([(n, "<f4") for n in ("x", "y", "z", "nx", "ny", "nz")]
-                      + [(n, "u1") for n in ("red", "green", "blue")])
 
 
 @dataclass(frozen=True)
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
-    text: bool = False
-    """Write the .txt model instead of the (default) .bin one."""
-    points: int = 20000
-    """Mesh surface samples to triangulate into points3D (0: no points, no points3D.ply)."""
-    point_colors: Literal["mesh", "image"] = "mesh"
-    """Point colour: the mesh vertex colours, or the mean of the observed image pixels."""
-    depth_tolerance: float = 0.005
-    """A view sees a point when its rendered depth differs from the point's by at most this × depth."""
+    text: bool = option(False, "write the text model (.txt) instead of binary (.bin)")
+    points: int = option(20000, "mesh surface samples to triangulate into points3D (0 = none, no points3D.ply)")
+    point_colors: Literal["mesh", "image"] = option(
+        "mesh", "points3D colour: the mesh vertex colours (default), or the mean of the observed image pixels")
+    depth_tolerance: float = option(
+        0.005, "a view sees a point when its rendered depth differs from the point's by at most this × depth")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.points < 0:
             raise InputError(f"points must be ≥ 0, got {self.points}")
-        if self.point_colors not in ("mesh", "image"):
-            raise InputError(f"point_colors must be 'mesh' or 'image', got {self.point_colors!r}")
         if not 0 < self.depth_tolerance <= MAX_DEPTH_TOLERANCE:
             raise InputError(f"depth_tolerance must be in (0, {MAX_DEPTH_TOLERANCE}], got {self.depth_tolerance}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", action="store_true", help="write the text model (.txt) instead of binary (.bin)")
-    parser.add_argument("--points", type=int, default=Options.points,
-                        help=f"mesh surface samples for points3D (default {Options.points}; 0 = none)")
-    parser.add_argument("--point-colors", choices=("mesh", "image"), default=Options.point_colors,
-                        help="points3D colour: mesh vertex colours (default) or the mean observed pixel")
-    parser.add_argument("--depth-tolerance", type=float, default=Options.depth_tolerance,
-                        help=f"relative depth agreement for a view to see a point (default {Options.depth_tolerance})")
-
-
-def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
-    return Options(image=image, text=args.text, points=args.points, point_colors=args.point_colors,
-                   depth_tolerance=args.depth_tolerance)
-
-
-def write(
-    capture: Capture,
-    out_dir: str | Path,
-    options: Options = Options(),
-    *,
-    overwrite: bool = False,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
-    """Write the COLMAP workspace `out_dir` (see the module docstring); returns `out_dir`."""
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+    """Write the COLMAP workspace (see the module docstring)."""
     pycolmap = require_pycolmap(write=True)
     if options.points and capture.mesh is None:
         raise InputError("points3D need the tuple's mesh: give --mesh, or --points 0", file=capture.root)
     plans = plan_views(capture.views, options.image)
-    digits = max(3, len(str(max(v.id for v in capture.views))))
-    names = [f"{p.view.id:0{digits}d}{p.suffix}" for p in plans]
-    with staging(out_dir, overwrite) as tmp:
-        write_images(plans, [str(IMAGES / n) for n in names], tmp, workers=workers, progress=progress)
-        rec = pycolmap.Reconstruction()
-        keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
-        stats = {"sampled": options.points, "kept": 0, "dropped": 0}
-        if options.points:
-            cloud = _mesh_points(capture, plans, options, tmp / IMAGES, names, progress)
-            keypoints = cloud.obs
-            stats |= {"kept": len(cloud.xyz), "dropped": options.points - len(cloud.xyz)}
-        for i, (plan, name) in enumerate(zip(plans, names), start=1):
-            rec.add_camera_with_trivial_rig(_colmap_camera(pycolmap, i, plan.camera))
-            image = pycolmap.Image(name=name, keypoints=keypoints[i - 1], camera_id=i, image_id=i)
-            rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(plan.world_to_cam[:3, :4]))
-        if options.points:
-            _add_tracks(pycolmap, rec, cloud)
-            rec.update_point_3d_errors()
-        sparse = tmp / SPARSE
-        sparse.mkdir(parents=True)
-        if options.text:
-            rec.write_text(str(sparse))
-        else:
-            rec.write_binary(str(sparse))
-        for extra in ("rigs", "frames"):
-            (sparse / f"{extra}.{'txt' if options.text else 'bin'}").unlink(missing_ok=True)
-        if options.points:
-            write_ply(sparse / PLY, cloud.xyz, cloud.normals, cloud.rgb)
-        write_manifest(tmp, NAME, capture, options, [str(IMAGES / n) for n in names], {"points3D": stats})
+    names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
+    write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress)
+    rec = pycolmap.Reconstruction()
+    keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
+    stats = {"sampled": options.points, "kept": 0, "dropped": 0}
+    if options.points:
+        cloud = _mesh_points(capture, plans, options, folder / IMAGES, names, progress)
+        keypoints = cloud.obs
+        stats |= {"kept": len(cloud.xyz), "dropped": options.points - len(cloud.xyz)}
+    for i, (plan, name) in enumerate(zip(plans, names), start=1):
+        rec.add_camera_with_trivial_rig(_colmap_camera(pycolmap, i, plan.camera))
+        image = pycolmap.Image(name=name, keypoints=keypoints[i - 1], camera_id=i, image_id=i)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(plan.world_to_cam[:3, :4]))
+    if options.points:
+        _add_tracks(pycolmap, rec, cloud)
+        rec.update_point_3d_errors()
+    sparse = folder / SPARSE
+    sparse.mkdir(parents=True)
+    if options.text:
+        rec.write_text(str(sparse))
+    else:
+        rec.write_binary(str(sparse))
+    for extra in ("rigs", "frames"):
+        (sparse / f"{extra}.{'txt' if options.text else 'bin'}").unlink(missing_ok=True)
+    if options.points:
+        write_ply(sparse / PLY, ply_vertices(cloud.xyz, cloud.normals, cloud.rgb))
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
-    return Path(out_dir)
+    return {"images": [str(IMAGES / n) for n in names], "points3D": stats}
 
 
 def read(out_dir: str | Path) -> list[ExportedView]:
@@ -278,18 +238,14 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
 
 def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, images: Path, names: list[str],
                  progress: bool) -> _Cloud:
-    from fsconvert.render import Renderer  # pyrender/OpenGL: imported only when points are made
-
     mesh = load_mesh(capture.mesh)
     xyz, normals, rgb = sample_surface(mesh, options.points)
-    seen = np.zeros((len(plans), len(xyz)), bool)
-    facing = np.zeros((len(plans), len(xyz)))
-    obs = []
-    with Renderer(mesh) as renderer:
-        for j, plan in enumerate(tqdm(plans, desc="points3D", unit="view", disable=not progress, leave=False)):
-            seen[j], uv = observe(renderer, plan.camera, plan.world_to_cam, xyz, options.depth_tolerance)
-            obs.append(uv)
-            facing[j] = np.einsum("ij,ij->i", normals, cv.camera_centre(plan.world_to_cam) - xyz)
+    # points on the full mesh, their depth test against its render proxy (a dense scan's ~100 000-face copy)
+    visibility = point_visibility(load_render_proxy(capture.mesh), plans, xyz, options.depth_tolerance,
+                                  progress=progress, desc="points3D")
+    seen = np.array([visible for visible, _ in visibility]).reshape(len(plans), len(xyz))
+    obs = [uv for _, uv in visibility]
+    facing = np.array([np.einsum("ij,ij->i", normals, cv.camera_centre(p.world_to_cam) - xyz) for p in plans])
     # A ray grazing a thin fold (the nose) can pass the depth test on the fold's far side, which faces
     # away from the camera: drop those. The majority decides which way the mesh's normals point.
     if (seen & (facing < 0)).sum() > (seen & (facing > 0)).sum():
@@ -306,67 +262,6 @@ def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, imag
     else:
         rgb = rgb[keep]
     return _Cloud(xyz[keep], normals[keep], rgb, seen, obs)
-
-
-def observe(renderer: Renderer, camera: Camera, world_to_cam: np.ndarray, xyz: np.ndarray,
-            tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which world points `camera` sees (depth test against a render), and where (COLMAP pixel
-    convention) for those it sees.
-
-    The depth test uses a pinhole render with the same K on a canvas covering every pixel's ray, at
-    each point's pinhole projection (its exact ray); the observation is the projection through the
-    full camera model, kept inside the image and only where undistorting it returns to the point's ray.
-    """
-    pts = cv.homogeneous(world_to_cam)
-    X = xyz @ pts[:3, :3].T + pts[:3, 3]
-    z = X[:, 2]
-    front = z > 0
-    X = np.where(front[:, None], X, 1.0)  # points behind the camera: any finite stand-in, never visible
-    canvas = _pinhole_canvas(camera)
-    scale = min(1.0, _VISIBILITY_MAX_SIDE / max(canvas.size))
-    if scale < 1:  # visibility needs no full-resolution depth: bound the render's time and memory
-        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
-        canvas = Camera(*size, cv.resize_K(canvas.K, size[0] / canvas.width, size[1] / canvas.height))
-    depth = renderer.render(canvas, world_to_cam, depth_only=True).depth
-    visible = front & _depth_agrees(depth, canvas.project(X), z, tolerance)
-    corner = Camera(camera.width, camera.height, cv.K_to_corner_origin(camera.K), camera.dist)
-    uv = corner.project(X)
-    visible &= (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
-    if camera.has_distortion and visible.any():
-        back = cv2.undistortPoints(uv[visible].reshape(-1, 1, 2), corner.K, corner.dist,
-                                   criteria=_UNDISTORT_CRITERIA).reshape(-1, 2)
-        off = np.abs(back - X[visible, :2] / X[visible, 2:]).max(axis=1) * max(camera.fx, camera.fy)
-        visible[np.flatnonzero(visible)[off > _ROUND_TRIP_TOL_PX]] = False
-    return visible, uv[visible]
-
-
-def _depth_agrees(depth: np.ndarray, px: np.ndarray, z: np.ndarray, tolerance: float) -> np.ndarray:
-    """True where the depth at all four pixel centres around `px` is foreground and within
-    `tolerance`·z of z: the point's own ray then meets no occluder's edge."""
-    H, W = depth.shape
-    x0, y0 = np.floor(px[:, 0]).astype(np.int64), np.floor(px[:, 1]).astype(np.int64)
-    ok = (x0 >= 0) & (x0 + 1 < W) & (y0 >= 0) & (y0 + 1 < H)
-    x0, y0 = np.where(ok, x0, 0), np.where(ok, y0, 0)
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        d = depth[y0 + dy, x0 + dx].astype(np.float64)
-        ok &= (d > 0) & (np.abs(d - z) <= tolerance * z)
-    return ok
-
-
-def _pinhole_canvas(camera: Camera) -> Camera:
-    """`camera` without distortion, cropped/extended so it covers the undistorted footprint of every pixel."""
-    if not camera.has_distortion:
-        return camera
-    W, H = camera.size
-    u, v = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
-    border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
-                             np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
-    pinhole = camera.pinhole()
-    xy = cv2.undistortPoints(border.reshape(-1, 1, 2), camera.K, camera.dist, criteria=_UNDISTORT_CRITERIA)
-    px = pinhole.project(np.column_stack([xy.reshape(-1, 2), np.ones(len(border))]))
-    x0, y0 = np.floor(px.min(axis=0)).astype(int) - _BORDER_MARGIN_PX
-    x1, y1 = np.ceil(px.max(axis=0)).astype(int) + _BORDER_MARGIN_PX
-    return Camera(int(x1 - x0 + 1), int(y1 - y0 + 1), cv.crop_K(camera.K, x0, y0))
 
 
 def _image_colors(seen: np.ndarray, obs: list[np.ndarray], paths: list[Path]) -> np.ndarray:
@@ -391,14 +286,3 @@ def _add_tracks(pycolmap: ModuleType, rec, cloud: _Cloud) -> None:
         for i in range(bounds[n], bounds[n + 1]):
             track.add_element(image_ids[i], keypoints[i])  # 2.5x faster than building TrackElement objects
         rec.add_point3D(xyz, track, rgb)
-
-
-def write_ply(path: Path, xyz: np.ndarray, normals: np.ndarray, rgb: np.ndarray) -> None:
-    """Binary little-endian PLY, vertex properties x y z nx ny nz (float) red green blue (uchar)."""
-    vertex = np.empty(len(xyz), _PLY_DTYPE)
-    for i, name in enumerate("xyz"):
-        vertex[name], vertex[f"n{name}"] = xyz[:, i], normals[:, i]
-    vertex["red"], vertex["green"], vertex["blue"] = rgb.T
-    props = "".join(f"property {'float' if _PLY_DTYPE[n] == np.float32 else 'uchar'} {n}\n" for n in _PLY_DTYPE.names)
-    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertex)}\n{props}end_header\n"
-    path.write_bytes(header.encode("ascii") + vertex.tobytes())

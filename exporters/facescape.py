@@ -6,13 +6,12 @@ smaller or undistorted copy of a tuple that every FaceScape tool still reads.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.export import ExportedView, write_images
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.loader import PARAMS, load_capture
 from fsconvert.model import Capture
@@ -30,24 +29,8 @@ class Options:
             raise InputError("the FaceScape layout holds .jpg images only")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No format-specific options."""
-
-
-def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
-    return Options(image=image)
-
-
-def write(
-    capture: Capture,
-    out_dir: str | Path,
-    options: Options = Options(),
-    *,
-    overwrite: bool = False,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
-    """Write `out_dir/{view}.jpg` and `out_dir/params.json` (K 3×3, Rt 3×4, distortion, size, ...)."""
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+    """Write `{view}.jpg` and `params.json` (K 3×3, Rt 3×4, distortion, size, ...)."""
     plans = plan_views(capture.views, options.image)
     names = [f"{p.view.id}.jpg" for p in plans]
     params: dict[str, object] = {}
@@ -64,11 +47,9 @@ def write(
             f"{v.id}_sn": v.sn,
             f"{v.id}_ori": v.ori,
         }
-    with staging(out_dir, overwrite) as tmp:
-        write_images(plans, names, tmp, workers=workers, progress=progress)
-        (tmp / PARAMS).write_text(json.dumps(params, indent=1) + "\n")
-        write_manifest(tmp, NAME, capture, options, names)
-    return Path(out_dir)
+    write_images(plans, names, folder, workers=workers, progress=progress)
+    (folder / PARAMS).write_text(json.dumps(params, indent=1) + "\n")
+    return {"images": names}
 
 
 def read(out_dir: str | Path) -> list[ExportedView]:

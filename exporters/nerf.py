@@ -25,7 +25,6 @@ applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in un
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -34,24 +33,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import trimesh
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from fsconvert import conventions as cv
-from fsconvert.errors import InputError, OutputError
-from fsconvert.export import ExportedView, staging, write_images, write_manifest
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image, write_png
+from fsconvert.derived import ply_vertices, render_depths, silhouette, write_bytes, write_ply, write_png
+from fsconvert.errors import InputError
+from fsconvert.export import ExportedView, stems, write_images
+from fsconvert.imagestage import Footprint, ImageOptions, ViewPlan, plan_views, read_image
 from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
+from fsconvert.options import check_choices, option
 
 NAME = "nerf"
 SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_*.json (NeRF, 3DGS)"
 
-VARIANTS = ("nerfstudio", "blender")
-NORMALIZATIONS = ("none", "sphere", "cameras")
 SPLITS = ("train", "val", "test")
 BLENDER_SPLIT = (0.8, 0.1, 0.1)
 TRANSFORMS = "transforms.json"
@@ -69,6 +66,7 @@ NGP_SCALE = 0.33
 """instant-ngp's default scene scale: the aabb_scale box spans ±aabb_scale / (2·0.33) NeRF units."""
 AABB_SCALE_MAX = 128
 DEPTH_MAX = 65535
+PLY_COMMENT = f"fsconvert {NAME}: normalized frame"
 RIGID_TOL = 1e-6
 _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 
@@ -76,25 +74,31 @@ _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 @dataclass(frozen=True)
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
-    variant: Literal["nerfstudio", "blender"] = "nerfstudio"
-    normalize: Literal["none", "sphere", "cameras"] = "none"
+    variant: Literal["nerfstudio", "blender"] = option(
+        "nerfstudio", "nerfstudio: transforms.json for nerfstudio and instant-ngp (default); blender: "
+        "transforms_{train,val,test}.json, png, one centred FoV (original NeRF, 3DGS)",
+        aliases=("--format",), image_defaults={"blender": {"image_format": "png"}})
+    normalize: Literal["none", "sphere", "cameras"] = option(
+        "none", "world similarity recorded as applied_transform/applied_scale: none keeps the SfM world (default; "
+        "best for nerfstudio), sphere fits the mesh's bounding sphere, cameras the camera centres, in --radius "
+        "(instant-ngp)")
     """none: the source world (nerfstudio normalizes at load, and its point-cloud and depth loading
     are only consistent when applied_scale is 1); sphere: the mesh's bounding sphere (centre of its
     bounding box) → origin, radius `radius` (instant-ngp); cameras: mean camera centre → origin,
     farthest camera at `radius`."""
-    radius: float = 1.0
-    masks: bool = False
-    depth: bool = False
-    depth_unit: float = 0.001
+    radius: float = option(1.0, "radius of the normalized scene")
+    masks: bool = option(False, "render mesh silhouettes: masks/<id>.png, 255 = object with image data "
+                                "(blender: PNG alpha)")
+    depth: bool = option(False, "render mesh z-depth: depths/<id>.png, uint16, 0 = background")
+    depth_unit: float = option(0.001, "source-frame units per depth step (default 0.001: millimetres as nerfstudio "
+                                      "reads them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
     """Source-frame units per depth PNG step (nerfstudio's depth_unit_scale_factor)."""
-    split: tuple[float, float, float] | None = None
+    split: tuple[float, float, float] | None = option(
+        None, "deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)", metavar="TRAIN,VAL,TEST")
     """train/val/test fractions; None: no split lists (nerfstudio) or BLENDER_SPLIT (blender)."""
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        check_choices(self)
         if not (np.isfinite(self.radius) and self.radius > 0):
             raise InputError(f"radius must be a positive number, got {self.radius}")
         if not (np.isfinite(self.depth_unit) and self.depth_unit > 0):
@@ -115,60 +119,11 @@ class Options:
                 raise InputError("--variant blender has no depth maps; use the default format for --depth")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", "--format", dest="variant", choices=VARIANTS, default=Options.variant,
-                        help="nerfstudio: transforms.json for nerfstudio and instant-ngp (default); blender: "
-                        "transforms_{train,val,test}.json, png, one centred FoV (original NeRF, 3DGS)")
-    parser.add_argument("--normalize", choices=NORMALIZATIONS, default=Options.normalize,
-                        help="world similarity recorded as applied_transform/applied_scale: none keeps the SfM "
-                        "world (default; best for nerfstudio), sphere fits the mesh's bounding sphere, cameras the "
-                        "camera centres, in --radius (instant-ngp)")
-    parser.add_argument("--radius", type=float, default=Options.radius,
-                        help=f"radius of the normalized scene (default {Options.radius})")
-    parser.add_argument("--masks", action="store_true",
-                        help="render mesh silhouettes: masks/<id>.png, 255 = object with image data (blender: "
-                        "PNG alpha)")
-    parser.add_argument("--depth", action="store_true",
-                        help="render mesh z-depth: depths/<id>.png, uint16, 0 = background")
-    parser.add_argument("--depth-unit", type=float, default=Options.depth_unit,
-                        help="source-frame units per depth step (default 0.001: millimetres as nerfstudio reads "
-                        "them; pass the same --depth-unit-scale-factor to nerfstudio if changed)")
-    parser.add_argument("--split", type=_parse_split, metavar="TRAIN,VAL,TEST",
-                        help="deterministic interleaved split, e.g. 0.8,0.1,0.1 (blender default)")
-
-
-def _parse_split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VAL,TEST, got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
-    return Options(image=image, variant=args.variant, normalize=args.normalize, radius=args.radius,
-                   masks=args.masks, depth=args.depth, depth_unit=args.depth_unit, split=args.split)
-
-
-def default_image_format(args: argparse.Namespace) -> str:
-    return "png" if args.variant == "blender" else "jpg"
-
-
 # ---- write -----------------------------------------------------------------------------------------
 
 
-def write(
-    capture: Capture,
-    out_dir: str | Path,
-    options: Options = Options(),
-    *,
-    overwrite: bool = False,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
-    """Write the export (see the module docstring); returns `out_dir`."""
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+    """Write the export (see the module docstring)."""
     mesh = capture_mesh(capture, "the NeRF export (normalization, mesh.ply, point cloud)")
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
@@ -176,9 +131,8 @@ def write(
     similarity = normalization(options, mesh.vertices, centres)
     S = cv.similarity_matrix(*similarity)
     blender = options.variant == "blender"
-    digits = max(3, len(str(max(v.id for v in capture.views))))
-    stems = [f"{p.view.id:0{digits}d}" for p in plans]
-    names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems, plans)]
+    view_stems = stems(capture.views)
+    names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(view_stems, plans)]
     splits = assign_splits(len(plans), options.split or (BLENDER_SPLIT if blender else None))
     if blender and splits is not None and len(set(splits)) < len(SPLITS):
         empty = [s for k, s in enumerate(SPLITS) if k not in splits]
@@ -188,25 +142,21 @@ def write(
         k3 = [p.view.id for p in plans if p.camera.dist[4] != 0]
         print(f"fsconvert: warning: {NAME}: views {k3} have k3 ≠ 0: nerfstudio reads it, instant-ngp drops it "
               "(it models k1 k2 p1 p2 only); use --distortion undistort for instant-ngp", file=sys.stderr)
-    frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, stems)]
+    frames = [_frame(p, name, stem, S, options) for p, name, stem in zip(plans, names, view_stems)]
     A, scale = cv.similarity_to_nerfstudio(S)
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
-    with staging(out_dir, overwrite) as tmp:
-        write_images(plans, names, tmp, workers=workers, progress=progress)
-        if options.masks or options.depth:
-            _write_renders(mesh, plans, stems, options, tmp, progress)
-        if blender:
-            if options.masks:
-                _add_alpha(tmp, names, stems)
-            _write_blender(tmp, frames, splits, options, record)
-        else:
-            extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
-            _write_transforms(tmp, frames, names, splits, options, record, extent)
-        _write_mesh(tmp / MESH, mesh, S)
-        _write_points(tmp / (BLENDER_POINTS if blender else POINTS), mesh, S)
-        write_manifest(tmp, NAME, capture, options, names,
-                       {"normalization": {"method": options.normalize, "similarity": S.tolist(), **record}})
-    return Path(out_dir)
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=options.masks)
+    if options.masks or options.depth:
+        _write_renders(mesh, plans, names, view_stems, footprints, options, folder, progress)
+    if blender:
+        _write_blender(folder, frames, splits, options, record)
+    else:
+        extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
+        _write_transforms(folder, frames, names, splits, options, record, extent)
+    _write_mesh(folder / MESH, mesh, S)
+    _write_points(folder / (BLENDER_POINTS if blender else POINTS), mesh, S)
+    return {"images": names, "options": options,
+            "normalization": {"method": options.normalize, "similarity": S.tolist(), **record}}
 
 
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
@@ -286,7 +236,7 @@ def aabb_scale(extent: float) -> int:
     return scale
 
 
-def _write_transforms(tmp: Path, frames: list[dict], names: list[str], splits: list[int] | None,
+def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits: list[int] | None,
                       options: Options, record: dict, extent: float) -> None:
     meta: dict = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent), "ply_file_path": POINTS}
     if options.depth:
@@ -295,55 +245,44 @@ def _write_transforms(tmp: Path, frames: list[dict], names: list[str], splits: l
         for k, split in enumerate(SPLITS):
             meta[f"{split}_filenames"] = [n for n, s in zip(names, splits) if s == k]
     meta["frames"] = frames
-    _write_json(tmp / TRANSFORMS, meta)
+    _write_json(folder / TRANSFORMS, meta)
 
 
-def _write_blender(tmp: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
+def _write_blender(folder: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
     for k, split in enumerate(SPLITS):
         meta = {"camera_angle_x": options.image.fov_x, **record,
                 "frames": [f for f, s in zip(frames, splits) if s == k]}
-        _write_json(tmp / f"transforms_{split}.json", meta)
+        _write_json(folder / f"transforms_{split}.json", meta)
 
 
 def _write_json(path: Path, data: dict) -> None:
     """Indented JSON with every list of numbers on one line (a matrix is one row per line)."""
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m[1].split(",")) + "]",
                             json.dumps(data, indent=2))
-    try:
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    write_bytes(path, (text + "\n").encode())
 
 
 # ---- masks and depth -------------------------------------------------------------------------------
 
 
-def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], options: Options, tmp: Path,
-                   progress: bool) -> None:
-    """Render every output camera (source world, lens model included) into masks/ and depths/ PNGs."""
-    from fsconvert.render import Renderer, distorted_render  # pyrender/OpenGL only when rendering
-
-    folders = [f for f, wanted in ((MASKS, options.masks), (DEPTHS, options.depth)) if wanted]
-    for folder in folders:
-        (tmp / folder).mkdir()
-    with Renderer(mesh) as renderer:
-        for plan, stem in zip(tqdm(plans, desc="masks/depth", unit="view", disable=not progress, leave=False), stems):
-            depth = distorted_render(renderer, plan.camera, plan.world_to_cam, depth_only=True).depth
-            if options.masks:
-                mask = np.where((depth > 0) & footprint(plan), 255, 0).astype(np.uint8)
-                write_png(tmp / MASKS / f"{stem}.png", mask)
-            if options.depth:
-                write_png(tmp / DEPTHS / f"{stem}.png", depth_png(depth, options.depth_unit, plan.view.id))
-
-
-def footprint(plan: ViewPlan) -> np.ndarray:
-    """H×W bool: output pixels interpolated from source pixels only (not the empty border that
-    undistortion leaves where the source image has no data)."""
-    if not plan.resample:
-        return np.ones((plan.camera.height, plan.camera.width), bool)
-    mx, my = plan.maps()
-    W, H = (-(-n // plan.reduce) for n in plan.view.camera.size)  # decoded size
-    return (mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1)
+def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str], stems: list[str],
+                   footprints: list[Footprint] | None, options: Options, folder: Path, progress: bool) -> None:
+    """Masks (masks/ PNGs, or the alpha channel of blender's PNG images) and depths/ PNGs of every
+    output camera (source world, lens model included)."""
+    blender = options.variant == "blender"
+    for wanted, sub in ((options.masks and not blender, MASKS), (options.depth, DEPTHS)):
+        if wanted:
+            (folder / sub).mkdir()
+    # In view order (not grouped by orientation): the depth bytes of exports made before grouping existed.
+    for i, depth in render_depths(mesh, plans, grouped=False, progress=progress, desc="masks/depth"):
+        if options.masks:
+            mask = silhouette(depth, footprints[i])
+            if blender:
+                write_png(folder / names[i], np.dstack([read_image(folder / names[i]), mask]))
+            else:
+                write_png(folder / MASKS / f"{stems[i]}.png", mask)
+        if options.depth:
+            write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, options.depth_unit, plans[i].view.id))
 
 
 def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
@@ -356,59 +295,21 @@ def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
     return np.where(depth > 0, np.maximum(steps, 1), 0).astype(np.uint16)
 
 
-def _add_alpha(tmp: Path, names: list[str], stems: list[str]) -> None:
-    """Blender masks: the rendered mask becomes the image's alpha channel (masks/ is removed)."""
-    for name, stem in zip(names, stems):
-        alpha = cv2.imread(str(tmp / MASKS / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
-        write_png(tmp / name, np.dstack([read_image(tmp / name), alpha]))
-        (tmp / MASKS / f"{stem}.png").unlink()
-    (tmp / MASKS).rmdir()
-
-
 # ---- mesh and point cloud --------------------------------------------------------------------------
-
-
-def _ply_header(count: int, dtype: np.dtype, faces: int | None = None) -> bytes:
-    kinds = {"f8": "double", "f4": "float", "u1": "uchar"}
-    props = "".join(f"property {kinds[dtype[n].str[1:]]} {n}\n" for n in dtype.names)
-    face = f"element face {faces}\nproperty list uchar int vertex_indices\n" if faces is not None else ""
-    return (f"ply\nformat binary_little_endian 1.0\ncomment fsconvert {NAME}: normalized frame\n"
-            f"element vertex {count}\n{props}{face}end_header\n").encode("ascii")
 
 
 def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
     """The mesh in the normalized frame: double x y z, vertex colours (texture baked) when it has any."""
-    fields = [(n, "<f8") for n in "xyz"]
     coloured = getattr(mesh.visual, "kind", None) in ("vertex", "texture")
-    if coloured:
-        fields += [(n, "u1") for n in ("red", "green", "blue")]
-    vertex = np.empty(len(mesh.vertices), np.dtype(fields))
-    for i, n in enumerate("xyz"):
-        vertex[n] = _apply(S, mesh.vertices)[:, i]
-    if coloured:
-        vertex["red"], vertex["green"], vertex["blue"] = vertex_colors(mesh).T
-    faces = np.empty(len(mesh.faces), np.dtype([("count", "u1"), ("index", "<i4", 3)]))
-    faces["count"], faces["index"] = 3, mesh.faces
-    _write_bytes(path, _ply_header(len(vertex), vertex.dtype, len(faces)) + vertex.tobytes() + faces.tobytes())
+    vertex = ply_vertices(_apply(S, mesh.vertices), rgb=vertex_colors(mesh) if coloured else None, xyz_type="<f8")
+    write_ply(path, vertex, mesh.faces, comment=PLY_COMMENT)
 
 
 def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
     """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue."""
-    dtype = np.dtype([(n, "<f8") for n in "xyz"] + [(f"n{n}", "<f4") for n in "xyz"]
-                     + [(n, "u1") for n in ("red", "green", "blue")])
-    vertex = np.empty(len(mesh.vertices), dtype)
-    xyz, normals = _apply(S, mesh.vertices), mesh.vertex_normals @ cv.split_similarity(S)[1].T
-    for i, n in enumerate("xyz"):
-        vertex[n], vertex[f"n{n}"] = xyz[:, i], normals[:, i]
-    vertex["red"], vertex["green"], vertex["blue"] = vertex_colors(mesh).T
-    _write_bytes(path, _ply_header(len(vertex), dtype) + vertex.tobytes())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    normals = mesh.vertex_normals @ cv.split_similarity(S)[1].T
+    vertex = ply_vertices(_apply(S, mesh.vertices), normals, vertex_colors(mesh), xyz_type="<f8")
+    write_ply(path, vertex, comment=PLY_COMMENT)
 
 
 # ---- read ------------------------------------------------------------------------------------------

@@ -20,21 +20,20 @@ that listing exporters does not pay its 2 s start-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from fsconvert.derived import render_depths, write_png
 from fsconvert.errors import InputError, OutputError
-from fsconvert.export import ExportedView, staging, write_images, write_manifest
+from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.fuse import RGBDFrame, integrate
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, write_png
+from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
-from fsconvert.render import Renderer
+from fsconvert.options import option
 
 NAME = "open3d"
 SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
@@ -57,10 +56,9 @@ VOXELS_PER_RADIUS = 256
 @dataclass(frozen=True)
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
-    fuse: bool = False
-    """Also write fused_mesh.ply (TSDF fusion of the exported RGB-D frames)."""
-    voxel_size: float | None = None
-    """TSDF voxel size in mesh units; default mesh_radius / VOXELS_PER_RADIUS."""
+    fuse: bool = option(False, f"also fuse the RGB-D frames (Open3D ScalableTSDFVolume) into {FUSED}")
+    voxel_size: float | None = option(
+        None, f"TSDF voxel size in mesh units (default: mesh radius / {VOXELS_PER_RADIUS})")
 
     def __post_init__(self) -> None:
         if not self.image.undistort:
@@ -71,32 +69,12 @@ class Options:
             raise InputError(f"voxel_size must be positive, got {self.voxel_size}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fuse", action="store_true",
-                        help=f"also fuse the RGB-D frames (Open3D ScalableTSDFVolume) into {FUSED}")
-    parser.add_argument("--voxel-size", type=float,
-                        help=f"TSDF voxel size in mesh units (default: mesh radius / {VOXELS_PER_RADIUS})")
-
-
-def options_from_args(args: argparse.Namespace, image: ImageOptions) -> Options:
-    return Options(image=image, fuse=args.fuse, voxel_size=args.voxel_size)
-
-
-def write(
-    capture: Capture,
-    out_dir: str | Path,
-    options: Options = Options(),
-    *,
-    overwrite: bool = False,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
     """Write the layout described in the module docstring; depth needs the capture's mesh."""
     mesh = capture_mesh(capture, "the Open3D export (rendered depth)")
     plans = plan_views(capture.views, options.image)
-    width = max(6, len(str(max(p.view.id for p in plans))))
-    stems = [f"{p.view.id:0{width}d}" for p in plans]
-    names = [f"{COLOR}/{s}{p.suffix}" for s, p in zip(stems, plans)]
+    view_stems = stems(capture.views, digits=6)
+    names = [f"{COLOR}/{s}{p.suffix}" for s, p in zip(view_stems, plans)]
     scale = depth_scale(_max_depth(mesh.vertices, plans))
     lo, hi = mesh.bounds
     rgbd = {
@@ -104,15 +82,13 @@ def write(
         "depth_trunc": (DEPTH_MAX_RAW + 1) / scale,
         "mesh_radius": float(np.linalg.norm(hi - lo) / 2),
     }
-    with staging(out_dir, overwrite) as tmp:
-        write_images(plans, names, tmp, workers=workers, progress=progress)
-        _write_depths(mesh, plans, [tmp / DEPTH / f"{s}.png" for s in stems], scale, progress)
-        _write_cameras(plans, stems, tmp)
-        (tmp / RGBD).write_text(json.dumps(rgbd, indent=2) + "\n")
-        if options.fuse:
-            fuse(tmp, options.voxel_size, progress=progress)
-        write_manifest(tmp, NAME, capture, options, names)
-    return Path(out_dir)
+    write_images(plans, names, folder, workers=workers, progress=progress)
+    _write_depths(mesh, plans, [folder / DEPTH / f"{s}.png" for s in view_stems], scale, progress)
+    _write_cameras(plans, view_stems, folder)
+    (folder / RGBD).write_text(json.dumps(rgbd, indent=2) + "\n")
+    if options.fuse:
+        fuse(folder, options.voxel_size, progress=progress)
+    return {"images": names}
 
 
 def depth_scale(max_depth: float) -> float:
@@ -207,19 +183,16 @@ def _max_depth(vertices: np.ndarray, plans: list[ViewPlan]) -> float:
 def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    jobs = sorted(zip(plans, paths), key=lambda job: job[0].camera.is_portrait)  # one GL buffer per orientation
-    with Renderer(mesh) as renderer:
-        for plan, path in tqdm(jobs, desc="depth", unit="img", disable=not progress, leave=False):
-            depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
-            near = float(np.min(depth, where=depth > 0, initial=np.inf))
-            if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
-                raise InputError(
-                    f"depth range {near:.6g}..{DEPTH_MAX_RAW / scale:.6g} does not fit uint16 with "
-                    f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
-                    view=plan.view.id,
-                )
-            raw = np.multiply(depth, np.float32(scale), out=depth)  # float32 like the depth: no 100 MB float64 copy
-            write_png(path, np.rint(raw, out=raw).astype(np.uint16))
+    for i, depth in render_depths(mesh, plans, progress=progress):
+        near = float(np.min(depth, where=depth > 0, initial=np.inf))
+        if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
+            raise InputError(
+                f"depth range {near:.6g}..{DEPTH_MAX_RAW / scale:.6g} does not fit uint16 with "
+                f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
+                view=plans[i].view.id,
+            )
+        raw = np.multiply(depth, np.float32(scale), out=depth)  # float32 like the depth: no 100 MB float64 copy
+        write_png(paths[i], np.rint(raw, out=raw).astype(np.uint16))
 
 
 def _write_cameras(plans: list[ViewPlan], stems: list[str], out: Path) -> None:

@@ -1,9 +1,10 @@
 """Whole-dataset conversion: a pure per-tuple function, a resumable record, a parallel runner.
 
 `convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
-everything the output depends on) inside one staging folder, so a tuple appears complete or not at
-all. A rerun skips tuples whose record matches. `run` spreads tuples over processes, one tuple per
-process at a time with its images sequential inside (memory stays bounded to one image per worker).
+everything the output depends on) inside the one staging folder of `fsconvert.export.export`, so a
+tuple appears complete or not at all. A rerun skips tuples whose record matches. `run` spreads
+tuples over processes, one tuple per process at a time with its images sequential inside (memory
+stays bounded to one image per worker).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -34,13 +36,12 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from . import __version__
-from .check import REPORT, Thresholds, check_export, format_report
+from .check import REPORT, Thresholds, format_report
 from .errors import FsconvertError, InputError, OutputError
-from .export import options_to_dict, staging
+from .export import export
 from .loader import IMAGE_EXT, PARAMS, find_mesh, layout_path, load_capture
-
-RECORD = Path("fsconvert") / "record.json"
-"""Inside each export, written last: the fingerprint of the inputs and settings, and the outcome."""
+from .options import to_dict
+from .protocol import read_record
 
 Status = Literal["converted", "skipped", "failed"]
 
@@ -65,7 +66,7 @@ class TupleResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TupleJob:
     """One tuple to convert: the arguments of `convert_tuple` (picklable when `fmt` is a name)."""
 
@@ -94,50 +95,56 @@ class TupleJob:
 
     def up_to_date(self) -> TupleResult | None:
         """The "skipped" result when the output's record matches the inputs and settings, else None."""
-        return self._skipped(read_record(self.out_dir), self._prepare()[3])
+        return self._skipped(read_record(self.out_dir))
 
     def run(self, workers: int = 1, progress: bool = False) -> TupleResult:
         """Convert, check and record (or skip); FsconvertErrors become a "failed" result."""
         start = time.perf_counter()
         out_dir = self.out_dir
         try:
-            module, options, mesh, fp = self._prepare()
+            fp = self._fingerprint  # first: an unreadable tuple fails here, naming its params.json
             clean_stale(out_dir)
             old = read_record(out_dir)
-            skipped = self._skipped(old, fp)
+            skipped = self._skipped(old)
             if skipped is not None:
                 return replace(skipped, seconds=time.perf_counter() - start)
             if out_dir.exists() and not (self.overwrite or self.force):
                 why = "not written by fsconvert" if old is None else f"out of date: {_changed(old['fingerprint'], fp)}"
                 raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
-            capture = load_capture(self.source, mesh=mesh, include_invalid=self.include_invalid)
-            with staging(out_dir, overwrite=True) as tmp:
-                module.write(capture, tmp, options, overwrite=True, workers=workers, progress=progress)
-                passed, report = None, ""
-                if self.thresholds is not None:
-                    checked = check_export(tmp, self.thresholds, overlays=self.overlays)
-                    passed, report = bool(checked.passed), format_report(checked)
-                excluded = tuple(v.id for v in capture.excluded)
-                write_record(tmp, fp, {"views": [v.id for v in capture.views], "excluded": list(excluded),
-                                       "check_passed": passed})
+            capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid)
+            done = export(capture, self._exporter, out_dir, self._options, overwrite=True, workers=workers,
+                          progress=progress, thresholds=self.thresholds, overlays=self.overlays, record=fp)
         except FsconvertError as exc:
             return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
-        return TupleResult(self.name, out_dir, "converted", len(capture.views), excluded, passed, report,
+        check = done.check
+        return TupleResult(self.name, out_dir, "converted", len(done.views), done.excluded,
+                           None if check is None else bool(check.passed), "" if check is None else format_report(check),
                            seconds=time.perf_counter() - start)
 
-    def _skipped(self, old: dict | None, fp: dict) -> TupleResult | None:
-        if self.force or old is None or old.get("fingerprint") != fp:
+    def _skipped(self, old: dict | None) -> TupleResult | None:
+        if self.force or old is None or old.get("fingerprint") != self._fingerprint:
             return None
         done = old["result"]
         return TupleResult(self.name, self.out_dir, "skipped", len(done["views"]), tuple(done["excluded"]),
                            done["check_passed"])
 
-    def _prepare(self) -> tuple[ModuleType, Any, Path | None, dict]:
-        module = _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
-        options = module.Options() if self.options is None else self.options
-        mesh = Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
-        fp = fingerprint(self.source, mesh, module.NAME, options, self.include_invalid, self.thresholds, self.overlays)
-        return module, options, mesh, fp
+    @property
+    def _exporter(self) -> ModuleType:
+        return _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
+
+    @property
+    def _options(self) -> Any:
+        return self._exporter.Options() if self.options is None else self.options
+
+    @property
+    def _mesh(self) -> Path | None:
+        return Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
+
+    @cached_property
+    def _fingerprint(self) -> dict:
+        """Computed once per tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
+        return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
+                           self.thresholds, self.overlays)
 
 
 @functools.cache
@@ -173,9 +180,10 @@ def convert_tuple(
     Stale temporary folders of an interrupted run on this tuple are removed: do not convert the same
     tuple twice at the same time (`run` holds a lock on the output root for that).
     """
-    job = TupleJob(Path(source), Path(out_dir), fmt, options, None if mesh is None else Path(mesh),
-                   None if mesh_root is None else Path(mesh_root), include_invalid, thresholds, overlays,
-                   overwrite, force)
+    job = TupleJob(source=Path(source), out_dir=Path(out_dir), fmt=fmt, options=options,
+                   mesh=None if mesh is None else Path(mesh), mesh_root=None if mesh_root is None else Path(mesh_root),
+                   include_invalid=include_invalid, thresholds=thresholds, overlays=overlays, overwrite=overwrite,
+                   force=force)
     return job.run(workers=workers, progress=progress)
 
 
@@ -200,7 +208,7 @@ def fingerprint(
     fp = {
         "fsconvert": __version__,
         "format": fmt,
-        "options": options_to_dict(options),
+        "options": to_dict(options),
         "include_invalid": include_invalid,
         "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": overlays},
         "source": str(layout_path(source)),
@@ -230,33 +238,12 @@ def _changed(old: dict | None, new: dict) -> str:
     return ", ".join(keys) + " changed"
 
 
-def read_record(out_dir: Path) -> dict | None:
-    """The record of an export, or None when absent or unreadable (then it is not up to date)."""
-    try:
-        record = json.loads((Path(out_dir) / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
-        return None
-    result = record.get("result")
-    if not isinstance(result, dict) or not {"views", "excluded", "check_passed"} <= result.keys():
-        return None
-    return record
-
-
-def write_record(export_dir: Path, fp: dict, result: dict) -> None:
-    path = export_dir / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fp, "result": result}, indent=1, sort_keys=True) + "\n")
-
-
 def clean_stale(out_dir: Path) -> None:
     """Remove temporary folders that an interrupted `staging` of `out_dir` left beside it.
 
-    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`;
-    an exporter staging inside that folder adds `..<name>.XXXX.partial.YYYY.partial`.
+    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`.
     """
-    stale = re.compile(rf"^\.\.?{re.escape(out_dir.name)}\..*\.(partial|old)$")
+    stale = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.(partial|old)$")
     try:
         entries = list(out_dir.parent.iterdir())
     except OSError:

@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -25,11 +26,12 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
 from .errors import FsconvertError, InputError, OutputError
-from .export import ExportedView, options_from_dict, read_manifest
 from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
 from .loader import load_capture
 from .mesh import load_mesh, load_render_proxy
 from .model import Camera
+from .options import from_dict
+from .protocol import ExportedView, read_manifest
 from .render import Render, Renderer, distorted_render
 
 CHECK_DIR = Path("check")
@@ -110,20 +112,22 @@ def check_export(
     overlays: bool = True,
     max_points: int = 5000,
     render_max_side: int = 800,
+    exporter: ModuleType | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json` (and overlays).
 
     `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
-    sizes a JPEG decodes to directly: the overlay needs no resampling).
+    sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
+    (default: the installed one named by the manifest).
     """
     from exporters import get
 
     start = time.perf_counter()
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    module = get(manifest["format"])
-    options = options_from_dict(module.Options, manifest["options"])
+    module = get(manifest["format"]) if exporter is None else exporter
+    options = from_dict(module.Options, manifest["options"])
     src = manifest["source"]
     capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"])
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}

@@ -1,19 +1,25 @@
-"""The `fsconvert` command line."""
+"""The `fsconvert` command line: every `to-<format>` command and batch config is generated from
+dataclasses (`Conversion`, `ImageOptions`, the format's `Options`, `CheckSettings`; see `fsconvert.options`)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
+from typing import Any, NamedTuple
 
 from . import __version__
+from .check import Thresholds
 from .errors import FsconvertError, InputError
 from .imagestage import ImageOptions
 from .loader import parse_exps, parse_ids
+from .options import add_arguments, build, from_args, from_mapping, option
 
 IMAGES, CHECKS = "images", "check thresholds"
 """Titles of the argument groups that are also the `image:` and `check:` sections of a batch config."""
@@ -48,86 +54,65 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mesh-root", type=Path, help="MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
-    p.add_argument("--ids", type=parse_ids, help="subjects of a dataset, e.g. 1-20,212")
-    p.add_argument("--exps", type=parse_exps, help="expressions of a dataset, e.g. 1_neutral,4_anger (or 1,4)")
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which tuples of a dataset (and where their meshes are)."""
+
+    mesh_root: Path | None = option(None, "MESH_ROOT holding <id>/<exp>.ply (default: a sibling of IMGS_ROOT)")
+    ids: set[int] | None = option(None, "subjects of a dataset, e.g. 1-20,212", parse=parse_ids)
+    exps: list[str] | None = option(None, "expressions of a dataset, e.g. 1_neutral,4_anger (or 1,4)",
+                                    parse=parse_exps)
 
 
-def _add_image_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(IMAGES)
-    g.add_argument("--distortion", choices=("undistort", "keep"), default="undistort",
-                   help="resample to pinhole (default) or keep the lens model and the original JPEGs")
-    g.add_argument("--principal-point", choices=("keep", "center"), default="keep",
-                   help="after undistortion: keep the principal point, or centre it (3D Gaussian Splatting)")
-    size = g.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help="output scale in (0, 1], e.g. 0.25")
-    size.add_argument("--max-size", type=int, help="scale down so the long side is at most this many pixels")
-    g.add_argument("--upright", action="store_true", help="rotate cameras rolled ~180° upright (K and R follow)")
-    g.add_argument("--image-format", choices=("jpg", "png"), default=None, help="format of resampled images")
-    g.add_argument("--jpeg-quality", type=int, default=95)
-    g.add_argument("--link", choices=("hardlink", "symlink", "copy"), default="hardlink",
-                   help="how unmodified originals are placed (hardlink falls back to copy)")
-    g.add_argument("--allow-corrupt-images", action="store_true",
-                   help="export JPEGs whose data the decoder reports as corrupt (a warning per view) instead of failing")
+@dataclass(frozen=True, kw_only=True)
+class Conversion(Selection):
+    """The arguments of every `to-<format>` besides image, format and check options (a config's top level)."""
+
+    input: Path = option(help="a tuple folder IMGS_ROOT/<id>/<exp>, or a dataset: IMGS_ROOT or a folder holding "
+                              "images/", flags=())
+    out: Path = option(help="output folder; for a dataset, each tuple goes to OUT/<id>/<exp>/", flags=("-o", "--out"))
+    mesh: Path | None = option(None, "the tuple's mesh (default: MESH_ROOT/<id>/<exp>.ply)")
+    include_invalid: bool = option(False, "also export views marked valid=false")
+    overwrite: bool = option(False, "replace existing outputs that are not up to date (up-to-date ones are skipped)")
+    force: bool = option(False, "convert again even outputs that are up to date")
+    jobs: int = option(default_factory=lambda: os.cpu_count() or 1, flags=("-j", "--jobs"), parse=_positive_int,
+                       help="worker processes (default: the number of cores); a dataset runs one tuple per process")
+    no_check: bool = option(False, "skip the projection check after export")
+    quiet: bool = option(False, "no progress bars", flags=("-q", "--quiet"))
 
 
-def _image_options(args: argparse.Namespace, default_format: str) -> ImageOptions:
-    return ImageOptions(
-        undistort=args.distortion == "undistort",
-        principal_point=args.principal_point,
-        scale=args.scale,
-        max_size=args.max_size,
-        upright=args.upright,
-        image_format=args.image_format or default_format,
-        jpeg_quality=args.jpeg_quality,
-        link=args.link,
-        allow_corrupt_images=args.allow_corrupt_images,
-    )
+@dataclass(frozen=True)
+class CheckSettings:
+    """The "check thresholds" options (a config's `check:` section)."""
+
+    max_camera_error: float = option(Thresholds.camera_px, "max re-projection difference in exported pixels")
+    min_silhouette_iou: float = option(Thresholds.silhouette_iou, "min IoU of rendered silhouettes")
+    max_depth_error: float = option(Thresholds.depth_rel, "max mean relative z-depth difference of the renders")
+    no_overlays: bool = option(False, "do not write mv_result_<view>.jpg overlays")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(camera_px=self.max_camera_error, silhouette_iou=self.min_silhouette_iou,
+                          depth_rel=self.max_depth_error)
 
 
-def _add_check_arguments(p: argparse.ArgumentParser) -> None:
-    from .check import Thresholds
+@dataclass(frozen=True)
+class Run:
+    """One `to-<format>` command: from the command line, or one format of a batch config."""
 
-    t = Thresholds()
-    g = p.add_argument_group(CHECKS)
-    g.add_argument("--max-camera-error", type=float, default=t.camera_px,
-                   help=f"max re-projection difference in exported pixels (default {t.camera_px})")
-    g.add_argument("--min-silhouette-iou", type=float, default=t.silhouette_iou,
-                   help=f"min IoU of rendered silhouettes (default {t.silhouette_iou})")
-    g.add_argument("--max-depth-error", type=float, default=t.depth_rel,
-                   help=f"max mean relative z-depth difference of the renders (default {t.depth_rel:g})")
-    g.add_argument("--no-overlays", action="store_true", help="do not write mv_result_<view>.jpg overlays")
+    fmt: str
+    conversion: Conversion
+    options: Any
+    """The format's Options."""
+    check: CheckSettings
 
 
-def _thresholds(args: argparse.Namespace):
-    from .check import Thresholds
-
-    return Thresholds(camera_px=args.max_camera_error, silhouette_iou=args.min_silhouette_iou,
-                      depth_rel=args.max_depth_error)
-
-
-def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: ModuleType) -> argparse.ArgumentParser:
-    """The arguments of `to-<name>` (also what a batch config may hold)."""
-    p.add_argument("input", type=Path,
-                   help="a tuple folder IMGS_ROOT/<id>/<exp>, or a dataset: IMGS_ROOT or a folder holding images/")
-    p.add_argument("-o", "--out", type=Path, required=True,
-                   help="output folder; for a dataset, each tuple goes to OUT/<id>/<exp>/")
-    p.add_argument("--mesh", type=Path, help="the tuple's mesh (default: MESH_ROOT/<id>/<exp>.ply)")
-    _add_selection(p)
-    p.add_argument("--include-invalid", action="store_true", help="also export views marked valid=false")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs that are not up to date (up-to-date ones are skipped)")
-    p.add_argument("--force", action="store_true", help="convert again even outputs that are up to date")
-    p.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1,
-                   help="worker processes (default: the number of cores); a dataset runs one tuple per process")
-    p.add_argument("--no-check", action="store_true", help="skip the projection check after export")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_image_arguments(p)
-    module.add_arguments(p.add_argument_group(f"{name} options"))
-    _add_check_arguments(p)
-    p.set_defaults(exporter=module, format=name)
-    return p
+def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: ModuleType) -> None:
+    add_arguments(p, Conversion, "")
+    add_arguments(p.add_argument_group(IMAGES), ImageOptions, "image")
+    add_arguments(p.add_argument_group(f"{name} options"), module.Options, "options")
+    add_arguments(p.add_argument_group(CHECKS), CheckSettings, "check")
+    p.set_defaults(func=functools.partial(_convert_command, fmt=name, module=module))
 
 
 def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
@@ -141,7 +126,8 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a tuple or a dataset")
     p.add_argument("path", type=Path, help="a tuple folder (with params.json) or a dataset root")
-    _add_selection(p)
+    add_arguments(p, Selection, "")
+    p.set_defaults(func=_info)
 
     p = sub.add_parser("sample", help="generate a synthetic FaceScape-format dataset with known truth")
     p.add_argument("out", type=Path)
@@ -151,98 +137,120 @@ def build_parser(exporters: dict[str, ModuleType]) -> argparse.ArgumentParser:
     p.add_argument("--long-side", type=int, default=1086, help="image long side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_sample)
 
     p = sub.add_parser("check", help="re-check an export against its source (reprojection + render)")
     p.add_argument("export", type=Path)
-    _add_check_arguments(p)
+    add_arguments(p.add_argument_group(CHECKS), CheckSettings, "check")
+    p.set_defaults(func=_check)
 
     p = sub.add_parser("batch", help="convert a dataset as a YAML config says (repeatable, resumable runs)",
                        description="Run `fsconvert to-<format>` from a YAML config.", epilog=CONFIG_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="the YAML config")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=functools.partial(_batch, exporters=exporters))
 
     for name, module in exporters.items():
-        p = sub.add_parser(f"to-{name}", help=module.SUMMARY, description=module.SUMMARY)
-        _add_convert_arguments(p, name, module)
+        _add_convert_arguments(sub.add_parser(f"to-{name}", help=module.SUMMARY, description=module.SUMMARY),
+                               name, module)
     return parser
 
 
-def _run(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
-    if args.command == "info":
-        from .info import describe
+# ---- commands -------------------------------------------------------------------------------------
 
-        print(describe(args.path, mesh_root=args.mesh_root, ids=args.ids, exps=args.exps))
-        return 0
-    if args.command == "sample":
-        from .export import staging
-        from .synthetic import make_sample
 
-        with staging(args.out, args.overwrite) as tmp:
-            make_sample(tmp, subjects=tuple(str(i + 1) for i in range(args.subjects)), expressions=tuple(args.exps),
-                        n_views=args.views, long_side=args.long_side, seed=args.seed)
-        print(f"wrote {args.out}/images and {args.out}/models")
-        return 0
-    if args.command == "check":
-        from .check import check_export, format_report
+def _info(args: argparse.Namespace) -> int:
+    from .info import describe
 
-        report = check_export(args.export, _thresholds(args), overlays=not args.no_overlays)
-        print(format_report(report))
-        return 0 if report.passed else 1
-    if args.command == "batch":
-        runs = load_config(args.config, exporters)
-        return _convert(runs, jobs=runs[0].jobs, quiet=args.quiet or runs[0].quiet, config=args.config)
-    return _convert([args], jobs=args.jobs, quiet=args.quiet)
+    selection = Selection(**from_args(args, Selection, ""))
+    print(describe(args.path, mesh_root=selection.mesh_root, ids=selection.ids, exps=selection.exps))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .export import staging
+    from .synthetic import make_sample
+
+    with staging(args.out, args.overwrite) as tmp:
+        make_sample(tmp, subjects=tuple(str(i + 1) for i in range(args.subjects)), expressions=tuple(args.exps),
+                    n_views=args.views, long_side=args.long_side, seed=args.seed)
+    print(f"wrote {args.out}/images and {args.out}/models")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_export, format_report
+
+    settings = CheckSettings(**from_args(args, CheckSettings, "check"))
+    report = check_export(args.export, settings.thresholds, overlays=not settings.no_overlays)
+    print(format_report(report))
+    return 0 if report.passed else 1
+
+
+def _batch(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
+    runs = load_config(args.config, exporters)
+    first = runs[0].conversion
+    return _convert(runs, jobs=first.jobs, quiet=args.quiet or first.quiet)
+
+
+def _convert_command(args: argparse.Namespace, fmt: str, module: ModuleType) -> int:
+    options = build(module.Options, from_args(args, module.Options, "options"), from_args(args, ImageOptions, "image"))
+    run = Run(fmt, Conversion(**from_args(args, Conversion, "")), options,
+              CheckSettings(**from_args(args, CheckSettings, "check")))
+    return _convert([run], jobs=run.conversion.jobs, quiet=run.conversion.quiet)
 
 
 # ---- conversion -----------------------------------------------------------------------------------
 
 
-def _plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
-    """The tuple jobs of one `to-<format>` namespace, the folder to lock, and whether it is one tuple."""
+class Plan(NamedTuple):
+    """The tuple jobs of one `Run`."""
+
+    jobs: list
+    """`fsconvert.batch.TupleJob`s."""
+    lock: Path
+    """The folder to hold the output lock on."""
+    single: bool
+    """The input is one tuple folder (not a dataset)."""
+
+
+def _plan(run: Run) -> Plan:
     from .batch import TupleJob
     from .loader import is_tuple_dir, iter_dataset
 
-    module = args.exporter
-    default_format = getattr(module, "default_image_format", lambda _args: "jpg")(args)
-    options = module.options_from_args(args, _image_options(args, default_format))
+    c = run.conversion
     common = dict(
-        fmt=args.format, options=options, mesh_root=args.mesh_root, include_invalid=args.include_invalid,
-        thresholds=None if args.no_check else _thresholds(args), overlays=not args.no_overlays,
-        overwrite=args.overwrite, force=args.force,
+        fmt=run.fmt, options=run.options, mesh_root=c.mesh_root, include_invalid=c.include_invalid,
+        thresholds=None if c.no_check else run.check.thresholds, overlays=not run.check.no_overlays,
+        overwrite=c.overwrite, force=c.force,
     )
-    if is_tuple_dir(args.input):
-        if args.ids is not None or args.exps is not None:
-            raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=args.input)
-        return [TupleJob(args.input, args.out, mesh=args.mesh, **common)], args.out.absolute().parent, True
-    if args.mesh is not None:
-        raise InputError("--mesh is one tuple's mesh; for a dataset give --mesh-root", file=args.input)
-    refs = list(iter_dataset(args.input, ids=args.ids, exps=args.exps))
+    if is_tuple_dir(c.input):
+        if c.ids is not None or c.exps is not None:
+            raise InputError("--ids/--exps select tuples of a dataset, but this is one tuple folder", file=c.input)
+        return Plan([TupleJob(source=c.input, out_dir=c.out, mesh=c.mesh, **common)], c.out.absolute().parent, True)
+    if c.mesh is not None:
+        raise InputError("--mesh is one tuple's mesh; for a dataset give --mesh-root", file=c.input)
+    refs = list(iter_dataset(c.input, ids=c.ids, exps=c.exps))
     if not refs:
-        selected = args.ids is not None or args.exps is not None
+        selected = c.ids is not None or c.exps is not None
         raise InputError("no tuple matches --ids/--exps" if selected
-                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=args.input)
-    return [TupleJob(r.path, args.out / r.subject / r.expression, **common) for r in refs], args.out, False
+                         else "no tuples here (expected IMGS_ROOT/<id>/<exp>/params.json)", file=c.input)
+    return Plan([TupleJob(source=r.path, out_dir=c.out / r.subject / r.expression, **common) for r in refs], c.out,
+                False)
 
 
-def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: Path | None = None) -> int:
+def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
     from tqdm import tqdm
 
     from .batch import exit_code, output_lock, run, summary
 
-    plans = []
-    for args in runs:
-        try:
-            plans.append(_plan(args))
-        except InputError as exc:
-            if config is None or exc.file is not None:
-                raise
-            raise InputError(exc.reason, file=config, key=exc.key) from None
-    todo = [job for p in plans for job in p[0]]
-    if len(plans) == 1 and plans[0][2]:
-        with output_lock(plans[0][1]):
+    plans = [_plan(r) for r in runs]
+    todo = [job for p in plans for job in p.jobs]
+    if len(plans) == 1 and plans[0].single:
+        with output_lock(plans[0].lock):
             (result,) = run(todo, workers=jobs, progress=not quiet)
-        return _report_tuple(result, runs[0].format)
+        return _report_tuple(result, runs[0].fmt)
 
     def echo(r) -> None:
         if r.status == "failed":
@@ -252,7 +260,7 @@ def _convert(runs: list[argparse.Namespace], *, jobs: int, quiet: bool, config: 
 
     start = time.perf_counter()
     with ExitStack() as stack:
-        for root in sorted({p[1] for p in plans}):
+        for root in sorted({p.lock for p in plans}):
             stack.enter_context(output_lock(root))
         results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
     print(summary(results, time.perf_counter() - start))
@@ -281,8 +289,8 @@ def _report_tuple(r, fmt: str) -> int:
 # ---- batch config ---------------------------------------------------------------------------------
 
 
-def load_config(path: Path, exporters: dict[str, ModuleType]) -> list[argparse.Namespace]:
-    """A YAML config → one `to-<format>` namespace per format, exactly as the command line would give."""
+def load_config(path: Path, exporters: dict[str, ModuleType]) -> list[Run]:
+    """A YAML config → one `Run` per format, exactly as the command line would give."""
     import yaml
 
     try:
@@ -311,29 +319,23 @@ def load_config(path: Path, exporters: dict[str, ModuleType]) -> list[argparse.N
         if n not in names:
             raise InputError(f"options for a format not in 'format' ({', '.join(names)})", file=path,
                              key=f"options.{n}")
+    conversion = Conversion(**from_mapping(Conversion, data, file=path, base=path.parent))
+    image = from_mapping(ImageOptions, sections["image"], file=path, prefix="image.")
+    check = CheckSettings(**from_mapping(CheckSettings, sections["check"], file=path, prefix="check."))
     runs = []
     for name in names:
-        parser = _add_convert_arguments(argparse.ArgumentParser(prog=f"fsconvert to-{name}"), name, exporters[name])
-        groups = {g.title: {a.dest: a for a in g._group_actions} for g in parser._action_groups}
-        fmt_group = f"{name} options"
-        named = set().union(*(groups.get(t, {}) for t in (IMAGES, CHECKS, fmt_group)))
-        general = {a.dest: a for a in parser._actions if a.dest not in named and a.dest != "help"}
-        args = parser.parse_args(["INPUT", "-o", "OUT"])
-        for section, actions, prefix in (
-            (data, general, ""),
-            (sections["image"], groups[IMAGES], "image."),
-            (sections["check"], groups[CHECKS], "check."),
-            (_mapping(sections["options"].get(name), path, f"options.{name}"), groups.get(fmt_group, {}),
-             f"options.{name}."),
-        ):
-            for key, value in section.items():
-                if key not in actions:
-                    known = ", ".join(sorted(actions)) or "none"
-                    raise InputError(f"unknown key (expected one of: {known})", file=path, key=f"{prefix}{key}")
-                setattr(args, key, _config_value(actions[key], value, path, f"{prefix}{key}"))
-        if len(names) > 1:
-            args.out = args.out / name
-        runs.append(args)
+        cls = exporters[name].Options
+        prefix = f"options.{name}"
+        values = from_mapping(cls, _mapping(sections["options"].get(name), path, prefix), file=path,
+                              prefix=f"{prefix}.")
+        try:
+            options = build(cls, values, image)
+        except InputError as exc:
+            if exc.file is not None:
+                raise
+            raise InputError(exc.reason, file=path, key=exc.key) from None
+        out = conversion.out / name if len(names) > 1 else conversion.out
+        runs.append(Run(name, replace(conversion, out=out), options, check))
     return runs
 
 
@@ -345,37 +347,12 @@ def _mapping(value: object, path: Path, key: str) -> dict:
     return value
 
 
-def _config_value(action: argparse.Action, value: object, path: Path, key: str) -> object:
-    """A config value converted and validated as the command line would do for `action`."""
-    if action.nargs == 0:  # a flag
-        if not isinstance(value, bool):
-            raise InputError(f"expected true or false, got {value!r}", file=path, key=key)
-        return action.const if value else action.default
-    if value is None:
-        return action.default
-    if isinstance(value, list) and action.type in (parse_ids, parse_exps):
-        value = ",".join(map(str, value))
-    if isinstance(value, (dict, list, bool)):
-        raise InputError(f"expected a single value, got {value!r}", file=path, key=key)
-    try:
-        converted = action.type(str(value)) if action.type else str(value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError, InputError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise InputError(f"invalid value {value!r}: {reason}", file=path, key=key) from None
-    if action.choices is not None and converted not in action.choices:
-        raise InputError(f"expected one of {', '.join(map(str, action.choices))}, got {value!r}", file=path, key=key)
-    if isinstance(converted, Path) and not converted.is_absolute():
-        converted = path.parent / converted
-    return converted
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         from exporters import available
 
-        exporters = available()
-        args = build_parser(exporters).parse_args(argv)
-        return _run(args, exporters)
+        args = build_parser(available()).parse_args(argv)
+        return args.func(args)
     except FsconvertError as exc:
         print(f"fsconvert: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,40 +1,106 @@
-"""What every exporter shares: staging into a temporary folder, the manifest, and the read-back type."""
+"""The export framework: `export` runs a format's `write` inside one staging folder, then writes the
+manifest, runs the check and writes the batch record there, and renames the folder into place.
+
+Format modules use `write_images` (the image stage into the folder) and `stems` (view file names).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
-
-import numpy as np
+from types import ModuleType
+from typing import Any
 
 from . import __version__
-from .errors import InputError, OutputError
-from .imagestage import ViewPlan, run_plans
-from .loader import layout_path
-from .model import Camera, Capture
+from .check import CheckReport, Thresholds, check_export
+from .errors import OutputError
+from .imagestage import Footprint, ViewPlan, run_plans
+from .model import Capture, View
+from .options import check_choices
+from .protocol import MANIFEST, ExportedView, write_manifest, write_record
 
-MANIFEST = Path("fsconvert") / "manifest.json"
-"""Inside the export; not at the top level, where instant-ngp would load any *.json as a dataset."""
-
-T = TypeVar("T")
+__all__ = ["Exported", "ExportedView", "export", "staging", "stems", "write_images"]
 
 
-@dataclass(frozen=True, eq=False)
-class ExportedView:
-    """One view as the target's reader sees it, converted back to the internal convention."""
+@dataclass(frozen=True)
+class Exported:
+    """What `export` wrote."""
 
-    name: str
-    """Image path relative to the export folder, as the target stores it."""
-    camera: Camera
-    world_to_cam: np.ndarray
+    out_dir: Path
+    format: str
+    views: tuple[int, ...]
+    """Exported view ids."""
+    excluded: tuple[int, ...]
+    """Views left out because params.json marks them valid=false."""
+    manifest: dict
+    check: CheckReport | None
+    """None when the check was not run."""
+
+
+def export(
+    capture: Capture,
+    fmt: str | ModuleType,
+    out: str | Path,
+    options: Any = None,
+    *,
+    overwrite: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+    thresholds: Thresholds | None = Thresholds(),
+    overlays: bool = True,
+    record: dict | None = None,
+) -> Exported:
+    """Export `capture` in format `fmt` (a name or an exporter module) to the folder `out`.
+
+    One staging folder beside `out` receives, in order: the format's files (`write`), the manifest,
+    the check (`thresholds` None skips it; `overlays` writes check/mv_result_<view>.jpg) and, when
+    `record` (a `fsconvert.batch.fingerprint`) is given, the batch record. It then replaces `out`,
+    which must not exist unless `overwrite` (and then be an fsconvert export or empty). On any error
+    nothing appears and `out` is left as it was. `options` None: the format's defaults.
+    """
+    from exporters import get
+
+    module = get(fmt) if isinstance(fmt, str) else fmt
+    options = module.Options() if options is None else options
+    check_choices(options)
+    report = None
+    with staging(out, overwrite) as tmp:
+        extras = dict(module.write(capture, tmp, options, workers=workers, progress=progress))
+        images, used = extras.pop("images", None), extras.pop("options", options)
+        if not (isinstance(images, list) and len(images) == len(capture.views)):
+            raise TypeError(f"{module.NAME}.write must return 'images': one image name per view "
+                            f"({len(capture.views)}), got {images!r}")
+        manifest = write_manifest(tmp, module.NAME, capture, used, images, extras)
+        if thresholds is not None:
+            report = check_export(tmp, thresholds, overlays=overlays, exporter=module)
+        if record is not None:
+            write_record(tmp, record, {"views": [v.id for v in capture.views],
+                                       "excluded": [v.id for v in capture.excluded],
+                                       "check_passed": None if report is None else bool(report.passed)})
+    return Exported(Path(out), module.NAME, tuple(v.id for v in capture.views), tuple(v.id for v in capture.excluded),
+                    manifest, None if report is None else replace(report, export_dir=Path(out)))
+
+
+def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,
+                 progress: bool = False, footprints: bool = False) -> list[Footprint] | None:
+    """Run the image stage for each plan into `folder/name` (folders created as needed); with
+    `footprints`, return where each output image has source data (for masks)."""
+    dests = [folder / n for n in names]
+    for d in {d.parent for d in dests}:
+        d.mkdir(parents=True, exist_ok=True)
+    return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints)
+
+
+def stems(views: Sequence[View], digits: int = 3) -> list[str]:
+    """Zero-padded view ids, all as wide as the widest id and at least `digits`: sorted names sort by id."""
+    width = max(digits, len(str(max(v.id for v in views))))
+    return [f"{v.id:0{width}d}" for v in views]
 
 
 @contextmanager
@@ -103,69 +169,3 @@ def _replace(tmp: Path, dest: Path, shown: Path) -> None:
         raise OutputError(reason) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_images(
-    plans: Sequence[ViewPlan], names: Sequence[str], out_dir: Path, *, workers: int = 1, progress: bool = False
-) -> None:
-    """Run the image stage for each plan into `out_dir/name` (folders created as needed)."""
-    dests = [out_dir / n for n in names]
-    for d in {d.parent for d in dests}:
-        d.mkdir(parents=True, exist_ok=True)
-    run_plans(zip(plans, dests), workers=workers, progress=progress)
-
-
-def write_manifest(
-    out_dir: Path, fmt: str, capture: Capture, options: Any, names: Sequence[str], extra: dict | None = None
-) -> None:
-    """Record what was exported from what, so that `fsconvert check` can redo the comparison later."""
-    manifest = {
-        "fsconvert": __version__,
-        "format": fmt,
-        "source": {
-            "tuple": str(layout_path(capture.root)),
-            "mesh": str(layout_path(capture.mesh)) if capture.mesh else None,
-            "subject": capture.subject,
-            "expression": capture.expression,
-            "include_invalid": any(not v.valid for v in capture.views),
-        },
-        "options": options_to_dict(options),
-        "views": [{"id": v.id, "name": n} for v, n in zip(capture.views, names)],
-        "excluded": [v.id for v in capture.excluded],
-        **(extra or {}),
-    }
-    path = out_dir / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def read_manifest(export_dir: str | Path) -> dict:
-    path = Path(export_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"not an fsconvert export (no {MANIFEST})", file=export_dir) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"unreadable manifest: {exc}", file=path) from None
-    if not isinstance(manifest, dict) or "format" not in manifest:
-        raise InputError("not an export (fsconvert wrote this folder, but not with a to-<format> command)", file=path)
-    return manifest
-
-
-def options_to_dict(options: Any) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(options)))
-
-
-def options_from_dict(cls: type[T], data: dict) -> T:
-    """Rebuild a (possibly nested) options dataclass from `options_to_dict` output."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        default = cls.__dataclass_fields__[f.name].default_factory  # type: ignore[attr-defined]
-        if isinstance(value, dict) and default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
-            value = options_from_dict(default, value)
-        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**kwargs)
-

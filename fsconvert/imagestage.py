@@ -26,8 +26,10 @@ import simplejpeg
 from tqdm import tqdm
 
 from . import conventions as cv
+from .derived import UNDISTORT_CRITERIA, write_encoded, write_png
 from .errors import InputError, OutputError
 from .model import Camera, View
+from .options import check_choices, option
 
 REDUCTIONS = (8, 4, 2, 1)
 _REDUCED_FLAG = {
@@ -36,8 +38,6 @@ _REDUCED_FLAG = {
     4: cv2.IMREAD_REDUCED_COLOR_4,
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-_UINT16_PNG = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 _ROTATE_180 = np.diag([-1.0, -1.0, 1.0])
 _MAP_STEP = 4
 """Undistortion maps are computed every this many source pixels (decoded) and upsampled."""
@@ -66,31 +66,33 @@ _SCRATCH = _Scratch()
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """How exported images are made from the source JPEGs."""
+    """How exported images are made from the source JPEGs (the "images" options of every format)."""
 
-    undistort: bool = True
+    undistort: bool = option(True, "resample to pinhole (default) or keep the lens model and the original JPEGs",
+                             name="distortion", choices={"undistort": True, "keep": False})
     """Resample to a pinhole camera; False keeps the distortion (and the original file when unscaled)."""
-    principal_point: Literal["keep", "center"] = "keep"
+    principal_point: Literal["keep", "center"] = option(
+        "keep", "after undistortion: keep the principal point, or centre it (3D Gaussian Splatting)")
     """New K after undistortion: same principal point (scaled), or moved to the image centre (3DGS)."""
-    fov_x: float | None = None
+    fov_x: float | None = option(None, cli=False)
     """With principal_point 'center': set fx = fy so that every view has this horizontal field of view
     (radians); for formats holding one `camera_angle_x` for all views (Blender, 3DGS)."""
-    scale: float | None = None
+    scale: float | None = option(None, "output scale in (0, 1], e.g. 0.25", exclusive="size")
     """Output size = round(scale × source size)."""
-    max_size: int | None = None
+    max_size: int | None = option(None, "scale down so the long side is at most this many pixels", exclusive="size")
     """Scale down (never up) so that the long side is at most this."""
-    upright: bool = False
+    upright: bool = option(False, "rotate cameras rolled ~180° upright (K and R follow)")
     """Rotate views rolled ~180° (camera up pointing down in the world) by 180°; K, R and p1, p2 follow."""
-    image_format: Literal["jpg", "png"] = "jpg"
-    jpeg_quality: int = 95
-    link: Literal["hardlink", "symlink", "copy"] = "hardlink"
-    """How originals are placed when no resampling is needed (hardlink falls back to copy)."""
-    allow_corrupt_images: bool = False
+    image_format: Literal["jpg", "png"] = option("jpg", "format of resampled images (default: the format's)")
+    jpeg_quality: int = option(95, "JPEG quality of resampled images")
+    link: Literal["hardlink", "symlink", "copy"] = option(
+        "hardlink", "how unmodified originals are placed (hardlink falls back to copy)")
+    allow_corrupt_images: bool = option(
+        False, "export JPEGs whose data the decoder reports as corrupt (a warning per view) instead of failing")
     """Export source JPEGs whose data the decoder reports as corrupt (a warning per view) instead of refusing."""
 
     def __post_init__(self) -> None:
-        if self.principal_point not in ("keep", "center"):
-            raise InputError(f"principal_point must be 'keep' or 'center', got {self.principal_point!r}")
+        check_choices(self)
         if self.principal_point == "center" and not self.undistort:
             raise InputError("principal_point 'center' needs undistortion (it resamples the image)")
         if self.fov_x is not None and (self.principal_point != "center" or not 0 < self.fov_x < np.pi):
@@ -101,12 +103,8 @@ class ImageOptions:
             raise InputError(f"max_size must be at least 16, got {self.max_size}")
         if self.scale is not None and self.max_size is not None:
             raise InputError("give scale or max_size, not both")
-        if self.image_format not in ("jpg", "png"):
-            raise InputError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.link not in ("hardlink", "symlink", "copy"):
-            raise InputError(f"link must be hardlink, symlink or copy, got {self.link!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +137,7 @@ class ViewPlan:
         if self.options.undistort:
             K_out = cv.rotate180_K(self.camera.K, *self.camera.size) if self.rotated else self.camera.K
             out = cv2.undistortPoints(
-                uv.reshape(-1, 1, 2), src.K, src.dist, P=K_out, criteria=_UNDISTORT_CRITERIA
+                uv.reshape(-1, 1, 2), src.K, src.dist, P=K_out, criteria=UNDISTORT_CRITERIA
             ).reshape(-1, 2)
         else:
             out = cv.resize_points(uv, *self._scale())
@@ -310,33 +308,42 @@ def write_image(path: Path, img: np.ndarray, options: ImageOptions) -> None:
     if options.image_format == "png":
         write_png(path, img)
     else:
-        _write_encoded(path, img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
+        write_encoded(path, img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
 
 
-def write_png(path: Path, img: np.ndarray) -> None:
-    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter and RLE, 20–28 % smaller than OpenCV's
-    default settings and as fast)."""
-    _write_encoded(path, img, ".png", _UINT16_PNG if img.dtype == np.uint16 else [])
+@dataclass(frozen=True, eq=False)
+class Footprint:
+    """The output pixels interpolated from source pixels only (not the empty border that undistortion
+    leaves where the source image has no data), one bit per pixel."""
 
+    bits: np.ndarray
+    """H×⌈W/8⌉ uint8, `np.packbits` along rows."""
+    width: int
 
-def _write_encoded(path: Path, img: np.ndarray, ext: str, params: list[int]) -> None:
-    ok, buf = cv2.imencode(ext, img, params)
-    if not ok:
-        raise OutputError(f"{path}: cannot encode image")
-    try:
-        Path(path).write_bytes(buf.tobytes())
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    @classmethod
+    def of(cls, inside: np.ndarray) -> Footprint:
+        return cls(np.packbits(inside, axis=1), inside.shape[1])
+
+    def mask(self) -> np.ndarray:
+        """H×W bool."""
+        return np.unpackbits(self.bits, axis=1, count=self.width).astype(bool)
 
 
 def run_plan(plan: ViewPlan, dest: Path) -> Path:
     """Produce one output image at `dest` (its suffix must be `plan.suffix`)."""
+    _produce(plan, dest, footprint=False)
+    return dest
+
+
+def _produce(plan: ViewPlan, dest: Path, *, footprint: bool) -> Footprint | None:
+    """Write the output image; with `footprint`, also return where it has source data."""
     view = plan.view
     allow = plan.options.allow_corrupt_images
+    full = Footprint.of(np.ones(plan.camera.size[::-1], bool)) if footprint else None
     if not plan.resample:
         verify_jpeg(view.image, view.id, allow_corrupt=allow)
         _place_original(view.image, dest, plan.options.link)
-        return dest
+        return full
     img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow)
     expected = (-(-view.camera.height // plan.reduce), -(-view.camera.width // plan.reduce))
     if img.shape[:2] != expected:
@@ -351,11 +358,15 @@ def run_plan(plan: ViewPlan, dest: Path) -> Path:
         plan = replace(plan, reduce=1)
     if _needs_remap(plan):
         out = _SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
-        img = cv2.remap(img, *plan.maps(scratch=True), cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
+        mx, my = plan.maps(scratch=True)
+        if footprint:
+            H, W = img.shape[:2]
+            full = Footprint.of((mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1))
+        img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
     elif plan.rotated:
         img = cv2.flip(img, -1)
     write_image(dest, img, plan.options)
-    return dest
+    return full
 
 
 def _needs_remap(plan: ViewPlan) -> bool:
@@ -385,8 +396,9 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _run(job: tuple[ViewPlan, Path]) -> Path:
-    return run_plan(*job)
+def _run(job: tuple[ViewPlan, Path, bool]) -> Footprint | None:
+    plan, dest, footprint = job
+    return _produce(plan, dest, footprint=footprint)
 
 
 def run_plans(
@@ -395,25 +407,27 @@ def run_plans(
     workers: int = 1,
     progress: bool = False,
     desc: str = "images",
-) -> list[Path]:
-    """Run plans, `workers` processes in parallel, streaming images (one per worker in memory)."""
-    jobs = list(jobs)
+    footprints: bool = False,
+) -> list[Footprint] | None:
+    """Run plans, `workers` processes in parallel, streaming images (one per worker in memory); with
+    `footprints`, return each output image's `Footprint` (computed from the remap it was made with)."""
+    jobs = [(plan, dest, footprints) for plan, dest in jobs]
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    pool = None
     try:
-        if workers <= 1 or len(jobs) <= 1:
-            out = []
-            for job in jobs:
-                out.append(_run(job))
-                bar.update()
-            return out
-        # spawn: a forked worker deadlocks in OpenCV once the parent has run a multithreaded cv2 call.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
-            out = []
-            for path in pool.map(_run, jobs, chunksize=1):
-                out.append(path)
-                bar.update()
-            return out
+        results: Iterable[Footprint | None] = map(_run, jobs)
+        if workers > 1 and len(jobs) > 1:
+            # spawn: a forked worker deadlocks in OpenCV once the parent has run a multithreaded cv2 call.
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker)
+            results = pool.map(_run, jobs, chunksize=1)
+        out = []
+        for footprint in results:
+            out.append(footprint)
+            bar.update()
+        return out if footprints else None
     finally:
+        if pool is not None:
+            pool.shutdown()
         bar.close()
         _SCRATCH.release()

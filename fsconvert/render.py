@@ -22,12 +22,12 @@ from OpenGL import GL
 from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
+from .derived import UNDISTORT_CRITERIA
 from .model import Camera
 
 UNDISTORT_TOLERANCE_PX = 1e-6
 """Largest allowed re-projection error of an undistorted pixel coordinate."""
 
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-10)
 _CHUNK_ROWS = 256
 _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
@@ -231,7 +231,7 @@ def _unlit_mesh(mesh: trimesh.Trimesh, material: pyrender.Material, **attributes
 def undistortion_map(camera: Camera) -> np.ndarray:
     """H×W×2 normalised coordinates (x, y) of the ray seen by every pixel of the distorted `camera`.
 
-    Iterative undistortion (cv2.undistortPoints, stopped at 1e-10 px), then checked with
+    Iterative undistortion (cv2.undistortPoints, `derived.UNDISTORT_CRITERIA`), then checked with
     cv2.projectPoints on the image border (largest radius, slowest convergence) and a stride-8 grid:
     raises RuntimeError if any re-projection is off by more than UNDISTORT_TOLERANCE_PX.
     """
@@ -242,7 +242,7 @@ def undistortion_map(camera: Camera) -> np.ndarray:
         uv = np.empty((rows, W, 2))
         uv[..., 0] = np.arange(W)
         uv[..., 1] = np.arange(r0, r0 + rows)[:, None]
-        xy = cv2.undistortPoints(uv.reshape(-1, 1, 2), camera.K, camera.dist, None, None, None, _UNDISTORT_CRITERIA)
+        xy = cv2.undistortPoints(uv.reshape(-1, 1, 2), camera.K, camera.dist, None, None, None, UNDISTORT_CRITERIA)
         out[r0:r0 + rows] = xy.reshape(rows, W, 2)
     check = np.zeros((H, W), bool)
     check[::8, ::8] = check[[0, -1], :] = check[:, [0, -1]] = True

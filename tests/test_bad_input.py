@@ -34,7 +34,7 @@ import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
 from fsconvert import cli
 from fsconvert.check import REPORT
-from fsconvert.export import MANIFEST, read_manifest
+from fsconvert.protocol import MANIFEST, read_manifest
 from fsconvert.synthetic import make_sample
 
 SUBJECT, EXP = "1", "1_neutral"

@@ -17,6 +17,7 @@ from exporters import facescape
 from fsconvert import cli
 from fsconvert.check import REPORT, Thresholds, check_export, format_report
 from fsconvert.errors import InputError
+from fsconvert.export import export
 from fsconvert.imagestage import ImageOptions
 from fsconvert.loader import load_capture
 
@@ -41,7 +42,8 @@ def capture(sample_tuple: Path):
 @pytest.fixture(scope="module")
 def exports(capture, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("check")
-    return {name: facescape.write(capture, root / name.replace("/", "_"), facescape.Options(image=options))
+    return {name: export(capture, facescape, root / name.replace("/", "_"), facescape.Options(image=options),
+                         thresholds=None).out_dir
             for name, options in CASES.items()}
 
 

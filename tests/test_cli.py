@@ -13,10 +13,10 @@ import pytest
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
-from fsconvert.batch import RECORD
 from fsconvert.cli import main
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
+from fsconvert.protocol import RECORD
 
 FSCONVERT = Path(sys.executable).with_name("fsconvert")
 

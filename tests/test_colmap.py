@@ -24,11 +24,12 @@ from fsconvert import conventions as cv
 from fsconvert.check import check_export, format_report
 from fsconvert.cli import main
 from fsconvert.errors import InputError
-from fsconvert.export import read_manifest
+from fsconvert.export import export as export_to
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Camera
+from fsconvert.protocol import read_manifest
 
 CASES = {
     "undistort": ImageOptions(),
@@ -59,7 +60,7 @@ def export(capture, tmp_path_factory):
         key = (case, scale, tuple(sorted(kwargs.items())))
         if key not in made:
             out = tmp_path_factory.mktemp("colmap") / "out"
-            colmap.write(capture, out, colmap.Options(image=image_options(case, scale), **kwargs))
+            export_to(capture, colmap, out, colmap.Options(image=image_options(case, scale), **kwargs), thresholds=None)
             made[key] = out
         return made[key]
 
@@ -303,7 +304,8 @@ def test_observations_follow_the_source_cameras(export, capture, case, scale):
 def test_observed_points_are_not_occluded(export, capture):
     """Cast a ray (open3d, independent of the renderer) from each camera to each observed point: the
     first hit is the point itself, within the depth tolerance; a loose tolerance lets occluded points in."""
-    o3d = pytest.importorskip("open3d")
+    import open3d as o3d
+
     mesh = load_mesh(capture.mesh)
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
@@ -470,8 +472,8 @@ def test_inward_mesh_winding_gives_outward_normals(export, capture, tmp_path):
     flipped = tmp_path / "flipped.ply"
     flipped.write_bytes(mesh.export(file_type="ply"))
     assert load_mesh(flipped).volume < 0
-    out = colmap.write(replace(capture, mesh=flipped), tmp_path / "out",
-                       colmap.Options(image=image_options("undistort", 0.25)))
+    out = export_to(replace(capture, mesh=flipped), colmap, tmp_path / "out",
+                 colmap.Options(image=image_options("undistort", 0.25)), thresholds=None).out_dir
     _, _, points = read_model(out / "sparse" / "0")
     _, vertex = read_ply(out / "sparse" / "0" / "points3D.ply")
     normals = np.column_stack([vertex["nx"], vertex["ny"], vertex["nz"]]).astype(float)
@@ -494,7 +496,8 @@ def test_manifest_reports_dropped_points(export):
 
 def test_deterministic(export, capture, tmp_path):
     first = export("undistort", 0.25)
-    colmap.write(capture, tmp_path / "again", colmap.Options(image=image_options("undistort", 0.25)))
+    export_to(capture, colmap, tmp_path / "again", colmap.Options(image=image_options("undistort", 0.25)),
+              thresholds=None)
     for name in ("cameras.bin", "images.bin", "points3D.bin", "points3D.ply"):
         assert (first / "sparse/0" / name).read_bytes() == (tmp_path / "again/sparse/0" / name).read_bytes()
 
@@ -502,9 +505,10 @@ def test_deterministic(export, capture, tmp_path):
 def test_without_points_and_without_mesh(capture, tmp_path):
     no_mesh = replace(capture, mesh=None)
     with pytest.raises(InputError, match="--points 0"):
-        colmap.write(no_mesh, tmp_path / "a", colmap.Options(image=CASES["keep"]))
+        export_to(no_mesh, colmap, tmp_path / "a", colmap.Options(image=CASES["keep"]))
     assert not (tmp_path / "a").exists()
-    out = colmap.write(no_mesh, tmp_path / "b", colmap.Options(image=CASES["keep"], points=0, text=True))
+    out = export_to(no_mesh, colmap, tmp_path / "b", colmap.Options(image=CASES["keep"], points=0, text=True),
+                 thresholds=None).out_dir
     rec = pycolmap.Reconstruction(out / "sparse" / "0")
     assert (rec.num_reg_images(), rec.num_points3D()) == (len(capture.views), 0)
     assert not (out / "sparse/0/points3D.ply").exists()

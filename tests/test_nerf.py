@@ -16,7 +16,9 @@ from PIL import Image
 from exporters import nerf
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError
-from fsconvert.export import options_from_dict, read_manifest
+from fsconvert.export import export as export_to
+from fsconvert.options import from_dict
+from fsconvert.protocol import read_manifest
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
@@ -55,7 +57,7 @@ def export(capture, tmp_path_factory):
 
     def get(case: str) -> Path:
         if case not in done:
-            done[case] = nerf.write(capture, root / case, CASES[case])
+            done[case] = export_to(capture, nerf, root / case, CASES[case], thresholds=None).out_dir
         return done[case]
 
     return get
@@ -64,7 +66,7 @@ def export(capture, tmp_path_factory):
 def planned(out: Path, capture) -> dict[str, ViewPlan]:
     """Manifest name → the image-stage plan rebuilt from the manifest's options (as the check does)."""
     manifest = read_manifest(out)
-    options = options_from_dict(nerf.Options, manifest["options"])
+    options = from_dict(nerf.Options, manifest["options"])
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
     return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
@@ -335,7 +337,8 @@ def test_split_assignment():
 
 
 def test_keep_distortion_maps_coefficients_and_warns_once_about_k3(capture, tmp_path, capsys):
-    out = nerf.write(capture, tmp_path / "keep", nerf.Options(image=ImageOptions(undistort=False)))
+    out = export_to(capture, nerf, tmp_path / "keep", nerf.Options(image=ImageOptions(undistort=False)),
+                 thresholds=None).out_dir
     warnings = [line for line in capsys.readouterr().err.splitlines() if "k3" in line]
     assert len(warnings) == 1 and "instant-ngp" in warnings[0]
     frames = {f["file_path"]: f for f in json.loads((out / "transforms.json").read_text())["frames"]}
@@ -343,7 +346,7 @@ def test_keep_distortion_maps_coefficients_and_warns_once_about_k3(capture, tmp_
         k1, k2, p1, p2, k3 = plan.view.camera.dist
         assert [frames[name][k] for k in ("k1", "k2", "k3", "p1", "p2")] == [k1, k2, k3, p1, p2]
         assert os.path.samefile(out / name, plan.view.image)  # original JPEG, linked
-    nerf.write(capture, tmp_path / "undistort", nerf.Options())
+    export_to(capture, nerf, tmp_path / "undistort", nerf.Options(), thresholds=None)
     assert "k3" not in capsys.readouterr().err
 
 
@@ -465,7 +468,8 @@ def planarity(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def test_depth_overflow_is_refused(capture, tmp_path):
     with pytest.raises(InputError, match="uint16"):
-        nerf.write(capture, tmp_path / "d", nerf.Options(image=ImageOptions(scale=0.25), depth=True, depth_unit=1e-4))
+        export_to(capture, nerf, tmp_path / "d",
+                  nerf.Options(image=ImageOptions(scale=0.25), depth=True, depth_unit=1e-4))
     assert not (tmp_path / "d").exists()
 
 
@@ -589,7 +593,7 @@ def test_impossible_options_are_input_errors(kwargs, message):
 def test_blender_with_an_empty_split_is_refused(capture, tmp_path):
     opts = nerf.Options(image=ImageOptions(scale=0.25, image_format="png"), variant="blender", split=(1.0, 0.0, 0.0))
     with pytest.raises(InputError, match="every split"):
-        nerf.write(capture, tmp_path / "b", opts)
+        export_to(capture, nerf, tmp_path / "b", opts)
 
 
 def test_reader_rules_on_hand_written_files(tmp_path):

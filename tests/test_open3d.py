@@ -17,13 +17,16 @@ import pytest
 
 import exporters.open3d as ex
 from fsconvert import conventions as cv
+from fsconvert.check import check_export, format_report
+from fsconvert.cli import main
 from fsconvert.errors import InputError
-from fsconvert.export import read_manifest
+from fsconvert.export import export
 from fsconvert.fuse import RGBDFrame, integrate
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
+from fsconvert.protocol import read_manifest
 
 EXPORTS = {
     "scale1": ex.Options(fuse=True),
@@ -41,7 +44,8 @@ def capture(sample_tuple: Path) -> Capture:
 @pytest.fixture(scope="module")
 def exports(capture: Capture, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("open3d")
-    return {key: ex.write(capture, root / f"out{i}", opts) for i, (key, opts) in enumerate(EXPORTS.items())}
+    return {key: export(capture, ex, root / f"out{i}", opts, thresholds=None).out_dir
+            for i, (key, opts) in enumerate(EXPORTS.items())}
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +115,8 @@ def test_log_round_trip(capture: Capture, exports: dict[str, Path], key: str) ->
 
 @pytest.mark.parametrize("key", EXPORTS)
 def test_projection_check_passes(exports: dict[str, Path], key: str) -> None:
-    check = pytest.importorskip("fsconvert.check")
-    report = check.check_export(exports[key], overlays=False)
-    assert report.passed, check.format_report(report)
+    report = check_export(exports[key], overlays=False)
+    assert report.passed, format_report(report)
     assert len(report.views) == 7
     assert max(v.camera_max_px for v in report.views) <= 0.01  # measured ≈ 1e-13 px
 
@@ -222,7 +225,7 @@ def test_refuses_what_open3d_cannot_hold(capture: Capture, tmp_path: Path) -> No
         ex.Options(fuse=True, voxel_size=0.0)
     no_mesh = Capture(capture.subject, capture.expression, capture.root, capture.views, mesh=None)
     with pytest.raises(InputError, match="needs the tuple.s mesh"):
-        ex.write(no_mesh, tmp_path / "out")
+        export(no_mesh, ex, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -244,8 +247,6 @@ def test_read_validates_what_open3d_only_logs(exports: dict[str, Path], tmp_path
 
 
 def test_cli(sample_tuple: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("fsconvert.check")
-    from fsconvert.cli import main
 
     out = tmp_path / "cli"
     assert main(["to-open3d", str(sample_tuple), "-o", str(out), "--distortion", "keep", "-q"]) == 2

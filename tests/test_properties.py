@@ -33,7 +33,8 @@ from exporters import available
 from fsconvert import conventions as cv
 from fsconvert import loader
 from fsconvert.errors import InputError
-from fsconvert.export import read_manifest
+from fsconvert.export import export
+from fsconvert.protocol import read_manifest
 from fsconvert.imagestage import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.model import Camera
@@ -125,7 +126,7 @@ def round_trip_errors(tuple_dir: Path, out_root: Path) -> dict[str, float]:
         image = ImageOptions(undistort=name not in HOLDS_DISTORTION)
         options = module.Options(image=image, **FORMAT_OPTIONS.get(name, {}))
         out = out_root / name
-        module.write(capture, out, options)
+        export(capture, module, out, options, thresholds=None)
         names = [v["name"] for v in read_manifest(out)["views"]]
         plans = dict(zip(names, plan_views(capture.views, image)))
         back = module.read(out)

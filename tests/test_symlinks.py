@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from fsconvert.batch import RECORD
+from fsconvert.protocol import MANIFEST, RECORD
 from fsconvert.cli import main
-from fsconvert.export import MANIFEST
 from fsconvert.loader import find_mesh, layout_path, load_capture
 
 SUBJECT, EXPRESSION = "7", "3_mouth_stretch"

@@ -1,0 +1,117 @@
+"""Byte-identical regression: the bundled sample exported in every format, with option sets covering
+the code paths, must reproduce the stored digest list (relative path → sha256) file for file.
+
+Only what differs per machine and checkout is normalised before hashing, in the three JSON files
+that hold it (manifest.json, record.json, check.json): the sample's absolute path becomes
+`<SAMPLE>`, and the record's size/mtime stats of the source files become null. Everything else is
+compared byte for byte. After a deliberate change of the output, regenerate the list with
+`python tests/test_export_digests.py` and say why in the commit message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import fsconvert  # noqa: F401  (headless rendering set-up)
+from fsconvert.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_ROOT = REPO / "samples" / "facescape_sample"
+SAMPLE = SAMPLE_ROOT / "images" / "1" / "1_neutral"
+DIGESTS = Path(__file__).resolve().parent / "data" / "export_digests.json"
+PLACEHOLDER = "<SAMPLE>"
+NORMALISED = {"manifest.json", "record.json", "check.json"}
+_STAT = re.compile(r'("(?:stat|[^"/]+\.jpg)": )\[\s*\d+,\s*\d+\s*\]')
+"""A record's `[size, mtime_ns]` of the mesh ("stat") and of each source image ("<n>.jpg")."""
+
+CASES: dict[str, list[str]] = {
+    "colmap": ["to-colmap"],
+    "colmap-text-keep": ["to-colmap", "--text", "--distortion", "keep"],
+    "colmap-image-colors-upright-center": ["to-colmap", "--point-colors", "image", "--upright",
+                                           "--principal-point", "center", "--max-size", "600"],
+    "nerf": ["to-nerf"],
+    "nerf-sphere-masks-depth": ["to-nerf", "--normalize", "sphere", "--masks", "--depth"],
+    "nerf-keep-masks-depth-scaled-split": ["to-nerf", "--distortion", "keep", "--masks", "--depth", "--scale", "0.5",
+                                           "--split", "0.5,0.25,0.25", "--normalize", "cameras"],
+    "nerf-blender-masks": ["to-nerf", "--variant", "blender", "--masks"],
+    "nerf-blender-upright": ["to-nerf", "--format", "blender", "--upright", "--scale", "0.5"],
+    "open3d": ["to-open3d"],
+    "open3d-fuse-upright": ["to-open3d", "--fuse", "--upright", "--principal-point", "center", "--scale", "0.5"],
+    "facescape": ["to-facescape"],
+    "facescape-scale": ["to-facescape", "--scale", "0.5"],
+    "facescape-keep-upright": ["to-facescape", "--distortion", "keep", "--upright", "--link", "copy"],
+}
+
+
+def export(case: str, out: Path) -> None:
+    argv = [*CASES[case][:1], str(SAMPLE), "-o", str(out), "-q", "-j", "1", *CASES[case][1:]]
+    assert main(argv) == 0, argv
+
+
+def digests(out: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file below `out`, the machine-dependent fields normalised."""
+    root = json.dumps(str(SAMPLE_ROOT.resolve()))[1:-1].encode()
+    found = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name in NORMALISED:
+            data = data.replace(root, PLACEHOLDER.encode())
+            if path.name == "record.json":
+                data = _STAT.sub(r"\1null", data.decode()).encode()
+        found[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def stored() -> dict[str, dict[str, str]]:
+    return json.loads(DIGESTS.read_text())
+
+
+def test_every_case_is_stored(stored):
+    assert sorted(stored) == sorted(CASES)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_is_byte_identical(case: str, stored, tmp_path: Path, capsys):
+    export(case, tmp_path / case)
+    capsys.readouterr()
+    found, want = digests(tmp_path / case), stored[case]
+    assert sorted(found) == sorted(want), "different files"
+    changed = [name for name in want if found[name] != want[name]]
+    assert not changed, f"{len(changed)} file(s) differ: {', '.join(changed)}"
+
+
+def test_one_changed_byte_is_caught(tmp_path: Path, stored):
+    export("facescape-scale", tmp_path / "out")
+    assert digests(tmp_path / "out") == stored["facescape-scale"]
+    image = tmp_path / "out" / "0.jpg"
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 1
+    image.write_bytes(bytes(data))
+    assert digests(tmp_path / "out")["0.jpg"] != stored["facescape-scale"]["0.jpg"]
+    manifest = tmp_path / "out" / "fsconvert" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"scale": 0.5', '"scale": 0.50'))
+    assert digests(tmp_path / "out")["fsconvert/manifest.json"] != stored["facescape-scale"]["fsconvert/manifest.json"]
+
+
+def regenerate() -> None:
+    """Write the digest list from the current code (run this file as a script)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = {}
+        for case in CASES:
+            export(case, Path(tmp) / case)
+            table[case] = digests(Path(tmp) / case)
+    DIGESTS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {DIGESTS}: {sum(map(len, table.values()))} files in {len(table)} exports")
+
+
+if __name__ == "__main__":
+    sys.exit(regenerate())
