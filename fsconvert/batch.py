@@ -282,10 +282,15 @@ def run(
     jobs: Sequence[TupleJob],
     *,
     workers: int = 1,
+    threads: int = 1,
     progress: bool = False,
     on_result: Callable[[TupleResult], None] | None = None,
 ) -> list[TupleResult]:
     """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
+
+    Worker processes use `threads` threads each in OpenCV, llvmpipe and Open3D unless the environment
+    (LP_NUM_THREADS, OMP_NUM_THREADS) says otherwise; jobs run in this process leave its settings alone
+    (`fsconvert.threads.limit_threads` sets them).
 
     A single job runs in this process with `workers` image processes and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
@@ -324,7 +329,7 @@ def run(
             for i in todo:
                 done(i, _guarded(jobs[i]))
         else:
-            _run_pool(jobs, todo, min(workers, len(todo)), done)
+            _run_pool(jobs, todo, min(workers, len(todo)), threads, done)
     finally:
         for bar in bars:
             bar.close()
@@ -332,11 +337,12 @@ def run(
 
 
 def _run_pool(
-    jobs: Sequence[TupleJob], todo: list[int], workers: int, done: Callable[[int, TupleResult], None]
+    jobs: Sequence[TupleJob], todo: list[int], workers: int, threads: int, done: Callable[[int, TupleResult], None]
 ) -> None:
     # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(), threads))
     try:
         futures: dict[Future, int] = {pool.submit(_guarded, jobs[i]): i for i in todo}
         for future in as_completed(futures):
@@ -371,13 +377,11 @@ def _failed(job: TupleJob, reason: str) -> TupleResult:
 _PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(parent: int) -> None:
-    """One thread per worker (the workers fill the cores); die with the parent; leave Ctrl-C to it."""
-    import cv2
+def _init_worker(parent: int, threads: int) -> None:
+    """`threads` threads per worker (the workers fill the cores); die with the parent; leave Ctrl-C to it."""
+    from .threads import limit_threads
 
-    cv2.setNumThreads(1)
-    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
-        os.environ.setdefault(name, "1")
+    limit_threads(threads, override=False)
     # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
     # leaves to the resource tracker's "leaked semaphore" warning.
     tqdm.set_lock(threading.RLock())

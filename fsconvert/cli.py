@@ -77,6 +77,8 @@ class Conversion(Selection):
     force: bool = option(False, "convert again even outputs that are up to date")
     jobs: int = option(default_factory=lambda: os.cpu_count() or 1, flags=("-j", "--jobs"), parse=_positive_int,
                        help="worker processes (default: the number of cores); a dataset runs one tuple per process")
+    threads: int = option(1, "threads per process for OpenCV, rendering (llvmpipe) and Open3D: -j N uses N cores",
+                          parse=_positive_int)
     no_check: bool = option(False, "skip the projection check after export")
     quiet: bool = option(False, "no progress bars", flags=("-q", "--quiet"))
 
@@ -191,14 +193,15 @@ def _check(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     runs = load_config(args.config, exporters)
     first = runs[0].conversion
-    return _convert(runs, jobs=first.jobs, quiet=args.quiet or first.quiet)
+    return _convert(runs, jobs=first.jobs, threads=first.threads, quiet=args.quiet or first.quiet)
 
 
 def _convert_command(args: argparse.Namespace, fmt: str, module: ModuleType) -> int:
     options = build(module.Options, from_args(args, module.Options, "options"), from_args(args, ImageOptions, "image"))
     run = Run(fmt, Conversion(**from_args(args, Conversion, "")), options,
               CheckSettings(**from_args(args, CheckSettings, "check")))
-    return _convert([run], jobs=run.conversion.jobs, quiet=run.conversion.quiet)
+    c = run.conversion
+    return _convert([run], jobs=c.jobs, threads=c.threads, quiet=c.quiet)
 
 
 # ---- conversion -----------------------------------------------------------------------------------
@@ -240,16 +243,19 @@ def _plan(run: Run) -> Plan:
                 False)
 
 
-def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
+def _convert(runs: list[Run], *, jobs: int, threads: int, quiet: bool) -> int:
     from tqdm import tqdm
 
     from .batch import exit_code, output_lock, run, summary
+    from .threads import limit_threads
+
+    limit_threads(threads)  # here and in every worker process (they inherit the environment)
 
     plans = [_plan(r) for r in runs]
     todo = [job for p in plans for job in p.jobs]
     if len(plans) == 1 and plans[0].single:
         with output_lock(plans[0].lock):
-            (result,) = run(todo, workers=jobs, progress=not quiet)
+            (result,) = run(todo, workers=jobs, threads=threads, progress=not quiet)
         return _report_tuple(result, runs[0].fmt)
 
     def echo(r) -> None:
@@ -262,7 +268,7 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
     with ExitStack() as stack:
         for root in sorted({p.lock for p in plans}):
             stack.enter_context(output_lock(root))
-        results = run(todo, workers=jobs, progress=not quiet, on_result=echo)
+        results = run(todo, workers=jobs, threads=threads, progress=not quiet, on_result=echo)
     print(summary(results, time.perf_counter() - start))
     return exit_code(results)
 
