@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
 from .errors import FsconvertError, InputError, OutputError
-from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
+from .imagestage import PREVIEW_MAX_SIDE, REDUCTIONS, ViewPlan, plan_views, preview_reduction, preview_size, read_image
 from .loader import load_capture
 from .mesh import load_mesh, load_render_proxy
 from .model import Camera
@@ -111,15 +112,17 @@ def check_export(
     *,
     overlays: bool = True,
     max_points: int = 5000,
-    render_max_side: int = 800,
+    render_max_side: int = PREVIEW_MAX_SIDE,
     exporter: ModuleType | None = None,
+    previews: Mapping[Path, np.ndarray] | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json` (and overlays).
 
     `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
-    (default: the installed one named by the manifest).
+    (default: the installed one named by the manifest). `previews`: exported images at that size by path
+    (`imagestage.keep_previews`), drawn on instead of decoding the files.
     """
     from exporters import get
 
@@ -169,7 +172,7 @@ def check_export(
                                        else "missing from the read-back (dropped view)")
             else:
                 _check_view(result, plan, view, points, renderer, export_dir, thresholds,
-                            render_max_side, out_dir if overlays else None)
+                            render_max_side, out_dir if overlays else None, previews or {})
     report.seconds = time.perf_counter() - start
     _write_json(export_dir / REPORT, report.to_dict())
     return report
@@ -185,6 +188,7 @@ def _check_view(
     thresholds: Thresholds,
     render_max_side: int,
     overlay_dir: Path | None,
+    previews: Mapping[Path, np.ndarray],
 ) -> None:
     expected_size = plan.camera.size
     if view.camera.size != expected_size:
@@ -197,8 +201,8 @@ def _check_view(
 
     _camera_fidelity(result, plan, view, points, thresholds)
 
-    r = next((r for r in reversed(REDUCTIONS) if max(expected_size) <= render_max_side * r), max(REDUCTIONS))
-    w, h = -(-expected_size[0] // r), -(-expected_size[1] // r)  # the size of a JPEG decoded at 1/r
+    r = preview_reduction(expected_size, render_max_side)
+    w, h = preview_size(expected_size, render_max_side)  # the size of a JPEG decoded at 1/r
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
     readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
     same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
@@ -220,7 +224,7 @@ def _check_view(
     if want_color and not isinstance(image_size, str):
         path = overlay_dir / f"mv_result_{result.id}.jpg"
         try:
-            _write_overlay(path, export_dir / view.name, readback, (w, h))
+            _write_overlay(path, export_dir / view.name, readback, (w, h), previews.get(export_dir / view.name))
         except InputError:
             result.problems.append(f"exported image {view.name} cannot be decoded")
         else:
@@ -281,14 +285,19 @@ def _render_fidelity(result: ViewCheck, expected: Render, readback: Render, thre
             result.problems.append(f"depth differs by {result.depth_rel:.2e} (relative) > {thresholds.depth_rel:g}")
 
 
-def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int, int]) -> None:
-    """The exported image at render size, the read-back render blended over it and outlined."""
-    with Image.open(image_path) as im:
-        full = im.size
-    reduce = next((r for r in REDUCTIONS if -(-full[0] // r) >= size[0] and -(-full[1] // r) >= size[1]), 1)
-    img = read_image(image_path, reduce)
-    if img.shape[1::-1] != size:
-        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int, int],
+                   preview: np.ndarray | None) -> None:
+    """The exported image at render size (its stage `preview`, or decoded), the read-back render blended over
+    it and outlined."""
+    if preview is not None and preview.shape[1::-1] == size:
+        img = preview
+    else:
+        with Image.open(image_path) as im:
+            full = im.size
+        reduce = next((r for r in REDUCTIONS if -(-full[0] // r) >= size[0] and -(-full[1] // r) >= size[1]), 1)
+        img = read_image(image_path, reduce)
+        if img.shape[1::-1] != size:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     mask = render.mask.astype(np.uint8)
     out = img.copy()
     blend = cv2.addWeighted(img, 1 - OVERLAY_ALPHA, cv2.cvtColor(render.color, cv2.COLOR_RGB2BGR), OVERLAY_ALPHA, 0)

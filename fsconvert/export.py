@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from .check import CheckReport, Thresholds, check_export
 from .errors import OutputError
-from .imagestage import Footprint, ViewPlan, run_plans
+from .imagestage import Footprint, ViewPlan, keep_previews, run_plans
 from .model import Capture, View
 from .options import check_choices
 from .protocol import MANIFEST, ExportedView, write_manifest, write_record
@@ -70,7 +70,7 @@ def export(
     options = module.Options() if options is None else options
     check_choices(options)
     report = None
-    with staging(out, overwrite) as tmp:
+    with staging(out, overwrite) as tmp, keep_previews(thresholds is not None and overlays) as previews:
         extras = dict(module.write(capture, tmp, options, workers=workers, progress=progress))
         images, used = extras.pop("images", None), extras.pop("options", options)
         if not (isinstance(images, list) and len(images) == len(capture.views)):
@@ -78,7 +78,7 @@ def export(
                             f"({len(capture.views)}), got {images!r}")
         manifest = write_manifest(tmp, module.NAME, capture, used, images, extras)
         if thresholds is not None:
-            report = check_export(tmp, thresholds, overlays=overlays, exporter=module)
+            report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews)
         if record is not None:
             write_record(tmp, record, {"views": [v.id for v in capture.views],
                                        "excluded": [v.id for v in capture.excluded],
