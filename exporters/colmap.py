@@ -230,7 +230,7 @@ class _Cloud:
 def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` area-uniform surface points (deterministic), their face normals and interpolated vertex colours."""
     xyz, faces = trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)
-    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[faces], xyz)
+    bary = trimesh.triangles.points_to_barycentric(mesh.vertices[mesh.faces[faces]], xyz)
     colors = vertex_colors(mesh)[mesh.faces[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
     return np.asarray(xyz, np.float64), np.asarray(mesh.face_normals[faces], np.float64), rgb

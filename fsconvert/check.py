@@ -156,7 +156,7 @@ def check_export(
     if dropped:
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
-    points = _subsample(np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64), max_points)
+    points = _subsample(np.asarray(load_mesh(capture.mesh, copy=False).vertices, dtype=np.float64), max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)
     # the renders compare two cameras through one geometry: a dense scan's light proxy serves as well

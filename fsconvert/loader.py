@@ -66,7 +66,7 @@ def load_capture(
                 "give --mesh or --mesh-root",
                 file=tuple_dir,
             )
-        load_mesh(mesh_path)
+        load_mesh(mesh_path, copy=False)
     where = layout_path(tuple_dir)
     return Capture(
         subject=where.parent.name,

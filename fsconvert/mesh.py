@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,15 @@ from .errors import InputError
 from .model import Capture
 
 
-def load_mesh(path: str | Path) -> trimesh.Trimesh:
+def load_mesh(path: str | Path, *, copy: bool = True) -> trimesh.Trimesh:
     """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError.
 
     The last file parsed is kept (keyed on path, size and mtime): loading, exporting and checking a
-    tuple parse it once; each caller gets its own copy.
+    tuple parse it once; each caller gets its own copy, or with `copy=False` the kept mesh itself, which
+    it must not change (a dense scan's copy is ~50 MB per million faces).
     """
-    return _copy(_parse(*_key(path)))
+    mesh = _parse(*_key(path))
+    return _copy(mesh) if copy else mesh
 
 
 def load_render_proxy(path: str | Path) -> trimesh.Trimesh:
@@ -87,8 +90,23 @@ def _proxy(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
     return render_proxy(_parse(path, size, mtime_ns))
 
 
-@functools.lru_cache(maxsize=1)
 def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
+    """The parsed mesh of this file version, kept until another one is asked for; the previous mesh and
+    its proxy are dropped before parsing the next (a worker holds one dense scan at a time)."""
+    global _kept
+    key = (path, size, mtime_ns)
+    if _kept is None or _kept[0] != key:
+        _kept = None
+        _proxy.cache_clear()
+        gc.collect()  # trimesh meshes hold reference cycles (their caches)
+        _kept = key, _read(path)
+    return _kept[1]
+
+
+_kept: tuple[tuple[Path, int, int], trimesh.Trimesh] | None = None
+
+
+def _read(path: Path) -> trimesh.Trimesh:
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except (ValueError, OSError) as exc:  # trimesh's own checks ("Not a ply file!", "PLY is unexpected length!")
