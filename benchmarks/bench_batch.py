@@ -161,7 +161,8 @@ def dense_vs_light(capture, dense_mesh: Path, formats: list[str], tmp: Path, rep
     """Seconds (export, export + check) at scale 1 with the light and the dense mesh, best of `repeat`;
     nerf also with --masks --depth (its products rendered from the full mesh)."""
     exporters = available()
-    variants = [(fmt, {}) for fmt in formats] + ([("nerf", {"masks": True, "depth": True})] if "nerf" in formats else [])
+    variants = [(fmt, {}) for fmt in formats]
+    variants += [("nerf", {"masks": True, "depth": True})] if "nerf" in formats else []
     best: dict = {}
     for _ in range(repeat):
         for fmt, extra in variants:
@@ -299,7 +300,8 @@ def main() -> None:
             peaks += rss1 + rssn + rssd
             mb = ", ".join(f"{r / 2**20:.0f}" for r in rssn + rssd)
             print(f"{fmt:>10}  1 worker {t1:6.1f} s, {cores} workers {tn:6.1f} s ({images / tn:5.2f} images/s): "
-                  f"{machine:.2f}× bound {verdict(machine >= 0.85)}, {scaling:.2f}× one core {verdict(scaling >= 0.85)};"
+                  f"{machine:.2f}× bound {verdict(machine >= 0.85)}, "
+                  f"{scaling:.2f}× one core {verdict(scaling >= 0.85)};"
                   f" peak RSS per worker {mb} MB (light, dense)"
                   + ("" if code1 == coden == coded == 0 else f"  (exit codes {code1}, {coden}, {coded})"))
         if peaks:

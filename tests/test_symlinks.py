@@ -139,7 +139,8 @@ def test_one_linked_tuple_from_a_relative_path(linked: Path, tmp_path: Path, mon
     assert capsys.readouterr().out.startswith(f"wrote {out} (nerf, 3 views)")
     assert_export(out, tuple_dir, linked / "models" / SUBJECT / f"{EXPRESSION}.ply")
     capture = load_capture(".")
-    assert capture.name == f"{SUBJECT}/{EXPRESSION}" and capture.mesh == linked / "models" / SUBJECT / f"{EXPRESSION}.ply"
+    assert capture.name == f"{SUBJECT}/{EXPRESSION}"
+    assert capture.mesh == linked / "models" / SUBJECT / f"{EXPRESSION}.ply"
     monkeypatch.setenv("PWD", "/")  # a stale $PWD (not the current folder) is not used
     assert layout_path(".") == Path.cwd() and find_mesh(Path(".")) is None
 
