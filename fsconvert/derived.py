@@ -46,6 +46,8 @@ class Posed(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class Pose:
+    """A camera at a pose (e.g. the pinhole canvas a visibility test renders)."""
+
     camera: Camera
     world_to_cam: np.ndarray
 

@@ -69,6 +69,7 @@ def export(
     module = get(fmt) if isinstance(fmt, str) else fmt
     options = module.Options() if options is None else options
     check_choices(options)
+    views, excluded = tuple(v.id for v in capture.views), tuple(v.id for v in capture.excluded)
     report = None
     with staging(out, overwrite) as tmp, keep_previews(thresholds is not None and overlays) as previews:
         extras = dict(module.write(capture, tmp, options, workers=workers, progress=progress))
@@ -80,11 +81,10 @@ def export(
         if thresholds is not None:
             report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews)
         if record is not None:
-            write_record(tmp, record, {"views": [v.id for v in capture.views],
-                                       "excluded": [v.id for v in capture.excluded],
+            write_record(tmp, record, {"views": list(views), "excluded": list(excluded),
                                        "check_passed": None if report is None else bool(report.passed)})
-    return Exported(Path(out), module.NAME, tuple(v.id for v in capture.views), tuple(v.id for v in capture.excluded),
-                    manifest, None if report is None else replace(report, export_dir=Path(out)))
+    return Exported(Path(out), module.NAME, views, excluded, manifest,
+                    None if report is None else replace(report, export_dir=Path(out)))
 
 
 def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,

@@ -328,6 +328,11 @@ class Footprint:
     def of(cls, inside: np.ndarray) -> Footprint:
         return cls(np.packbits(inside, axis=1), inside.shape[1])
 
+    @classmethod
+    def full(cls, size: tuple[int, int]) -> Footprint:
+        """Every pixel of a width×height image."""
+        return cls(np.full((size[1], -(-size[0] // 8)), 255, np.uint8), size[0])
+
     def mask(self) -> np.ndarray:
         """H×W bool."""
         return np.unpackbits(self.bits, axis=1, count=self.width).astype(bool)
@@ -345,11 +350,10 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = Fal
     copy at `preview_size` (none for originals placed unchanged)."""
     view = plan.view
     allow = plan.options.allow_corrupt_images
-    full = Footprint.of(np.ones(plan.camera.size[::-1], bool)) if footprint else None
     if not plan.resample:
         verify_jpeg(view.image, view.id, allow_corrupt=allow)
         _place_original(view.image, dest, plan.options.link)
-        return full, None
+        return Footprint.full(plan.camera.size) if footprint else None, None
     img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow)
     expected = (-(-view.camera.height // plan.reduce), -(-view.camera.width // plan.reduce))
     if img.shape[:2] != expected:
@@ -362,17 +366,18 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = Fal
                 view=view.id,
             )
         plan = replace(plan, reduce=1)
+    found = Footprint.full(plan.camera.size) if footprint else None
     if _needs_remap(plan):
         out = _SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
         mx, my = plan.maps(scratch=True)
         if footprint:
             H, W = img.shape[:2]
-            full = Footprint.of((mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1))
+            found = Footprint.of((mx >= 0) & (mx <= W - 1) & (my >= 0) & (my <= H - 1))
         img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
     elif plan.rotated:
         img = cv2.flip(img, -1)
     write_image(dest, img, plan.options)
-    return full, shrink(img, preview_size(plan.camera.size)) if preview else None
+    return found, shrink(img, preview_size(plan.camera.size)) if preview else None
 
 
 def preview_reduction(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> int:
