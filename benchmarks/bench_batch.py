@@ -1,22 +1,29 @@
-"""Whole-dataset conversion throughput: every exporter against two image baselines, 1 → 2 workers,
-the projection check's share, and peak RSS per worker.
+"""Whole-dataset conversion throughput: every exporter against two image baselines, with a dense mesh
+against the light one, the whole machine against one core, the projection check's share, peak RSS.
 
-- per core: one process, one OpenCV and one llvmpipe thread, one tuple; images/s of `fsconvert.export.export` (check off)
-  at scale 1 and 1/4, against the naive loop (full `cv2.imread`, `cv2.undistort`, `cv2.resize`
+- per core: one process, one OpenCV and one llvmpipe thread, one tuple; images/s of `fsconvert.export.export`
+  (check off) at scale 1 and 1/4, against the naive loop (full `cv2.imread`, `cv2.undistort`, `cv2.resize`
   INTER_AREA, `cv2.imwrite`) and the raw OpenCV bound (decode reduced like the stage, `cv2.remap` with
-  maps precomputed outside the timing, encode; same sizes, JPEG quality 95). The check is timed apart.
-- scaling: the real command (`fsconvert to-<format> DATASET -o OUT -j N`, export + check) on four
-  tuples, wall time with 1 and 2 workers; the peak RSS (VmHWM) of every worker process.
+  maps precomputed outside the timing, encode; same sizes, JPEG quality 95). The check's own time
+  (`CheckReport.seconds`) inside an export with the check, with and without overlays.
+- dense mesh: at scale 1, each exporter (and nerf with --masks --depth) with the tuple's mesh subdivided to
+  ≥ 1 M faces with a scan-like relief (`fsconvert.synthetic.dense_scan`), against the light mesh
+  (20 480 faces), export and export + check, in the same round.
+- whole machine: the real command (`fsconvert to-<format> DATASET -o OUT -j N`, export + check, its
+  default of one thread per worker) on four tuples with 1 worker and with one per core; images/s
+  against cores × the one-core OpenCV bound and against cores × the same command on one core;
+  the peak RSS (VmHWM) of every worker, with the dense mesh too.
 - fingerprint: the resume record's cost per tuple (stat of the images) against hashing them.
 
-Targets: ≥ 0.85× the bound at scale 1; ≥ 3× the naive loop at 1/4; ≥ 1.8× from 1 to 2 workers;
-check ≤ 15 % of the export time; peak RSS per worker < 700 MB for 60 views of 4344×2896.
+Targets: ≥ 0.85× the bound at scale 1; ≥ 3× the naive loop at 1/4; dense ≤ 1.25× light; whole machine
+≥ 0.85× (cores × one-core bound); check ≤ 15 % of the export time; peak RSS per worker < 700 MB.
 
-    .venv/bin/python benchmarks/bench_batch.py [--quick] [--formats colmap,nerf] [--scaling-format colmap]
+    .venv/bin/python benchmarks/bench_batch.py [--quick] [--formats colmap,nerf]
 
 Input: four synthetic tuples (`fsconvert.synthetic.make_sample`, ~8 s per 4344-px view to render): a few
 unique views are rendered once, then hard-linked into 60-view tuples (decoding cost does not depend
-on which view it is); cached in $TMPDIR/fsconvert-bench-batch. --quick: 12 views of 2172×1448.
+on which view it is); cached in $TMPDIR/fsconvert-bench-batch with the dense meshes (dense/models/).
+--quick: 12 views of 2172×1448 (a few minutes).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa
 import fsconvert  # noqa: F401  (headless rendering set-up)
 import cv2
 import numpy as np
+import trimesh
 
 from exporters import available
 from fsconvert.batch import fingerprint
@@ -49,14 +57,19 @@ from fsconvert.loader import load_capture
 
 QUALITY = 95
 SUBJECTS = ("1", "2", "3", "4")
+DENSE = Path("dense") / "models"
+"""MESH_ROOT of the dense meshes (not a sibling of images/, where the light ones are found by default)."""
+DENSE_FACES = 1_000_000
+WHOLE_MACHINE = ("colmap", "nerf", "facescape", "open3d")
 
 
 def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
-    """A cached dataset root: SUBJECTS × 1_neutral, `views` valid views each, hard-linked from `unique`."""
+    """A cached dataset root: SUBJECTS × 1_neutral, `views` valid views each, hard-linked from `unique`;
+    `models/` holds the light meshes, `dense/models/` the same ones as dense scans."""
     root = cache / f"{long_side}px-{views}views"
-    if (root / "images" / SUBJECTS[-1] / "1_neutral" / "params.json").is_file():
+    if (root / DENSE / SUBJECTS[-1] / "1_neutral.ply").is_file():
         return root
-    from fsconvert.synthetic import make_sample
+    from fsconvert.synthetic import dense_scan, make_sample
 
     print(f"rendering {unique} synthetic {long_side}-px views into {root} (cached for later runs) ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -64,6 +77,10 @@ def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
     (src,) = make_sample(tmp / "src", n_views=unique, long_side=long_side)
     params = json.loads((src / "params.json").read_text())
     valid = [v for v in range(unique) if params.get(f"{v}_valid", True)]
+    light = tmp / "src" / "models" / "1" / "1_neutral.ply"
+    dense = tmp / "src" / "dense.ply"
+    dense.write_bytes(trimesh.exchange.ply.export_ply(dense_scan(trimesh.load(light, process=False), DENSE_FACES),
+                                                      encoding="binary"))
     for subject in SUBJECTS:
         dest = tmp / "images" / subject / "1_neutral"
         dest.mkdir(parents=True)
@@ -73,8 +90,9 @@ def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
             os.link(src / f"{v}.jpg", dest / f"{i}.jpg")
             out |= {f"{i}_{k.split('_', 1)[1]}": value for k, value in params.items() if k.split("_", 1)[0] == str(v)}
         (dest / "params.json").write_text(json.dumps(out))
-        (tmp / "models" / subject).mkdir(parents=True)
-        shutil.copyfile(tmp / "src" / "models" / "1" / "1_neutral.ply", tmp / "models" / subject / "1_neutral.ply")
+        for models, mesh in (("models", light), (DENSE, dense)):
+            (tmp / models / subject).mkdir(parents=True)
+            shutil.copyfile(mesh, tmp / models / subject / "1_neutral.ply")
     shutil.rmtree(root, ignore_errors=True)
     os.rename(tmp, root)
     return root
@@ -124,12 +142,12 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
                 best[name, scale] = min(best.get((name, scale), np.inf), timed(fn, arg, out))
                 shutil.rmtree(out)
             for fmt in formats:
-                module = exporters[fmt]
-                out = tmp / f"{fmt}-{scale:g}"
+                out, module = tmp / f"{fmt}-{scale:g}", exporters[fmt]
                 options = module.Options(image=image)
                 export_s = timed(lambda: export(capture, module, out, options, overwrite=True, thresholds=None))
-                check_s = timed(lambda: check_export(out, Thresholds()))
-                bare_s = timed(lambda: check_export(out, Thresholds(), overlays=False))
+                # the check as the command runs it, inside the export (overlays drawn on the stage's previews)
+                check_s = export(capture, module, out, options, overwrite=True).check.seconds
+                bare_s = export(capture, module, out, options, overwrite=True, overlays=False).check.seconds
                 old = best.get((fmt, scale), (np.inf,) * 3)
                 best[fmt, scale] = tuple(min(a, b) for a, b in zip(old, (export_s, check_s, bare_s)))
                 shutil.rmtree(out)
@@ -139,13 +157,36 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
     return rates
 
 
-def run_command(fmt: str, root: Path, out: Path, jobs: int) -> tuple[float, list[int], int]:
+def dense_vs_light(capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int) -> dict:
+    """Seconds (export, export + check) at scale 1 with the light and the dense mesh, best of `repeat`;
+    nerf also with --masks --depth (its products rendered from the full mesh)."""
+    exporters = available()
+    variants = [(fmt, {}) for fmt in formats]
+    variants += [("nerf", {"masks": True, "depth": True})] if "nerf" in formats else []
+    best: dict = {}
+    for _ in range(repeat):
+        for fmt, extra in variants:
+            for label, mesh in (("light", capture.mesh), ("dense", dense_mesh)):
+                module, out = exporters[fmt], tmp / f"dense-{fmt}"
+                options = module.Options(image=ImageOptions(jpeg_quality=QUALITY), **extra)
+                start = time.perf_counter()
+                check_s = export(replace(capture, mesh=mesh), module, out, options, overwrite=True).check.seconds
+                total_s = time.perf_counter() - start
+                key = (fmt + "".join(f" --{k}" for k in extra), label)
+                old = best.get(key, (np.inf, np.inf))
+                best[key] = (min(old[0], total_s - check_s), min(old[1], total_s))
+                shutil.rmtree(out)
+    return best
+
+
+def run_command(fmt: str, root: Path, out: Path, jobs: int, mesh_root: Path | None = None
+                ) -> tuple[float, list[int], int]:
     """Wall time of `fsconvert to-<fmt>`, the peak RSS (bytes) of each worker process, and the exit code."""
     cmd = [sys.executable, "-m", "fsconvert.cli", f"to-{fmt}", str(root), "-o", str(out), "-q", "-j", str(jobs)]
-    # one thread per worker, as the pool's workers have: 1 worker = 1 core
-    env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd += ["--mesh-root", str(mesh_root)] if mesh_root else []
+    env = {k: v for k, v in os.environ.items() if k not in ("LP_NUM_THREADS", "OMP_NUM_THREADS")}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)  # its default: one thread per worker
     peaks: dict[int, int] = {}
     stop = threading.Event()
 
@@ -163,6 +204,7 @@ def run_command(fmt: str, root: Path, out: Path, jobs: int) -> tuple[float, list
     watcher.join()
     # with 1 job the command itself is the worker; with more, its spawned children are
     workers = [peaks[proc.pid]] if jobs == 1 else [v for pid, v in peaks.items() if pid != proc.pid and v > 0]
+    shutil.rmtree(out, ignore_errors=True)
     return wall, sorted(workers, reverse=True)[:jobs], code
 
 
@@ -200,9 +242,8 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="12 views of 2172×1448 per tuple")
+    parser.add_argument("--quick", action="store_true", help="12 views of 2172×1448 per tuple (a few minutes)")
     parser.add_argument("--formats", help="comma-separated exporters (default: all)")
-    parser.add_argument("--scaling-format", default="colmap", help="exporter for the 1 → 2 workers run")
     parser.add_argument("--repeat", type=int, help="rounds of the per-core timings, best counts (default 2; quick 1)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fsconvert-bench-batch")
     args = parser.parse_args()
@@ -211,10 +252,12 @@ def main() -> None:
     formats = args.formats.split(",") if args.formats else list(available())
     root = dataset(args.cache, views, unique, long_side)
     capture = load_capture(root / "images" / SUBJECTS[0] / "1_neutral")
+    dense_mesh = root / DENSE / SUBJECTS[0] / "1_neutral.ply"
     w, h = max(v.camera.size for v in capture.views)
+    cores = os.cpu_count() or 1
     cv2.setNumThreads(1)
     print(f"{len(SUBJECTS)} tuples × {views} views of {w}×{h} (hard-linked from {unique - 1} rendered), "
-          f"{os.cpu_count()} cores, OpenCV {cv2.__version__}; load average {os.getloadavg()[0]:.1f}")
+          f"{cores} cores, OpenCV {cv2.__version__}; load average {_load()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         rates = per_core(capture, formats, Path(tmp), repeat)
@@ -230,22 +273,48 @@ def main() -> None:
             checks = "  ".join(" / ".join(f"{100 * x:>3.0f} % {verdict(x <= 0.15)}" for x in c) for c in (c1, c4))
             print(f"{fmt:>10}  {r1:>8.2f}  {b:>8.2f}× {verdict(b >= 0.85)}  {r4:>9.2f}  {nv:>8.2f}× "
                   f"{verdict(nv >= 3)}  {checks}")
+        print(f"load average {_load()}")
 
-        fmt = args.scaling_format
-        t1, rss1, code1 = run_command(fmt, root, Path(tmp) / "j1", 1)
-        t2, rss2, code2 = run_command(fmt, root, Path(tmp) / "j2", 2)
-        speedup = t1 / t2
-        print(f"\nscaling, `fsconvert to-{fmt}` on {len(SUBJECTS)} tuples (export + check): 1 worker {t1:.1f} s, "
-              f"2 workers {t2:.1f} s → {speedup:.2f}× {verdict(speedup >= 1.8)}"
-              + ("" if code1 == code2 == 0 else f"  (exit codes {code1}, {code2})"))
-        peak = max(rss1 + rss2)
-        mb = lambda rss: ", ".join(f"{r / 2**20:.0f}" for r in rss)  # noqa: E731
-        print(f"peak RSS per worker: 1 worker {mb(rss1)} MB; 2 workers {mb(rss2)} MB → max {peak / 2**20:.0f} MB "
-              f"{verdict(peak < 700 * 2**20)}")
+        dense_faces = len(trimesh.load(dense_mesh, process=False).faces)
+        light_faces = len(trimesh.load(capture.mesh, process=False).faces)
+        times = dense_vs_light(capture, dense_mesh, formats, Path(tmp), repeat)
+        print(f"\ndense mesh ({dense_faces} faces) against the light one ({light_faces}), scale 1, one core, seconds")
+        print(f"{'':>24}  {'export light':>12}  {'dense':>7}  {'ratio':>12}  {'+ check light':>13}  {'dense':>7}  "
+              f"{'ratio':>12}")
+        for name in dict.fromkeys(k[0] for k in times):
+            (el, cl), (ed, cd) = times[name, "light"], times[name, "dense"]
+            print(f"{name:>24}  {el:>12.2f}  {ed:>7.2f}  {ed / el:>5.2f}× {verdict(ed / el <= 1.25)}  {cl:>13.2f}  "
+                  f"{cd:>7.2f}  {cd / cl:>5.2f}× {verdict(cd / cl <= 1.25)}")
+        print(f"load average {_load()}")
+
+        images = len(SUBJECTS) * views
+        print(f"\nwhole machine, `fsconvert to-<format>` on {len(SUBJECTS)} tuples (export + check), one thread per "
+              f"worker; images/s with {cores} workers ÷ ({cores} × the one-core bound {rates['bound', 1.0]:.2f}) and "
+              f"÷ ({cores} × the same command with 1 worker)")
+        peaks = []
+        for fmt in [f for f in WHOLE_MACHINE if f in formats]:
+            t1, rss1, code1 = run_command(fmt, root, Path(tmp) / "j1", 1)
+            tn, rssn, coden = run_command(fmt, root, Path(tmp) / "jn", cores)
+            _, rssd, coded = run_command(fmt, root, Path(tmp) / "jd", cores, root / DENSE)
+            machine, scaling = images / tn / (cores * rates["bound", 1.0]), t1 / tn / cores
+            peaks += rss1 + rssn + rssd
+            mb = ", ".join(f"{r / 2**20:.0f}" for r in rssn + rssd)
+            print(f"{fmt:>10}  1 worker {t1:6.1f} s, {cores} workers {tn:6.1f} s ({images / tn:5.2f} images/s): "
+                  f"{machine:.2f}× bound {verdict(machine >= 0.85)}, "
+                  f"{scaling:.2f}× one core {verdict(scaling >= 0.85)};"
+                  f" peak RSS per worker {mb} MB (light, dense)"
+                  + ("" if code1 == coden == coded == 0 else f"  (exit codes {code1}, {coden}, {coded})"))
+        if peaks:
+            print(f"peak RSS per worker: max {max(peaks) / 2**20:.0f} MB {verdict(max(peaks) < 700 * 2**20)}; "
+                  f"load average {_load()}")
 
     stat_ms, hash_ms = fingerprint_cost(root)
     print(f"resume fingerprint per tuple: {stat_ms:.2f} ms (params.json sha256 + image stat) vs {hash_ms:.0f} ms "
-          f"to hash the {views} images; load average now {os.getloadavg()[0]:.1f}")
+          f"to hash the {views} images; load average now {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

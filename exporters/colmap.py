@@ -298,7 +298,7 @@ class _Cloud:
 def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` area-uniform surface points (deterministic), their face normals and interpolated vertex colours."""
     xyz, faces = trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)
-    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[faces], xyz)
+    bary = trimesh.triangles.points_to_barycentric(mesh.vertices[mesh.faces[faces]], xyz)
     colors = vertex_colors(mesh)[mesh.faces[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
     return np.asarray(xyz, np.float64), np.asarray(mesh.face_normals[faces], np.float64), rgb
@@ -308,7 +308,9 @@ def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, imag
                  progress: bool) -> _Cloud:
     mesh = capture_mesh(capture, "points3D")
     xyz, normals, rgb = sample_surface(mesh, options.points)
-    visibility = point_visibility(mesh, plans, xyz, options.depth_tolerance, progress=progress, desc="points3D")
+    # points on the full mesh, their depth test against its render proxy (a dense scan's ~100 000-face copy)
+    visibility = point_visibility(capture_mesh(capture, "points3D", proxy=True), plans, xyz, options.depth_tolerance,
+                                  progress=progress, desc="points3D")
     seen = np.array([visible for visible, _ in visibility]).reshape(len(plans), len(xyz))
     obs = [uv for _, uv in visibility]
     facing = np.array([np.einsum("ij,ij->i", normals, cv.camera_centre(p.world_to_cam) - xyz) for p in plans])

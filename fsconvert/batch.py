@@ -34,7 +34,7 @@ from .alignment import DEFAULT_UNITS
 from .check import REPORT, Overlays, Thresholds, format_report, overlay_policy
 from .errors import FsconvertError, InputError, OutputError
 from .export import export
-from .loader import IMAGE_EXT, PARAMS, find_mesh, load_capture
+from .loader import IMAGE_EXT, PARAMS, find_mesh, layout_path, load_capture
 from .options import to_dict
 from .protocol import read_record
 
@@ -84,7 +84,8 @@ class TupleJob:
 
     @property
     def name(self) -> str:
-        return f"{self.source.parent.name}/{self.source.name}"
+        where = layout_path(self.source)
+        return f"{where.parent.name}/{where.name}"
 
     @property
     def images(self) -> int:
@@ -229,10 +230,10 @@ def inputs(source: Path, mesh: Path | None) -> dict:
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", file=params) from None
     return {
-        "source": str(source.resolve()),
+        "source": str(layout_path(source)),
         "params_sha256": digest,
         "images": {p.name: _stat(p) for p in sorted(source.glob(f"*{IMAGE_EXT}"))},
-        "mesh": None if mesh is None else {"path": str(mesh.resolve()), "stat": _stat(mesh)},
+        "mesh": None if mesh is None else {"path": str(layout_path(mesh)), "stat": _stat(mesh)},
     }
 
 
@@ -341,6 +342,7 @@ def run(
     jobs: Sequence[TupleJob],
     *,
     workers: int = 1,
+    threads: int = 1,
     progress: bool = False,
     on_result: Callable[[TupleResult], None] | None = None,
     engine: str = "local",
@@ -349,8 +351,11 @@ def run(
     """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
 
     `engine` is where the processes are (`fsconvert.engines`): "local" (this machine), "dask" or
-    "ray", on the cluster at `address` or on a local one of `workers` processes. A single job on the
-    local engine runs in this process with `workers` image processes and the exporter's own progress.
+    "ray", on the cluster at `address` or on a local one of `workers` processes. Local worker processes
+    use `threads` threads each in OpenCV, llvmpipe and Open3D unless the environment (LP_NUM_THREADS,
+    OMP_NUM_THREADS) says otherwise (Dask and Ray tasks: one core each); jobs run in this process leave
+    its settings alone (`fsconvert.threads.limit_threads` sets them). A single job on the local engine
+    runs in this process with `workers` image processes and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
     reported as failed, with the traceback on stderr; the others go on.
     """
@@ -389,7 +394,8 @@ def run(
                         clean_stale(job.out_dir)
             done(i, skipped)
         if todo:
-            stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, address=address)
+            stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, threads=threads,
+                                    address=address)
             with closing(stream):
                 for k, result in stream:
                     done(todo[k], result)

@@ -9,6 +9,8 @@ Which views get an overlay is the overlay policy (every failing view does, unles
 a view without one whose read-back camera equals the expected one (to 1e-12) is not rendered: the two
 renders would be the same image. The numbers go to `check/check.json`, a page for people to
 `check/index.html` (`fsconvert.report`) with the camera rig in `check/rig.png` (`fsconvert.rig`).
+The renders draw the mesh's render proxy (a dense scan's ~100 000-face clustered copy: both cameras see the
+same geometry, so camera errors show alike).
 Views missing from the read-back, extra ones and unreadable exports are failures, never skipped.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from . import conventions as cv
 from . import readers
 from .errors import FsconvertError, InputError, OutputError
-from .imagestage import REDUCTIONS, ViewPlan, plan_views, read_image
+from .imagestage import PREVIEW_MAX_SIDE, REDUCTIONS, ViewPlan, plan_views, preview_reduction, preview_size, read_image
 from .loader import load_capture
 from .mesh import capture_mesh, subsample
 from .model import Camera
@@ -150,9 +153,10 @@ def check_export(
     *,
     overlays: Overlays = "all",
     max_points: int = 5000,
-    render_max_side: int = 800,
+    render_max_side: int = PREVIEW_MAX_SIDE,
     exporter: ModuleType | None = None,
     reader: str | None = None,
+    previews: Mapping[Path, np.ndarray] | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
     `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
@@ -162,7 +166,8 @@ def check_export(
     `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
-    (default: the installed one named by the manifest).
+    (default: the installed one named by the manifest). `previews`: exported images at that size by path
+    (`imagestage.keep_previews`), drawn on instead of decoding the files.
     """
     from exporters import get
 
@@ -211,12 +216,12 @@ def check_export(
     if dropped:
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
-    mesh = capture_mesh(capture, "the check")
-    points = subsample(np.asarray(mesh.vertices, dtype=np.float64), max_points)
+    points = subsample(np.asarray(capture_mesh(capture, "the check").vertices, dtype=np.float64), max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)
     sampled = overlay_sample(policy, len(manifest["views"]))
-    with Renderer(mesh) as renderer:
+    # the renders compare two cameras through one geometry: a dense scan's light proxy serves as well
+    with Renderer(capture_mesh(capture, "the check", proxy=True)) as renderer:
         for i, entry in enumerate(manifest["views"]):
             result = ViewCheck(int(entry["id"]), entry["name"])
             report.views.append(result)
@@ -231,7 +236,7 @@ def check_export(
                                            else "missing from the read-back (dropped view)")
             else:
                 _check_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
-                            None if policy == "none" else out_dir, i in sampled, report.reader)
+                            None if policy == "none" else out_dir, i in sampled, report.reader, previews or {})
     _write_json(export_dir / REPORT, report.to_dict())
     invalid = {v.id for v in capture.views if not v.valid}
     _plot(export_dir / RIG, report, manifest["format"], by_name, invalid, points)
@@ -266,6 +271,7 @@ def _check_view(
     overlay_dir: Path | None,
     sampled: bool,
     reader: str,
+    previews: Mapping[Path, np.ndarray],
 ) -> None:
     """Measure one view into `result`; overlay it into `overlay_dir` (None: never) if `sampled` or failing."""
     expected_size = plan.camera.size
@@ -279,8 +285,8 @@ def _check_view(
 
     _camera_fidelity(result, plan, view, points, thresholds, reader)
 
-    r = next((r for r in reversed(REDUCTIONS) if max(expected_size) <= render_max_side * r), max(REDUCTIONS))
-    w, h = -(-expected_size[0] // r), -(-expected_size[1] // r)  # the size of a JPEG decoded at 1/r
+    r = preview_reduction(expected_size, render_max_side)
+    w, h = preview_size(expected_size, render_max_side)  # the size of a JPEG decoded at 1/r
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
     readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
     same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
@@ -304,7 +310,7 @@ def _check_view(
     if want_color and not isinstance(image_size, str):
         path = overlay_dir / f"mv_result_{result.id}.jpg"
         try:
-            _write_overlay(path, export_dir / view.name, readback, (w, h))
+            _write_overlay(path, export_dir / view.name, readback, (w, h), previews.get(export_dir / view.name))
         except InputError:
             result.problems.append(f"exported image {view.name} cannot be decoded")
         else:
@@ -396,14 +402,19 @@ def _render_fidelity(result: ViewCheck, expected: Render, readback: Render, thre
             result.problems.append(f"depth differs by {result.depth_rel:.2e} (relative) > {thresholds.depth_rel:g}")
 
 
-def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int, int]) -> None:
-    """The exported image at render size, the read-back render blended over it and outlined."""
-    with Image.open(image_path) as im:
-        full = im.size
-    reduce = next((r for r in REDUCTIONS if -(-full[0] // r) >= size[0] and -(-full[1] // r) >= size[1]), 1)
-    img = read_image(image_path, reduce)
-    if img.shape[1::-1] != size:
-        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int, int],
+                   preview: np.ndarray | None) -> None:
+    """The exported image at render size (its stage `preview`, or decoded), the read-back render blended over
+    it and outlined."""
+    if preview is not None and preview.shape[1::-1] == size:
+        img = preview
+    else:
+        with Image.open(image_path) as im:
+            full = im.size
+        reduce = next((r for r in REDUCTIONS if -(-full[0] // r) >= size[0] and -(-full[1] // r) >= size[1]), 1)
+        img = read_image(image_path, reduce)
+        if img.shape[1::-1] != size:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     mask = render.mask.astype(np.uint8)
     out = img.copy()
     blend = cv2.addWeighted(img, 1 - OVERLAY_ALPHA, cv2.cvtColor(render.color, cv2.COLOR_RGB2BGR), OVERLAY_ALPHA, 0)

@@ -118,6 +118,8 @@ class Conversion(AlignTo, Selection):
     force: bool = option(False, "convert again even outputs that are up to date")
     jobs: int = option(default_factory=lambda: os.cpu_count() or 1, flags=("-j", "--jobs"), parse=_positive_int,
                        help="worker processes (default: the number of cores); a dataset runs one tuple per process")
+    threads: int = option(1, "threads per process for OpenCV, rendering (llvmpipe) and Open3D: -j N uses N cores",
+                          parse=_positive_int)
     no_check: bool = option(False, "skip the projection check after export")
     quiet: bool = option(False, "no progress bars", flags=("-q", "--quiet"))
     shard: Shard | None = option(None, "convert only shard I of N of the selected tuples, I from 0 (e.g. "
@@ -287,14 +289,15 @@ def _check(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace, exporters: dict[str, ModuleType]) -> int:
     runs = load_config(args.config, exporters)
     first = runs[0].conversion
-    return _convert(runs, jobs=first.jobs, quiet=args.quiet or first.quiet)
+    return _convert(runs, jobs=first.jobs, threads=first.threads, quiet=args.quiet or first.quiet)
 
 
 def _convert_command(args: argparse.Namespace, fmt: str, module: ModuleType) -> int:
     options = build(module.Options, from_args(args, module.Options, "options"), from_args(args, ImageOptions, "image"))
     run = Run(fmt, Conversion(**from_args(args, Conversion, "")), options,
               CheckSettings(**from_args(args, CheckSettings, "check")))
-    return _convert([run], jobs=run.conversion.jobs, quiet=run.conversion.quiet)
+    c = run.conversion
+    return _convert([run], jobs=c.jobs, threads=c.threads, quiet=c.quiet)
 
 
 # ---- conversion -----------------------------------------------------------------------------------
@@ -360,13 +363,16 @@ def _plan(run: Run) -> Plan:
                 False, shard_of)
 
 
-def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
+def _convert(runs: list[Run], *, jobs: int, threads: int, quiet: bool) -> int:
     from tqdm import tqdm
 
     from .batch import exit_code, run, summary
     from .engines import require
     from .report import write_run_report
     from .status import now, write_summary
+    from .threads import limit_threads
+
+    limit_threads(threads)  # here and in every worker process (they inherit the environment)
 
     plans = [_plan(r) for r in runs]
     first = runs[0].conversion
@@ -374,7 +380,7 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
     engine = dict(workers=jobs, engine=first.engine, address=first.address)
     todo = [job for p in plans for job in p.jobs]
     if len(plans) == 1 and plans[0].single:
-        (result,) = run(todo, progress=not quiet, **engine)
+        (result,) = run(todo, progress=not quiet, threads=threads, **engine)
         return _report_tuple(result, runs[0].fmt)
 
     def echo(r) -> None:
@@ -386,7 +392,7 @@ def _convert(runs: list[Run], *, jobs: int, quiet: bool) -> int:
     started, start = now(), time.perf_counter()
     for p in plans:
         write_summary(p.root, first.shard, p.selection, p.jobs, engine=first.engine, started=started)
-    results = run(todo, progress=not quiet, on_result=echo, **engine)
+    results = run(todo, progress=not quiet, on_result=echo, threads=threads, **engine)
     seconds = time.perf_counter() - start
     done, pages = 0, []
     for p in plans:

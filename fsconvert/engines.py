@@ -43,17 +43,18 @@ class EngineError(FsconvertError):
     """The engine is not installed, or its cluster cannot be reached or used."""
 
 
-def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1,
+def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1, threads: int = 1,
             address: str | None = None) -> Iterator[tuple[int, TupleResult]]:
     """(index in `jobs`, result) of every job, in the order they finish.
 
-    "local": `workers` processes of this machine (`address` must be None). "dask": the scheduler at
+    "local": `workers` processes of this machine of `threads` threads each (`address` must be None);
+    Dask and Ray tasks use one core each. "dask": the scheduler at
     `address` (tcp://host:port), or a LocalCluster of `workers` processes. "ray": the cluster at
     `address` ("auto", host:port or ray://host:port), or a new local one with `workers` CPUs.
     """
     module = require(engine, address)
     if engine == "local":
-        return _local(jobs, workers)
+        return _local(jobs, workers, threads)
     return (_dask if engine == "dask" else _ray)(module, jobs, workers, address)
 
 
@@ -75,7 +76,7 @@ def require(engine: str, address: str | None = None) -> ModuleType | None:
 # ---- local -----------------------------------------------------------------------------------------
 
 
-def _local(jobs: Sequence[TupleJob], workers: int) -> Iterator[tuple[int, TupleResult]]:
+def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Iterator[tuple[int, TupleResult]]:
     if workers <= 1 or len(jobs) <= 1:
         for k, job in enumerate(jobs):
             yield k, guarded(job)
@@ -83,7 +84,7 @@ def _local(jobs: Sequence[TupleJob], workers: int) -> Iterator[tuple[int, TupleR
     # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                               initargs=(os.getpid(),))
+                               initargs=(os.getpid(), threads))
     try:
         futures: dict[Future, int] = {pool.submit(guarded, job): k for k, job in enumerate(jobs)}
         for future in as_completed(futures):
@@ -106,9 +107,9 @@ def _local(jobs: Sequence[TupleJob], workers: int) -> Iterator[tuple[int, TupleR
 _PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(parent: int) -> None:
-    """A local pool worker: one thread; die with the parent; leave Ctrl-C to it."""
-    _one_thread()
+def _init_worker(parent: int, threads: int) -> None:
+    """A local pool worker: `threads` threads; die with the parent; leave Ctrl-C to it."""
+    _worker_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -117,13 +118,12 @@ def _init_worker(parent: int) -> None:
 
 
 @functools.cache
-def _one_thread() -> None:
-    """One OpenCV and one render thread per worker process (the workers fill the cores)."""
-    import cv2
+def _worker_threads(threads: int) -> None:
+    """`threads` OpenCV, render and OpenMP threads per worker process (the workers fill the cores), unless
+    the environment sets LP_NUM_THREADS / OMP_NUM_THREADS."""
+    from .threads import limit_threads
 
-    cv2.setNumThreads(1)
-    for name in ("LP_NUM_THREADS", "OMP_NUM_THREADS"):  # llvmpipe (OSMesa renders), open3d: read on first use
-        os.environ.setdefault(name, "1")
+    limit_threads(threads, override=False)
     # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
     # leaves to the resource tracker's "leaked semaphore" warning.
     tqdm.set_lock(threading.RLock())
@@ -143,8 +143,8 @@ def failed(job: TupleJob, reason: str) -> TupleResult:
 
 
 def _task(job: TupleJob) -> TupleResult:
-    """One tuple on a Dask or Ray worker process."""
-    _one_thread()
+    """One tuple on a Dask or Ray worker process (one core)."""
+    _worker_threads(1)
     return guarded(job)
 
 

@@ -19,9 +19,9 @@ from types import ModuleType
 from typing import Any
 
 from . import __version__
-from .check import CheckReport, Overlays, Thresholds, check_export
+from .check import CheckReport, Overlays, Thresholds, check_export, overlay_policy
 from .errors import OutputError
-from .imagestage import Footprint, ViewPlan, run_plans
+from .imagestage import Footprint, ViewPlan, keep_previews, run_plans
 from .model import Capture, View
 from .options import check_choices
 from .protocol import MANIFEST, ExportedView, write_manifest, write_record
@@ -72,7 +72,8 @@ def export(
     check_choices(options)
     views, excluded = tuple(v.id for v in capture.views), tuple(v.id for v in capture.excluded)
     report = None
-    with staging(out, overwrite) as tmp:
+    drawn = thresholds is not None and overlay_policy(overlays) != "none"
+    with staging(out, overwrite) as tmp, keep_previews(drawn) as previews:
         extras = dict(module.write(capture, tmp, options, workers=workers, progress=progress))
         images, used = extras.pop("images", None), extras.pop("options", options)
         if not (isinstance(images, list) and len(images) == len(capture.views)):
@@ -80,7 +81,7 @@ def export(
                             f"({len(capture.views)}), got {images!r}")
         manifest = write_manifest(tmp, module.NAME, capture, used, images, extras)
         if thresholds is not None:
-            report = check_export(tmp, thresholds, overlays=overlays, exporter=module)
+            report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews)
         if record is not None:
             write_record(tmp, record, {"views": list(views), "excluded": list(excluded),
                                        "check_passed": None if report is None else bool(report.passed)})

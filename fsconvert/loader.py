@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -75,10 +77,11 @@ def load_capture(
                 "give --mesh or --mesh-root",
                 file=tuple_dir,
             )
-        load_mesh(mesh_path)
+        load_mesh(mesh_path, copy=False)
+    where = layout_path(tuple_dir)
     return Capture(
-        subject=tuple_dir.parent.name,
-        expression=tuple_dir.name,
+        subject=where.parent.name,
+        expression=where.name,
         root=tuple_dir,
         views=kept,
         mesh=mesh_path,
@@ -215,9 +218,30 @@ def _jpeg_complete(path: Path, data_start: int) -> bool:
 # ---- dataset layout -------------------------------------------------------------------------------
 
 
+def layout_path(path: str | Path) -> Path:
+    """`path` made absolute as the dataset lays it out: symbolic links are kept, not followed.
+
+    Ids, expressions and recorded paths come from this, never from where a link points (tuple folders
+    linked in from shared storage keep their `<id>/<exp>`). Relative paths start at the shell's
+    working folder ($PWD, which keeps the links it was reached through) when that is the current one.
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        cwd = os.environ.get("PWD", "")
+        try:
+            logical = os.path.isabs(cwd) and os.path.samefile(cwd, ".")
+        except OSError:
+            logical = False
+        path = Path(cwd if logical else os.getcwd()) / path
+    return Path(os.path.normpath(path))
+
+
 def find_mesh(tuple_dir: Path, mesh_root: str | Path | None = None) -> Path | None:
-    """`MESH_ROOT/<id>/<exp>.ply` for `IMGS_ROOT/<id>/<exp>/`; MESH_ROOT given, or a sibling of IMGS_ROOT."""
-    tuple_dir = Path(tuple_dir).resolve()
+    """`MESH_ROOT/<id>/<exp>.ply` for `IMGS_ROOT/<id>/<exp>/`; MESH_ROOT given, or a sibling of IMGS_ROOT.
+
+    The ids come from the folders' names in the dataset (`layout_path`), not from link targets.
+    """
+    tuple_dir = layout_path(tuple_dir)
     rel = Path(tuple_dir.parent.name) / f"{tuple_dir.name}.ply"
     if mesh_root is not None:
         return Path(mesh_root) / rel

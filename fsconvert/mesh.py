@@ -1,8 +1,9 @@
-"""Load and validate the tuple's mesh (SfM units, the cameras' world frame)."""
+"""Load and validate the tuple's mesh (SfM units, the cameras' world frame), and its light render proxy."""
 
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +14,100 @@ from .errors import InputError
 from .model import Capture
 
 
-def load_mesh(path: str | Path) -> trimesh.Trimesh:
+def load_mesh(path: str | Path, *, copy: bool = True) -> trimesh.Trimesh:
     """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError.
 
     The last file parsed is kept (keyed on path, size and mtime): loading, exporting and checking a
-    tuple parse it once; each caller gets its own copy.
+    tuple parse it once; each caller gets its own copy, or with `copy=False` the kept mesh itself, which
+    it must not change (a dense scan's copy is ~50 MB per million faces).
     """
+    mesh = _parse(*_key(path))
+    return _copy(mesh) if copy else mesh
+
+
+def load_render_proxy(path: str | Path) -> trimesh.Trimesh:
+    """The mesh at `path` for renders that test cameras or visibility, not products: the mesh itself up
+    to PROXY_MAX_FACES faces, else a vertex-clustered copy (`render_proxy`), made once per file version."""
+    return _copy(_proxy(*_key(path)))
+
+
+PROXY_MAX_FACES = 100_000
+"""Meshes up to this many faces are their own render proxy (llvmpipe: ~5 ms per 20 000 triangles per render)."""
+PROXY_CELLS = 112
+"""Clustering cells along the longest side of the bounding box (a head: ~90 000 faces)."""
+
+
+def render_proxy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A vertex-clustered copy of `mesh` of at most PROXY_MAX_FACES faces (a dense scan's 1–3 M become
+    ~90 000), or `mesh` itself when it is that small already.
+
+    Vertices in one grid cell (PROXY_CELLS along the longest side, fewer if the result would still be
+    too large) merge into their mean position and colour; faces that collapse are dropped. The surface
+    moves by at most a cell's diagonal, ~1e-3 of the mesh's size on a dense scan. Quadric decimation
+    keeps the shape better but takes seconds per million faces; this takes ~0.2 s.
+    """
+    cells = PROXY_CELLS
+    proxy = mesh
+    while len(proxy.faces) > PROXY_MAX_FACES:
+        proxy = _cluster(mesh, cells)
+        cells = int(cells * 0.95 * np.sqrt(PROXY_MAX_FACES / len(proxy.faces)))
+    return proxy
+
+
+def _cluster(mesh: trimesh.Trimesh, cells: int) -> trimesh.Trimesh:
+    v = np.asarray(mesh.vertices, np.float64)
+    lo = v.min(axis=0)
+    cell = float(np.ptp(v, axis=0).max()) / cells or 1.0
+    ijk = np.minimum(((v - lo) / cell).astype(np.int64), cells)
+    key = (ijk[:, 0] * (cells + 1) + ijk[:, 1]) * (cells + 1) + ijk[:, 2]
+    _, cluster = np.unique(key, return_inverse=True)
+    sums = [np.bincount(cluster, weights=c) for c in (*v.T, *vertex_colors(mesh).T.astype(np.float64))]
+    mean = np.column_stack(sums) / np.bincount(cluster)[:, None]
+    faces = cluster[mesh.faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    return trimesh.Trimesh(mean[:, :3], faces, vertex_colors=np.rint(mean[:, 3:]).astype(np.uint8), process=False)
+
+
+def _key(path: str | Path) -> tuple[Path, int, int]:
     path = Path(path)
     if not path.is_file():
         raise InputError("mesh file not found", file=path)
     stat = path.stat()
-    return _parse(path, stat.st_size, stat.st_mtime_ns).copy()
+    return path, stat.st_size, stat.st_mtime_ns
+
+
+def _copy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy whose arrays the caller may change (trimesh's own copy derives face colours: ~0.8 s at 1 M faces)."""
+    visual = mesh.visual
+    if getattr(visual, "kind", None) == "vertex":
+        visual = trimesh.visual.ColorVisuals(vertex_colors=np.array(visual.vertex_colors))
+    else:
+        visual = visual.copy()
+    return trimesh.Trimesh(np.array(mesh.vertices), np.array(mesh.faces), visual=visual, process=False)
 
 
 @functools.lru_cache(maxsize=1)
+def _proxy(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
+    return render_proxy(_parse(path, size, mtime_ns))
+
+
 def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
+    """The parsed mesh of this file version, kept until another one is asked for; the previous mesh and
+    its proxy are dropped before parsing the next (a worker holds one dense scan at a time)."""
+    global _kept
+    key = (path, size, mtime_ns)
+    if _kept is None or _kept[0] != key:
+        _kept = None
+        _proxy.cache_clear()
+        gc.collect()  # trimesh meshes hold reference cycles (their caches)
+        _kept = key, _read(path)
+    return _kept[1]
+
+
+_kept: tuple[tuple[Path, int, int], trimesh.Trimesh] | None = None
+
+
+def _read(path: Path) -> trimesh.Trimesh:
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except (ValueError, OSError) as exc:  # trimesh's own checks ("Not a ply file!", "PLY is unexpected length!")
@@ -61,12 +141,13 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
 
 
-def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
+def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
     """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
-    saying what needs it. Every use of a capture's mesh goes through here."""
+    saying what needs it; with `proxy`, its render proxy (`load_render_proxy`: for renders that test
+    cameras or visibility, not for products). Every use of a capture's mesh goes through here."""
     if capture.mesh is None:
         raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
-    mesh = load_mesh(capture.mesh)
+    mesh = load_render_proxy(capture.mesh) if proxy else load_mesh(capture.mesh)
     if capture.world is not None:
         mesh.vertices = cv.apply_similarity(capture.world, mesh.vertices)
     return mesh

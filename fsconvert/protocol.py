@@ -25,6 +25,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .imagestage import ImageOptions
+from .loader import layout_path
 from .model import Camera, Capture
 from .options import to_dict
 
@@ -67,8 +68,8 @@ def write_manifest(out_dir: Path, fmt: str, capture: Capture, options: Any, name
         "fsconvert": __version__,
         "format": fmt,
         "source": {
-            "tuple": str(capture.root.resolve()),
-            "mesh": str(capture.mesh.resolve()) if capture.mesh else None,
+            "tuple": str(layout_path(capture.root)),
+            "mesh": str(layout_path(capture.mesh)) if capture.mesh else None,
             "subject": capture.subject,
             "expression": capture.expression,
             "include_invalid": any(not v.valid for v in capture.views),

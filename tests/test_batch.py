@@ -281,8 +281,8 @@ def test_yaml_config_gives_the_command_line_outputs(dataset: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("text, message", [
     ("input: x\nout: y\nformat: facescape\nimage: {scal: 0.5}\n",
-     "key 'image.scal': unknown key (expected one of: border, distortion, image_format, jpeg_quality, link, "
-     "max_size, orientation, principal_point, scale, upright)"),
+     "key 'image.scal': unknown key (expected one of: allow_corrupt_images, border, distortion, image_format, "
+     "jpeg_quality, link, max_size, orientation, principal_point, scale, upright)"),
     ("input: x\nout: y\nformat: facescape\njobz: 2\n", "key 'jobz': unknown key (expected one of:"),
     ("input: x\nout: y\nformat: facescape\njobs: 0\n", "key 'jobs': invalid value 0: must be at least 1, got 0"),
     ("input: x\nout: y\nformat: facescape\nimage: {scale: big}\n", "key 'image.scale': invalid value 'big'"),

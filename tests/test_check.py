@@ -240,3 +240,23 @@ def test_overlay_shows_the_mesh_where_the_image_has_it(exports):
     inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     outer = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
     assert diff[outer].mean() < 2 and diff[inner].mean() > 5
+
+
+@pytest.mark.parametrize("case", ["keep-1", "keep-1/4", "upright"])
+def test_overlays_from_the_stage_previews_match_decoded_ones(capture, exports, tmp_path, case):
+    """Inside `export`, overlays are drawn on the stage's in-memory previews (`imagestage.shrink` of the
+    written image): the same picture, at the same place, as decoding the exported JPEG at 1/r."""
+    out = export(capture, facescape, tmp_path / "out", facescape.Options(image=CASES[case])).out_dir
+    staged = {p.name: cv2.imread(str(p)).astype(np.float64) for p in (out / "check").glob("mv_result_*.jpg")}
+    check_export(out)  # a later check decodes the exported images
+    for name, a in staged.items():
+        b = cv2.imread(str(out / "check" / name)).astype(np.float64)
+        assert a.shape == b.shape
+        diff = np.abs(a - b).mean(axis=2)
+        assert diff.mean() < 4 and np.quantile(diff, 0.99) < 25  # JPEG noise (the export q95, overlays q90)
+        # no shift: the image gradients correlate best at zero offset
+        ga, gb = (cv2.Laplacian(cv2.cvtColor(x.astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float64), -1)
+                  for x in (a, b))
+        scores = {(dx, dy): np.sum(ga[2:-2, 2:-2] * np.roll(gb, (dy, dx), axis=(0, 1))[2:-2, 2:-2])
+                  for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+        assert max(scores, key=scores.get) == (0, 0)

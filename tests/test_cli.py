@@ -4,6 +4,7 @@ user errors as one line with exit 2 and no traceback."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,25 @@ def test_sample_command_writes_a_convertible_dataset(tmp_path: Path, capsys):
     summary = capsys.readouterr().out
     assert "converted 1 (2 images), skipped 0 (up to date), failed 1" in summary and "2/1_neutral" in summary
     assert "mesh not found" in summary
+
+
+THREADS_PROBE = """
+import os, sys, cv2
+from pathlib import Path
+from fsconvert.cli import main
+code = main(sys.argv[1:])
+names = [Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+print(code, cv2.getNumThreads(), os.environ["OMP_NUM_THREADS"], sum(n.startswith("llvmpipe") for n in names))
+"""
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_one_job_is_one_core_unless_threads_are_asked(sample_tuple: Path, tmp_path: Path, threads):
+    """-j 1 (and each of -j N's workers) runs OpenCV, llvmpipe and Open3D on one thread; --threads T gives T."""
+    argv = ["to-colmap", str(sample_tuple), "-o", str(tmp_path / "out"), "-q", "-j", "1", "--scale", "0.5"]
+    argv += ["--threads", str(threads)] if threads else []
+    env = {k: v for k, v in os.environ.items() if k not in ("LP_NUM_THREADS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", THREADS_PROBE, *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
+    want = threads or 1
+    assert done.stdout.splitlines()[-1].split() == ["0", str(want), str(want), str(want)], done.stderr

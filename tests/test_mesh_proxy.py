@@ -1,0 +1,78 @@
+"""The render proxy of a dense mesh: few faces, close to the mesh, the same silhouettes and depths; light meshes
+are their own proxy; load_mesh copies stay independent of the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+import fsconvert  # noqa: F401  (headless rendering set-up)
+from fsconvert import conventions as cv
+from fsconvert.loader import load_capture
+from fsconvert.mesh import PROXY_CELLS, PROXY_MAX_FACES, load_mesh, load_render_proxy, render_proxy, vertex_colors
+from fsconvert.model import Camera
+from fsconvert.synthetic import dense_scan
+from fsconvert.render import Renderer
+
+
+@pytest.fixture(scope="module")
+def dense(sample_root: Path, tmp_path_factory) -> Path:
+    """The sample mesh subdivided twice (16× the faces, 327 680) with a fine relief, like a scan."""
+    (ply,) = sample_root.glob("models/*/*.ply")
+    mesh = dense_scan(trimesh.load(ply, process=False), 300_000)
+    path = tmp_path_factory.mktemp("dense") / "dense.ply"
+    path.write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary"))
+    return path
+
+
+def test_light_mesh_is_its_own_proxy(sample_root: Path):
+    (ply,) = sample_root.glob("models/*/*.ply")
+    mesh = load_mesh(ply)
+    assert len(mesh.faces) <= PROXY_MAX_FACES
+    assert render_proxy(mesh) is mesh
+    proxy = load_render_proxy(ply)
+    assert np.array_equal(proxy.vertices, mesh.vertices) and np.array_equal(proxy.faces, mesh.faces)
+
+
+def test_dense_proxy_is_small_and_close(dense: Path):
+    mesh = load_mesh(dense)
+    proxy = load_render_proxy(dense)
+    assert len(mesh.faces) > PROXY_MAX_FACES >= len(proxy.faces) > 10_000
+    extent = np.ptp(mesh.vertices, axis=0).max()
+    cell = extent / PROXY_CELLS
+    # every vertex of the mesh lies within one cell diagonal of the proxy's surface, and most much closer
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(proxy.vertices, np.float32)),
+                        o3d.core.Tensor(np.asarray(proxy.faces, np.uint32)))
+    dist = scene.compute_distance(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32))).numpy()
+    assert dist.max() < np.sqrt(3) * cell * 1.2 and np.quantile(dist, 0.99) < 0.1 * cell
+    # colours are the cluster means of the mesh's vertex colours
+    assert np.abs(vertex_colors(proxy).astype(int).mean(0) - vertex_colors(mesh).astype(int).mean(0)).max() < 2
+
+
+def test_proxy_renders_agree_with_the_mesh(dense: Path, sample_tuple: Path):
+    """At the check's render size the proxy's silhouette and depth match the full mesh's."""
+    views = load_capture(sample_tuple, require_mesh=False).views
+    with Renderer(load_mesh(dense)) as full, Renderer(load_render_proxy(dense)) as proxy:
+        for view in views:
+            cam = view.camera.pinhole()
+            small = Camera(-(-cam.width // 2), -(-cam.height // 2), cv.resize_K(cam.K, 0.5, 0.5))
+            a, b = full.render(small, view.world_to_cam, depth_only=True), proxy.render(small, view.world_to_cam)
+            union = np.count_nonzero(a.mask | b.mask)
+            both = a.mask & b.mask
+            assert np.count_nonzero(both) / union > 0.995
+            assert np.median(np.abs(a.depth[both] - b.depth[both]) / a.depth[both]) < 1e-4
+
+
+def test_load_mesh_gives_independent_copies(dense: Path):
+    a = load_mesh(dense)
+    a.vertices[0] += 1.0
+    np.asarray(a.visual.vertex_colors)[0] = 0
+    b = load_mesh(dense)
+    assert not np.array_equal(a.vertices[0], b.vertices[0])
+    assert b.visual.kind == "vertex" and np.asarray(b.visual.vertex_colors)[0].any()
