@@ -258,7 +258,7 @@ def test_a_dataset_tuple_without_an_entry_fails_alone(small_dataset: Path, tmp_p
     assert f"2/1_neutral: {path}: key '2': no entry for subject 2 (tuple 2/1_neutral)" in captured.err
     assert "converted 1" in captured.out and "failed 1" in captured.out
     assert read_manifest(out / "1" / "1_neutral")["alignment"]["entry"] == ["1", "1"]
-    assert not (out / "2").exists()
+    assert not (out / "2" / "1_neutral").exists() and not any((out / "2").iterdir())  # nothing of it is left
 
 
 def test_yaml_config_and_library_call(small_dataset: Path, tmp_path: Path, capsys):
