@@ -45,6 +45,7 @@ tr.fail { background: #fde2e2; }
 tr.fail td.result { background: #d62728; color: #fff; font-weight: bold; }
 tr.pass td.result { color: #135c13; font-weight: bold; }
 td.problems { color: #a00; max-width: 40em; }
+ul.warnings { color: #8a5a00; }
 img.thumb { max-width: 160px; max-height: 120px; display: block; }
 img.rig { max-width: 100%; border: 1px solid #ddd; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; margin: 0; }
@@ -64,11 +65,15 @@ def write_check_page(export_dir: str | Path, check: dict, manifest: dict, invali
     title = f"{verdict}: {manifest['format']} export of {check['source']}"
     counts = f"{len(views) - len(failing)} of {len(views)} views pass"
     problems = "".join(f"<li>{escape(p)}</li>" for p in check["problems"])
+    warnings = "".join(f"<li>warning: {escape(w)}</li>" for w in check.get("warnings", []))
+    reader = check.get("reader") or manifest["format"]
     body = [
         f"<h1>fsconvert check: {escape(manifest['format'])} export of {escape(check['source'])}</h1>",
         f'<p class="verdict {verdict.lower()}">{verdict} — {counts}'
         + (f"; failing: {', '.join(str(v['id']) for v in failing)}" if failing else "") + "</p>",
         f'<ul class="problems">{problems}</ul>' if problems else "",
+        f"<p>Read back by the rules of <b>{escape(reader)}</b> (<code>fsconvert check --reader</code>).</p>",
+        f'<ul class="warnings">{warnings}</ul>' if warnings else "",
         "<h2>Thresholds</h2>",
         _definitions({"camera max px ≤": t["camera_px"], "silhouette IoU ≥": t["silhouette_iou"],
                       "mean relative depth ≤": t["depth_rel"]}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,6 +135,8 @@ def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path
     text = (out / PAGE).read_text(encoding="utf-8")
     assert "PASS — 6 of 6 views pass" in text and f"fsconvert {fsconvert.__version__}" in text
     assert str(small.resolve()) in text and "http" not in text and "<script" not in text  # self-contained
+    assert f"rules of <b>{check['reader']}</b>" in text  # whose reader, and every export-time warning
+    assert all(f"<li>warning: {escape(w)}</li>" in text for w in check["warnings"])
     rig = Image.open(out / RIG)
     assert rig.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI)) and "Software" not in rig.info
     assert "rig.png" in page.images
