@@ -142,7 +142,7 @@ def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Option
         out.append(f"{NAME}: 3DGS reads PINHOLE / SIMPLE_PINHOLE models only and stops on these: for 3DGS use "
                    f"{FOR_3DGS}")
     else:
-        off = {p.view.id: np.linalg.norm(p.camera.K[:2, 2] - (np.array(p.camera.size) - 1) / 2) for p in plans}
+        off = {p.view.id: np.linalg.norm(p.camera.K[:2, 2] - cv.image_centre(*p.camera.size)) for p in plans}
         off = {i: d for i, d in off.items() if d > 1e-9}
         if off:
             out.append(f"{NAME}: 3DGS ignores cx, cy: it would read {len(off)} of {len(plans)} views up to "

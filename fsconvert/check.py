@@ -361,7 +361,7 @@ def camera_differences(expected: Camera, expected_w2c: np.ndarray, read: Camera,
     out = []
     e_pp, r_pp = expected.K[:2, 2], read.K[:2, 2]
     if np.abs(e_pp - r_pp).max() > _DIFFERENCE_TOL:
-        centre = (np.array(read.size) - 1) / 2
+        centre = cv.image_centre(*read.size)
         how = "ignored: read at the image centre" if np.abs(r_pp - centre).max() < _DIFFERENCE_TOL else "read at"
         out.append(f"principal point {how} {_pair(r_pp)}, exported at {_pair(e_pp)}")
     e_f, r_f = np.diag(expected.K)[:2], np.diag(read.K)[:2]

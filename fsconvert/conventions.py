@@ -158,11 +158,15 @@ def crop_K(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
     return out
 
 
+def image_centre(width: int, height: int) -> np.ndarray:
+    """The centre of a width×height image in OpenCV pixel coordinates: ((W−1)/2, (H−1)/2); corner origin (W/2, H/2)."""
+    return np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+
+
 def centred_K(K: np.ndarray, width: int, height: int) -> np.ndarray:
-    """K with the principal point at the image centre: OpenCV ((W−1)/2, (H−1)/2), corner (W/2, H/2)."""
+    """K with the principal point at the image centre (`image_centre`)."""
     out = np.array(K, dtype=np.float64)
-    out[0, 2] = (width - 1) / 2.0
-    out[1, 2] = (height - 1) / 2.0
+    out[:2, 2] = image_centre(width, height)
     return out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import conventions as cv
 from .alignment import DEFAULT_UNITS, UNITS
 from .errors import InputError
 from .imagestage import capture_up, is_rolled
@@ -27,7 +28,7 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
         sizes[key] = sizes.get(key, 0) + 1
     f = np.array([[c.fx, c.fy] for c in cams])
     long_side = np.array([max(c.size) for c in cams])
-    pp = np.array([[c.cx - (c.width - 1) / 2, c.cy - (c.height - 1) / 2] for c in cams])
+    pp = np.array([c.K[:2, 2] - cv.image_centre(*c.size) for c in cams])
     dist = np.array([c.dist for c in cams])
     up = capture_up(views)
     rolled = [v.id for v in views if is_rolled(v, up)]

@@ -156,6 +156,8 @@ def test_centred_K_is_the_image_centre_in_both_conventions():
     K = cv.centred_K(cv.K_matrix(10, 10, 3, 4), 1086, 724)
     assert tuple(K[:2, 2]) == (542.5, 361.5)
     assert tuple(cv.K_to_corner_origin(K)[:2, 2]) == (543.0, 362.0)
+    for w, h in ((1086, 724), (7, 4)):  # the mean of the pixel centres 0 … W−1, 0 … H−1
+        assert tuple(cv.image_centre(w, h)) == (np.arange(w).mean(), np.arange(h).mean())
 
 
 def test_similar_world_keeps_projections(rng):
