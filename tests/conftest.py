@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import platform
 
-import numpy as np
-import pytest
+# The same floating-point kernels on every x86-64 machine, before numpy loads them: OpenBLAS and numpy
+# pick theirs by CPU, and an AVX-512 machine's matrix products differ from an AVX2 one's in the last
+# bits, which tests/test_export_digests.py compares byte for byte (transforms.json, PLY vertices, ...).
+if platform.machine() in ("x86_64", "AMD64"):
+    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+    os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", "X86_V4 AVX512_ICL AVX512_SPR")
 
-import fsconvert  # noqa: F401  (headless rendering set-up before anything imports pyrender)
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fsconvert  # noqa: F401, E402  (headless rendering set-up before anything imports pyrender)
 
 LOSSY_ON_SAMPLE = {"llff": ["--allow-lossy"]}
 """Formats that cannot hold every view of a synthetic tuple (LLFF holds one image size; the tuples have portrait

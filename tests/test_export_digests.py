@@ -4,22 +4,26 @@ the code paths, must reproduce the stored digest list (relative path → sha256)
 Only what differs per machine and checkout is normalised before hashing, in the files that hold it
 (manifest.json, record.json, check.json and the check page index.html): the sample's absolute path becomes
 `<SAMPLE>`, and the record's size/mtime stats of the source files become null. Everything else is
-compared byte for byte. After a deliberate change of the output, regenerate the list with
+compared byte for byte, with the floating-point kernels tests/conftest.py pins (OpenBLAS and numpy pick
+theirs by CPU). After a deliberate change of the output, regenerate the list with
 `python tests/test_export_digests.py` and say why in the commit message.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import sys
-from pathlib import Path
+if __name__ == "__main__":  # run as a script: the suite's pinned floating-point kernels, before numpy loads
+    import conftest  # noqa: F401
 
-import pytest
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import fsconvert  # noqa: F401  (headless rendering set-up)
-from fsconvert.cli import main
+import pytest  # noqa: E402
+
+import fsconvert  # noqa: F401, E402  (headless rendering set-up)
+from fsconvert.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_ROOT = REPO / "samples" / "facescape_sample"
