@@ -32,7 +32,7 @@ from fsconvert.derived import point_visibility, ply_vertices, write_ply, write_p
 from fsconvert.errors import InputError
 from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import capture_mesh, vertex_colors
+from fsconvert.mesh import capture_mesh, face_areas, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 
@@ -296,12 +296,28 @@ class _Cloud:
 
 
 def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` area-uniform surface points (deterministic), their face normals and interpolated vertex colours."""
-    xyz, faces = trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)
-    bary = trimesh.triangles.points_to_barycentric(mesh.vertices[mesh.faces[faces]], xyz)
-    colors = vertex_colors(mesh)[mesh.faces[faces]].astype(np.float64)
+    """`count` area-uniform surface points (deterministic), their face normals and interpolated vertex colours.
+
+    The points of `trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)`, bit for bit, with
+    only face areas computed for every face (in chunks): trimesh's own pass builds and caches the
+    triangles, edge vectors and normals of all faces (~290 MB at 1.3 M faces, for 20 000 points).
+    """
+    v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces)
+    weight_cum = np.cumsum(face_areas(mesh))
+    random = np.random.default_rng(SAMPLE_SEED).random
+    faces = np.searchsorted(weight_cum, random(count) * weight_cum[-1])
+    origins, vectors = v[f[faces, 0]], v[f[faces, 1:]] - np.tile(v[f[faces, 0]], (1, 2)).reshape(-1, 2, 3)
+    lengths = random((count, 2, 1))
+    lengths[lengths.sum(axis=1).reshape(-1) > 1.0] -= 1.0
+    xyz = (vectors * np.abs(lengths)).sum(axis=1) + origins
+    triangles = v[f[faces]]
+    normals = np.zeros((count, 3))
+    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))
+    normals[valid] = unit
+    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)
+    colors = vertex_colors(mesh)[f[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
-    return np.asarray(xyz, np.float64), np.asarray(mesh.face_normals[faces], np.float64), rgb
+    return xyz, normals, rgb
 
 
 def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, images: Path, names: list[str],

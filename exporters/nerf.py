@@ -52,7 +52,7 @@ from fsconvert.derived import ply_vertices, render_depths, silhouette, write_byt
 from fsconvert.errors import InputError
 from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.imagestage import Footprint, ImageOptions, ViewPlan, plan_views, read_image
-from fsconvert.mesh import capture_mesh, vertex_colors
+from fsconvert.mesh import capture_mesh, vertex_colors, vertex_normals
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 
@@ -382,7 +382,7 @@ def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
 
 def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
     """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue."""
-    normals = mesh.vertex_normals @ cv.split_similarity(S)[1].T
+    normals = vertex_normals(mesh) @ cv.split_similarity(S)[1].T
     vertex = ply_vertices(_apply(S, mesh.vertices), normals, vertex_colors(mesh), xyz_type="<f8")
     write_ply(path, vertex, comment=PLY_COMMENT)
 

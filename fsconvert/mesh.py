@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,9 @@ _kept: tuple[tuple[Path, int, int], trimesh.Trimesh] | None = None
 
 def _read(path: Path) -> trimesh.Trimesh:
     try:
-        mesh = trimesh.load(path, force="mesh", process=False)
+        mesh = trimesh.load(path, process=False)
+        if isinstance(mesh, trimesh.Scene):  # several geometries; a single one comes as itself (force="mesh"
+            mesh = mesh.to_mesh()           # would copy it twice and derive face colours: ~0.7 s at 1.3 M faces)
     except (ValueError, OSError) as exc:  # trimesh's own checks ("Not a ply file!", "PLY is unexpected length!")
         raise InputError(f"not a readable mesh: {exc or type(exc).__name__}", file=path) from None
     except Exception as exc:  # a parser tripping over damaged content (IndexError, KeyError, ...)
@@ -139,6 +142,32 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     if getattr(visual, "kind", None) == "texture":
         return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
+
+
+def face_areas(mesh: trimesh.Trimesh) -> np.ndarray:
+    """`mesh.area_faces`, bit for bit, computed in chunks and not cached on the mesh."""
+    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t)) for t in _triangles(mesh)])
+
+
+def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
+    """`mesh.vertex_normals` (angle-weighted, trimesh's own sum), bit for bit, from face normals and angles
+    computed in chunks: trimesh's properties build and cache the triangles, cross products, normals and
+    angles of every face (~1.5 s and ~300 MB at 1.3 M faces)."""
+    normals, angles = [], []
+    for t in _triangles(mesh):
+        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))
+        padded = np.zeros((len(t), 3))
+        padded[valid] = unit
+        normals.append(padded)
+        angles.append(trimesh.triangles.angles(t))
+    return trimesh.geometry.weighted_vertex_normals(len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals),
+                                                    np.concatenate(angles))
+
+
+def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarray]:
+    v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces)
+    for i in range(0, len(f), chunk):
+        yield v[f[i:i + chunk]]
 
 
 def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
