@@ -32,8 +32,7 @@ VISIBILITY_MAX_SIDE = 480
 """Default long side of the depth maps point visibility is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
-_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY,
-               cv2.IMWRITE_PNG_STRATEGY_RLE)
+_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
 _PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
 
 
@@ -171,8 +170,8 @@ def _bounded(camera: Camera, max_side: int) -> Camera:
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
-    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter and RLE, 20–28 % smaller than OpenCV's
-    default settings and as fast)."""
+    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter, zlib level 1; for a 12.6 MP depth map
+    0.11 s and 1.8 MB, against 0.16 s and 2.5 MB with `up` and RLE, 0.18 s and 3.7 MB by default)."""
     write_encoded(path, img, ".png", _UINT16_PNG if img.dtype == np.uint16 else [])
 
 
