@@ -18,7 +18,7 @@ against the light one, the whole machine against one core, the projection check'
 Targets: ≥ 0.85× the bound at scale 1; ≥ 3× the naive loop at 1/4; dense ≤ 1.25× light; whole machine
 ≥ 0.85× (cores × one-core bound); check ≤ 15 % of the export time; peak RSS per worker < 700 MB.
 
-    .venv/bin/python benchmarks/bench_batch.py [--quick] [--formats colmap,nerf]
+    .venv/bin/python benchmarks/bench_batch.py [--quick] [--formats colmap,nerf] [--sections dense,machine]
 
 Input: four synthetic tuples (`fsconvert.synthetic.make_sample`, ~8 s per 4344-px view to render): a few
 unique views are rendered once, then hard-linked into 60-view tuples (decoding cost does not depend
@@ -61,6 +61,7 @@ DENSE = Path("dense") / "models"
 """MESH_ROOT of the dense meshes (not a sibling of images/, where the light ones are found by default)."""
 DENSE_FACES = 1_000_000
 WHOLE_MACHINE = ("colmap", "nerf", "facescape", "open3d")
+SECTIONS = ("per-core", "dense", "machine", "fingerprint")
 
 
 def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
@@ -121,7 +122,7 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
+def per_core(capture, formats: list[str], tmp: Path, repeat: int, scales: tuple[float, ...] = (1.0, 0.25)) -> dict:
     """images/s per core of the baselines and exporters at scale 1 and 1/4, with each exporter's check
     time / export time. Best of `repeat` rounds; each round runs every method once, so that load from
     other processes on a shared machine hits them alike."""
@@ -132,7 +133,7 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int) -> dict:
         export(few, exporters[fmt], tmp / f"warm-{fmt}", thresholds=None)
         check_export(tmp / f"warm-{fmt}")
     best: dict = {}
-    for scale in (1.0, 0.25):
+    for scale in scales:
         image = ImageOptions(scale=None if scale == 1 else scale, jpeg_quality=QUALITY)
         plans = plan_views(capture.views, image)
         jobs = [(p.view, p.reduce, *p.maps()) for p in plans]
@@ -245,11 +246,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 views of 2172×1448 per tuple (a few minutes)")
     parser.add_argument("--formats", help="comma-separated exporters (default: all)")
     parser.add_argument("--repeat", type=int, help="rounds of the per-core timings, best counts (default 2; quick 1)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated parts to run (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fsconvert-bench-batch")
     args = parser.parse_args()
     views, unique, long_side = (12, 4, 2172) if args.quick else (60, 6, 4344)
     repeat = args.repeat or (1 if args.quick else 2)
     formats = args.formats.split(",") if args.formats else list(available())
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(unknown)}: choose from {','.join(SECTIONS)}")
     root = dataset(args.cache, views, unique, long_side)
     capture = load_capture(root / "images" / SUBJECTS[0] / "1_neutral")
     dense_mesh = root / DENSE / SUBJECTS[0] / "1_neutral.ply"
@@ -260,57 +266,73 @@ def main() -> None:
           f"{cores} cores, OpenCV {cv2.__version__}; load average {_load()}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        rates = per_core(capture, formats, Path(tmp), repeat)
-        print("\nper core (1 process, 1 OpenCV and 1 render thread), images/s; check = check time / export time,"
-              " with overlays (the default) / without (--no-overlays)")
-        print(f"{'':>10}  {'scale 1':>8}  {'÷ bound':>14}  {'scale 1/4':>9}  {'÷ naive':>14}  "
-              f"{'check at 1':>21}  {'check at 1/4':>21}")
-        for name in ("naive", "bound"):
-            print(f"{name:>10}  {rates[name, 1.0]:>8.2f}  {'':>14}  {rates[name, 0.25]:>9.2f}")
-        for fmt in formats:
-            (r1, *c1), (r4, *c4) = rates[fmt, 1.0], rates[fmt, 0.25]
-            b, nv = r1 / rates["bound", 1.0], r4 / rates["naive", 0.25]
-            checks = "  ".join(" / ".join(f"{100 * x:>3.0f} % {verdict(x <= 0.15)}" for x in c) for c in (c1, c4))
-            print(f"{fmt:>10}  {r1:>8.2f}  {b:>8.2f}× {verdict(b >= 0.85)}  {r4:>9.2f}  {nv:>8.2f}× "
-                  f"{verdict(nv >= 3)}  {checks}")
-        print(f"load average {_load()}")
+        if "per-core" in sections:
+            rates = per_core(capture, formats, Path(tmp), repeat)
+            print_per_core(rates, formats)
+        elif "machine" in sections:  # its ratio needs the one-core bound only
+            rates = per_core(capture, [], Path(tmp), repeat, scales=(1.0,))
+        if "dense" in sections:
+            print_dense(capture, dense_mesh, formats, Path(tmp), repeat)
+        if "machine" in sections:
+            print_machine(root, views, [f for f in WHOLE_MACHINE if f in formats], rates["bound", 1.0], Path(tmp))
+    if "fingerprint" in sections:
+        stat_ms, hash_ms = fingerprint_cost(root)
+        print(f"resume fingerprint per tuple: {stat_ms:.2f} ms (params.json sha256 + image stat) vs {hash_ms:.0f} ms "
+              f"to hash the {views} images; load average now {_load()}")
 
-        dense_faces = len(trimesh.load(dense_mesh, process=False).faces)
-        light_faces = len(trimesh.load(capture.mesh, process=False).faces)
-        times = dense_vs_light(capture, dense_mesh, formats, Path(tmp), repeat)
-        print(f"\ndense mesh ({dense_faces} faces) against the light one ({light_faces}), scale 1, one core, seconds")
-        print(f"{'':>24}  {'export light':>12}  {'dense':>7}  {'ratio':>12}  {'+ check light':>13}  {'dense':>7}  "
-              f"{'ratio':>12}")
-        for name in dict.fromkeys(k[0] for k in times):
-            (el, cl), (ed, cd) = times[name, "light"], times[name, "dense"]
-            print(f"{name:>24}  {el:>12.2f}  {ed:>7.2f}  {ed / el:>5.2f}× {verdict(ed / el <= 1.25)}  {cl:>13.2f}  "
-                  f"{cd:>7.2f}  {cd / cl:>5.2f}× {verdict(cd / cl <= 1.25)}")
-        print(f"load average {_load()}")
 
-        images = len(SUBJECTS) * views
-        print(f"\nwhole machine, `fsconvert to-<format>` on {len(SUBJECTS)} tuples (export + check), one thread per "
-              f"worker; images/s with {cores} workers ÷ ({cores} × the one-core bound {rates['bound', 1.0]:.2f}) and "
-              f"÷ ({cores} × the same command with 1 worker)")
-        peaks = []
-        for fmt in [f for f in WHOLE_MACHINE if f in formats]:
-            t1, rss1, code1 = run_command(fmt, root, Path(tmp) / "j1", 1)
-            tn, rssn, coden = run_command(fmt, root, Path(tmp) / "jn", cores)
-            _, rssd, coded = run_command(fmt, root, Path(tmp) / "jd", cores, root / DENSE)
-            machine, scaling = images / tn / (cores * rates["bound", 1.0]), t1 / tn / cores
-            peaks += rss1 + rssn + rssd
-            mb = ", ".join(f"{r / 2**20:.0f}" for r in rssn + rssd)
-            print(f"{fmt:>10}  1 worker {t1:6.1f} s, {cores} workers {tn:6.1f} s ({images / tn:5.2f} images/s): "
-                  f"{machine:.2f}× bound {verdict(machine >= 0.85)}, "
-                  f"{scaling:.2f}× one core {verdict(scaling >= 0.85)};"
-                  f" peak RSS per worker {mb} MB (light, dense)"
-                  + ("" if code1 == coden == coded == 0 else f"  (exit codes {code1}, {coden}, {coded})"))
-        if peaks:
-            print(f"peak RSS per worker: max {max(peaks) / 2**20:.0f} MB {verdict(max(peaks) < 700 * 2**20)}; "
-                  f"load average {_load()}")
+def print_per_core(rates: dict, formats: list[str]) -> None:
+    print("\nper core (1 process, 1 OpenCV and 1 render thread), images/s; check = check time / export time,"
+          " with overlays (the default) / without (--no-overlays)")
+    print(f"{'':>10}  {'scale 1':>8}  {'÷ bound':>14}  {'scale 1/4':>9}  {'÷ naive':>14}  "
+          f"{'check at 1':>21}  {'check at 1/4':>21}")
+    for name in ("naive", "bound"):
+        print(f"{name:>10}  {rates[name, 1.0]:>8.2f}  {'':>14}  {rates[name, 0.25]:>9.2f}")
+    for fmt in formats:
+        (r1, *c1), (r4, *c4) = rates[fmt, 1.0], rates[fmt, 0.25]
+        b, nv = r1 / rates["bound", 1.0], r4 / rates["naive", 0.25]
+        checks = "  ".join(" / ".join(f"{100 * x:>3.0f} % {verdict(x <= 0.15)}" for x in c) for c in (c1, c4))
+        print(f"{fmt:>10}  {r1:>8.2f}  {b:>8.2f}× {verdict(b >= 0.85)}  {r4:>9.2f}  {nv:>8.2f}× "
+              f"{verdict(nv >= 3)}  {checks}")
+    print(f"load average {_load()}")
 
-    stat_ms, hash_ms = fingerprint_cost(root)
-    print(f"resume fingerprint per tuple: {stat_ms:.2f} ms (params.json sha256 + image stat) vs {hash_ms:.0f} ms "
-          f"to hash the {views} images; load average now {_load()}")
+
+def print_dense(capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int) -> None:
+    dense_faces = len(trimesh.load(dense_mesh, process=False).faces)
+    light_faces = len(trimesh.load(capture.mesh, process=False).faces)
+    times = dense_vs_light(capture, dense_mesh, formats, tmp, repeat)
+    print(f"\ndense mesh ({dense_faces} faces) against the light one ({light_faces}), scale 1, one core, seconds")
+    print(f"{'':>24}  {'export light':>12}  {'dense':>7}  {'ratio':>12}  {'+ check light':>13}  {'dense':>7}  "
+          f"{'ratio':>12}")
+    for name in dict.fromkeys(k[0] for k in times):
+        (el, cl), (ed, cd) = times[name, "light"], times[name, "dense"]
+        print(f"{name:>24}  {el:>12.2f}  {ed:>7.2f}  {ed / el:>5.2f}× {verdict(ed / el <= 1.25)}  {cl:>13.2f}  "
+              f"{cd:>7.2f}  {cd / cl:>5.2f}× {verdict(cd / cl <= 1.25)}")
+    print(f"load average {_load()}")
+
+
+def print_machine(root: Path, views: int, formats: list[str], bound_rate: float, tmp: Path) -> None:
+    cores = os.cpu_count() or 1
+    images = len(SUBJECTS) * views
+    print(f"\nwhole machine, `fsconvert to-<format>` on {len(SUBJECTS)} tuples (export + check), one thread per "
+          f"worker; images/s with {cores} workers ÷ ({cores} × the one-core bound {bound_rate:.2f}) and "
+          f"÷ ({cores} × the same command with 1 worker)")
+    peaks = []
+    for fmt in formats:
+        t1, rss1, code1 = run_command(fmt, root, tmp / "j1", 1)
+        tn, rssn, coden = run_command(fmt, root, tmp / "jn", cores)
+        _, rssd, coded = run_command(fmt, root, tmp / "jd", cores, root / DENSE)
+        machine, scaling = images / tn / (cores * bound_rate), t1 / tn / cores
+        peaks += rss1 + rssn + rssd
+        mb = ", ".join(f"{r / 2**20:.0f}" for r in rssn + rssd)
+        print(f"{fmt:>10}  1 worker {t1:6.1f} s, {cores} workers {tn:6.1f} s ({images / tn:5.2f} images/s): "
+              f"{machine:.2f}× bound {verdict(machine >= 0.85)}, "
+              f"{scaling:.2f}× one core {verdict(scaling >= 0.85)};"
+              f" peak RSS per worker {mb} MB (light, dense)"
+              + ("" if code1 == coden == coded == 0 else f"  (exit codes {code1}, {coden}, {coded})"))
+    if peaks:
+        print(f"peak RSS per worker: max {max(peaks) / 2**20:.0f} MB {verdict(max(peaks) < 700 * 2**20)}; "
+              f"load average {_load()}")
 
 
 def _load() -> str:
