@@ -1,7 +1,8 @@
 """Headless rendering of a mesh through internal-convention cameras, pinhole and distorted.
 
-`Renderer` draws with pyrender into one OSMesa context: unlit, so colours equal the texture (or
-vertex colours) in every view, and depth is z-depth in mesh units (0 = background), sampled at
+`Renderer` draws into one OSMesa context, double-sided: colour renders with pyrender, unlit, so
+colours equal the texture (or vertex colours) in every view; depth-only renders with a depth-only GL
+pass (`_DepthPass`, same matrices). Depth is z-depth in mesh units (0 = background), sampled at
 pixel centres. Distorted cameras are rendered as a pinhole image on a canvas that covers the
 undistorted footprint, then resampled: for every distorted pixel, its exactly undistorted ray.
 Where that ray falls between pinhole samples across a depth discontinuity (silhouettes, occlusion
