@@ -11,8 +11,10 @@ against the light one, the whole machine against one core, the projection check'
   (20 480 faces), export and export + check, in the same round.
 - whole machine: the real command (`fsconvert to-<format> DATASET -o OUT -j N`, export + check, its
   default of one thread per worker) on four tuples with 1 worker and with one per core; images/s
-  against cores × the one-core OpenCV bound and against cores × the same command on one core;
-  the peak RSS (VmHWM) of every worker, with the dense mesh too.
+  against cores × the one-core OpenCV bound, against that bound run in one process per core at
+  once (what the cores deliver to image work together: shared memory bandwidth and clocks), and
+  against cores × the same command on one core; the peak RSS (VmHWM) of every worker, with the
+  dense mesh too.
 - fingerprint: the resume record's cost per tuple (stat of the images) against hashing them.
 
 Targets: ≥ 0.85× the bound at scale 1; ≥ 3× the naive loop at 1/4; dense ≤ 1.25× light; whole machine
@@ -116,6 +118,40 @@ def bound(jobs, out: Path) -> None:
         cv2.imwrite(str(out / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
 
 
+def bound_jobs(plans) -> list:
+    """(view, reduce, map x, map y) per plan, each map computed once per source image file (the views
+    are hard-linked copies of a few: 60 views of 12.6 MP would otherwise hold ~6 GB of maps)."""
+    maps: dict[int, tuple] = {}
+    for p in plans:
+        maps.setdefault(os.stat(p.view.image).st_ino, p.maps())
+    return [(p.view, p.reduce, *maps[os.stat(p.view.image).st_ino]) for p in plans]
+
+
+def _bound_process(tuple_dir: Path, out: Path, barrier, times) -> None:
+    cv2.setNumThreads(1)
+    jobs = bound_jobs(plan_views(load_capture(tuple_dir).views, ImageOptions(jpeg_quality=QUALITY)))
+    barrier.wait()
+    times.put(timed(bound, jobs, out))
+
+
+def parallel_bound(tuple_dir: Path, processes: int, tmp: Path) -> float:
+    """images/s of the raw OpenCV bound at scale 1 run by `processes` processes at once (one thread each,
+    started together): what this machine's cores deliver to image work when all of them do it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, times = context.Barrier(processes), context.Queue()
+    outs = [Path(tempfile.mkdtemp(dir=tmp)) for _ in range(processes)]
+    procs = [context.Process(target=_bound_process, args=(tuple_dir, out, barrier, times)) for out in outs]
+    for proc in procs:
+        proc.start()
+    seconds = [times.get() for _ in procs]
+    for proc, out in zip(procs, outs):
+        proc.join()
+        shutil.rmtree(out)
+    return processes * len(load_capture(tuple_dir).views) / max(seconds)
+
+
 def timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -136,7 +172,7 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int, scales: tuple[
     for scale in scales:
         image = ImageOptions(scale=None if scale == 1 else scale, jpeg_quality=QUALITY)
         plans = plan_views(capture.views, image)
-        jobs = [(p.view, p.reduce, *p.maps()) for p in plans]
+        jobs = bound_jobs(plans)
         for _ in range(repeat):
             for name, fn, arg in (("naive", naive, plans), ("bound", bound, jobs)):
                 out = Path(tempfile.mkdtemp(dir=tmp))
@@ -314,8 +350,11 @@ def print_dense(capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat
 def print_machine(root: Path, views: int, formats: list[str], bound_rate: float, tmp: Path) -> None:
     cores = os.cpu_count() or 1
     images = len(SUBJECTS) * views
-    print(f"\nwhole machine, `fsconvert to-<format>` on {len(SUBJECTS)} tuples (export + check), one thread per "
-          f"worker; images/s with {cores} workers ÷ ({cores} × the one-core bound {bound_rate:.2f}) and "
+    machine_bound = parallel_bound(root / "images" / SUBJECTS[0] / "1_neutral", cores, tmp)
+    print(f"\nthe OpenCV bound at scale 1 in {cores} processes at once: {machine_bound:.2f} images/s = "
+          f"{machine_bound / (cores * bound_rate):.2f}× ({cores} × the one-core bound {bound_rate:.2f})")
+    print(f"whole machine, `fsconvert to-<format>` on {len(SUBJECTS)} tuples (export + check), one thread per "
+          f"worker; images/s with {cores} workers ÷ ({cores} × the one-core bound) and "
           f"÷ ({cores} × the same command with 1 worker)")
     peaks = []
     for fmt in formats:
@@ -326,8 +365,8 @@ def print_machine(root: Path, views: int, formats: list[str], bound_rate: float,
         peaks += rss1 + rssn + rssd
         mb = ", ".join(f"{r / 2**20:.0f}" for r in rssn + rssd)
         print(f"{fmt:>10}  1 worker {t1:6.1f} s, {cores} workers {tn:6.1f} s ({images / tn:5.2f} images/s): "
-              f"{machine:.2f}× bound {verdict(machine >= 0.85)}, "
-              f"{scaling:.2f}× one core {verdict(scaling >= 0.85)};"
+              f"{machine:.2f}× bound {verdict(machine >= 0.85)} ({images / tn / machine_bound:.2f}× the bound in "
+              f"{cores} processes), {scaling:.2f}× one core {verdict(scaling >= 0.85)};"
               f" peak RSS per worker {mb} MB (light, dense)"
               + ("" if code1 == coden == coded == 0 else f"  (exit codes {code1}, {coden}, {coded})"))
     if peaks:

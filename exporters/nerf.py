@@ -348,8 +348,7 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str
     for wanted, sub in ((options.masks and not blender, MASKS), (options.depth, DEPTHS)):
         if wanted:
             (folder / sub).mkdir()
-    # In view order (not grouped by orientation): the depth bytes of exports made before grouping existed.
-    for i, depth in render_depths(mesh, plans, grouped=False, progress=progress, desc="masks/depth"):
+    for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
         if options.masks:
             mask = silhouette(depth, footprints[i])
             if blender:

@@ -77,14 +77,16 @@ def _key(path: str | Path) -> tuple[Path, int, int]:
     return path, stat.st_size, stat.st_mtime_ns
 
 
-def _copy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """A copy whose arrays the caller may change (trimesh's own copy derives face colours: ~0.8 s at 1 M faces)."""
+def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray | None = None) -> trimesh.Trimesh:
+    """A copy whose arrays the caller may change, with `vertices` instead of the mesh's if given
+    (trimesh's own copy derives face colours: ~0.8 s at 1 M faces)."""
     visual = mesh.visual
     if getattr(visual, "kind", None) == "vertex":
         visual = trimesh.visual.ColorVisuals(vertex_colors=np.array(visual.vertex_colors))
     else:
         visual = visual.copy()
-    return trimesh.Trimesh(np.array(mesh.vertices), np.array(mesh.faces), visual=visual, process=False)
+    vertices = np.array(mesh.vertices) if vertices is None else vertices
+    return trimesh.Trimesh(vertices, np.array(mesh.faces), visual=visual, process=False)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,10 +175,14 @@ def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarr
 def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
     """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
     saying what needs it; with `proxy`, its render proxy (`load_render_proxy`: for renders that test
-    cameras or visibility, not for products). Every use of a capture's mesh goes through here."""
+    cameras or visibility, not for products). Every use of a capture's mesh goes through here.
+
+    Without a `Capture.world` it is the process's kept mesh itself (no ~50 MB copy per million faces
+    and per use): callers read it and must not change it.
+    """
     if capture.mesh is None:
         raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
-    mesh = load_render_proxy(capture.mesh) if proxy else load_mesh(capture.mesh)
-    if capture.world is not None:
-        mesh.vertices = cv.apply_similarity(capture.world, mesh.vertices)
-    return mesh
+    mesh = _proxy(*_key(capture.mesh)) if proxy else load_mesh(capture.mesh, copy=False)
+    if capture.world is None:
+        return mesh
+    return _copy(mesh, vertices=cv.apply_similarity(capture.world, mesh.vertices))

@@ -192,17 +192,19 @@ class Renderer:
 
 def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarray:
     """z-depth (float32, 0 = background) of the current viewport: z = n·f / (f − d·(f − n)) for a depth
-    buffer value d < 1. pyrender's read_depth_buf computes the same through NDC with masked indexing,
+    buffer value d < 1. Read into one array and converted and flipped in place (a 12.6 MP view is
+    50 MB per array). pyrender's read_depth_buf computes the same through NDC with masked indexing,
     ~3× slower (70 ms for a 12.6 MP view)."""
     GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
     GL.glReadBuffer(GL.GL_FRONT)
-    buf = GL.glReadPixels(0, 0, width, height, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT)
-    d = np.frombuffer(buf, np.float32).reshape(height, width)[::-1]
-    z = d * np.float32(zfar - znear)  # in place from here on: a 12.6 MP view is 50 MB per array
+    z = np.empty((height, width), np.float32)
+    GL.glReadPixels(0, 0, width, height, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, z)
+    background = z >= 1
+    z *= np.float32(zfar - znear)
     np.subtract(np.float32(zfar), z, out=z)
     np.divide(np.float32(znear * zfar), z, out=z)
-    np.copyto(z, 0, where=d >= 1)
-    return z
+    z[background] = 0
+    return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
 
 
 class _DepthPass:
