@@ -64,6 +64,12 @@ def w2c_cv_to_c2w_gl(w2c: np.ndarray) -> np.ndarray:
     return w2c_to_c2w(w2c) @ CV_TO_GL
 
 
+def gl_view_matrix(w2c: np.ndarray) -> np.ndarray:
+    """OpenCV world→camera to OpenGL's view matrix (world→camera, y up, looking down −z), computed as
+    pyrender computes its V: the general inverse of the camera node's pose (`w2c_cv_to_c2w_gl`)."""
+    return np.linalg.inv(w2c_cv_to_c2w_gl(w2c))
+
+
 def c2w_gl_to_w2c_cv(c2w_gl: np.ndarray) -> np.ndarray:
     """OpenGL camera→world to OpenCV world→camera."""
     return c2w_to_w2c(homogeneous(c2w_gl) @ CV_TO_GL)

@@ -126,8 +126,7 @@ class Renderer:
             self._context(camera.width, camera.height)
             if self._depth_pass is None:
                 self._depth_pass = _DepthPass(self._mesh)
-            view = np.linalg.inv(cv.w2c_cv_to_c2w_gl(w2c))  # pyrender's V: the inverse of the camera node's pose
-            self._depth_pass.draw(view, pr_camera.get_projection_matrix(camera.width, camera.height),
+            self._depth_pass.draw(cv.gl_view_matrix(w2c), pr_camera.get_projection_matrix(camera.width, camera.height),
                                   camera.width, camera.height)
             return Render(None, _read_depth(camera.width, camera.height, znear, zfar))
         if self._scene is None:

@@ -48,6 +48,16 @@ def test_gl_pose_flips_camera_y_and_z(rng):
     assert np.abs(c2w_gl[:3, 3] - cv.camera_centre(w2c)).max() < 1e-12
 
 
+def test_gl_view_matrix_maps_world_to_gl_camera_coordinates(rng):
+    """OpenGL's view matrix gives (x, −y, −z) of the OpenCV camera coordinates, with (0, 0, 0, 1) last row."""
+    w2c = random_pose(rng)
+    X = rng.normal(size=(50, 3))
+    p_cv = X @ w2c[:3, :3].T + w2c[:3, 3]
+    V = cv.gl_view_matrix(w2c)
+    assert np.abs((np.c_[X, np.ones(50)] @ V.T)[:, :3] - p_cv * [1, -1, -1]).max() < 1e-12
+    assert np.array_equal(V[3], [0, 0, 0, 1])
+
+
 def test_quaternion_matches_scipy_and_round_trips(rng):
     mats = [Rotation.random(random_state=s).as_matrix() for s in range(200)]
     mats += [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3)]
