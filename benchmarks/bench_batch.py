@@ -45,17 +45,19 @@ from pathlib import Path
 
 os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa loads: per-core numbers
 
-import fsconvert  # noqa: F401  (headless rendering set-up)
 import cv2
 import numpy as np
 import trimesh
 
+import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
-from fsconvert.batch import fingerprint
-from fsconvert.check import Thresholds, check_export
+from fsconvert.check import check_export
 from fsconvert.export import export
-from fsconvert.imagestage import ImageOptions, plan_views, read_image
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import read_image
+from fsconvert.job import fingerprint
 from fsconvert.loader import load_capture
+from fsconvert.measure import Thresholds
 
 QUALITY = 95
 SUBJECTS = ("1", "2", "3", "4")

@@ -2,7 +2,7 @@
 instance, 2 worker processes each (one OpenCV and one render thread per process).
 
 Per engine: the time to start it (a Dask or Ray cluster once; the local pool starts its processes in
-every run), then `fsconvert.batch.run` (export + check of every tuple, results streamed back) on a
+every run), then `fsconvert.datasetrun.run_dataset` (export + check of every tuple, results streamed back) on a
 few and on all tuples, after a warm-up run (workers' imports). The slope between the two gives the
 wall time per tuple on 2 workers, free of fixed costs (pool start-up, first imports, the last
 straggler); its inverse is the throughput. Ratios are against the local pool measured in the same
@@ -32,8 +32,9 @@ from pathlib import Path
 os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from fsconvert.batch import TupleJob, run
+from fsconvert.datasetrun import run_dataset
 from fsconvert.engines import results
+from fsconvert.job import TupleJob
 from fsconvert.loader import iter_dataset
 
 WORKERS = 2
@@ -63,7 +64,7 @@ def convert(root: Path, out: Path, engine: str, address: str | None, tuples: int
     """Wall seconds to convert the first `tuples` tuples of `root` into a fresh `out`."""
     jobs = jobs_for(root, out, tuples)
     start = time.perf_counter()
-    done = run(jobs, workers=WORKERS, engine=engine, address=address)
+    done = run_dataset(jobs, workers=WORKERS, engine=engine, address=address)
     seconds = time.perf_counter() - start
     assert all(r.status == "converted" for r in done), [r.reason for r in done if r.status != "converted"]
     shutil.rmtree(out)
@@ -112,12 +113,12 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         converted = Path(tmp) / "done"
-        run(jobs_for(root, converted / "0"), workers=WORKERS)
+        run_dataset(jobs_for(root, converted / "0"), workers=WORKERS)
         for k in range(1, 10):
             shutil.copytree(converted / "0", converted / str(k), copy_function=os.link)
         done = [job for k in range(10) for job in jobs_for(root, converted / str(k))]
         start = time.perf_counter()
-        assert all(job.run().status == "skipped" for job in done)
+        assert all(job.convert().status == "skipped" for job in done)
         serial = (time.perf_counter() - start) / len(done)
         for _ in range(args.repeat):  # each round measures every engine, so that others' load hits them alike
             t = {"local": {"start": 0.0, **measure(root, Path(tmp), "local", None, args.few, n, done)}}

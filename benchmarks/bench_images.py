@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import fsconvert  # noqa: F401  (headless rendering set-up)
 import cv2
 import numpy as np
 
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image, run_plans
+import fsconvert  # noqa: F401  (headless rendering set-up)
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imagestage import read_image, run_plans
 from fsconvert.loader import load_capture
 from fsconvert.model import View
 

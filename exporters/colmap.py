@@ -16,6 +16,7 @@ the frame stays and `masks/<image name>.png` (COLMAP's mask naming, 0 = no sourc
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import sys
@@ -28,13 +29,15 @@ import numpy as np
 import trimesh
 
 from fsconvert import conventions as cv
-from fsconvert.derived import point_visibility, ply_vertices, write_ply, write_png
+from fsconvert.depthproducts import point_visibility
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, stems, write_images
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views, read_image
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imagestage import read_image, stems, write_images
 from fsconvert.mesh import capture_mesh, face_areas, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
+from fsconvert.protocol import ExportedView, Program, Reading
+from fsconvert.writers import ply_vertices, write_ply, write_png
 
 NAME = "colmap"
 SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: for 3DGS"
@@ -160,7 +163,7 @@ def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Option
 
 
 def default_reader(options: Options) -> str:
-    """The program this export is checked for (fsconvert.readers)."""
+    """The program this export is checked for (one of `PROGRAMS`)."""
     return options.target
 
 
@@ -174,6 +177,38 @@ def read(out_dir: str | Path) -> list[ExportedView]:
         camera = internal_camera(rec.cameras[image.camera_id], sparse)
         views.append(ExportedView(str(IMAGES / image.name), camera, cv.homogeneous(image.cam_from_world().matrix())))
     return views
+
+
+GAUSSIAN_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
+"""The only COLMAP models 3DGS's reader accepts ("only undistorted datasets ... supported")."""
+
+
+def read_3dgs(folder: Path) -> Reading:
+    """3D Gaussian Splatting's COLMAP scene loading (graphdeco-inria `scene/dataset_readers.py`,
+    `readColmapSceneInfo`): `sparse/0` (bin, else txt), PINHOLE / SIMPLE_PINHOLE only, FovX = 2·atan(W/2fx),
+    FovY = 2·atan(H/2fy), the principal point at the image centre whatever the file says, image
+    `images/<basename(name)>`, cameras sorted by name."""
+    rec = load_model(folder)
+    views = []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):
+        camera = rec.cameras[image.camera_id]
+        if camera.model.name not in GAUSSIAN_MODELS:
+            raise InputError(f"camera {camera.camera_id} is {camera.model.name}: 3DGS's reader accepts only "
+                             f"{' / '.join(GAUSSIAN_MODELS)} (\"Colmap camera model not handled\")",
+                             file=folder / SPARSE)
+        p = [float(x) for x in camera.params]
+        fx, fy = (p[0], p[0]) if camera.model.name == "SIMPLE_PINHOLE" else (p[0], p[1])
+        W, H = int(camera.width), int(camera.height)
+        K = cv.K_from_corner_origin(cv.K_matrix(fx, fy, W / 2, H / 2))  # FoV only: a symmetric frustum
+        name = (IMAGES / os.path.basename(image.name)).as_posix()
+        views.append(ExportedView(name, Camera(W, H, K), cv.homogeneous(image.cam_from_world().matrix())))
+    return Reading(views)
+
+
+PROGRAMS = (
+    Program("colmap", "COLMAP (and pycolmap): sparse/0 as it is, every camera model", lambda f: Reading(read(f))),
+    Program("3dgs", "3D Gaussian Splatting: sparse/0, PINHOLE / SIMPLE_PINHOLE only, cx, cy ignored", read_3dgs),
+)
 
 
 def load_model(out_dir: str | Path):

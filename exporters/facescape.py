@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, write_images
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import write_images
 from fsconvert.loader import PARAMS, load_capture
 from fsconvert.model import Capture
+from fsconvert.protocol import ExportedView
+from fsconvert.writers import write_text
 
 NAME = "facescape"
 SUMMARY = "FaceScape layout (N.jpg + params.json), undistorted and/or resized"
@@ -48,7 +50,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
             f"{v.id}_ori": v.ori,
         }
     write_images(plans, names, folder, workers=workers, progress=progress)
-    (folder / PARAMS).write_text(json.dumps(params, indent=1) + "\n")
+    write_text(folder / PARAMS, json.dumps(params, indent=1) + "\n")
     return {"images": names}
 
 

@@ -35,13 +35,15 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert import derived
+from fsconvert.depthproducts import depth_range, render_depths
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, stems, write_images
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, common_fov, plan_views
+from fsconvert.imagestage import stems, write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
+from fsconvert.protocol import ExportedView
+from fsconvert.writers import write_bytes
 
 NAME = "llff"
 SUMMARY = "LLFF images/ + poses_bounds.npy (NeRF forward-facing: one focal, centred principal point)"
@@ -83,23 +85,19 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{IMAGES}/{s}{p.suffix}" for s, p in zip(stems(capture.views), plans)]
     write_images(plans, names, folder, workers=workers, progress=progress)
     rows = np.zeros((len(plans), 17))
-    for i, depth in derived.render_depths(mesh, plans, progress=progress):
-        bounds = derived.depth_range(depth, options.depth_margin, plans[i].view.id)
+    for i, depth in render_depths(mesh, plans, progress=progress):
+        bounds = depth_range(depth, options.depth_margin, plans[i].view.id)
         rows[i] = poses_bounds_row(plans[i].world_to_cam, plans[i].camera, bounds)
     buf = io.BytesIO()
     np.save(buf, rows)
-    derived.write_bytes(folder / POSES, buf.getvalue())
+    write_bytes(folder / POSES, buf.getvalue())
     return {"images": names, "options": options}
 
 
 def centred_image_options(capture: Capture, image: ImageOptions) -> ImageOptions:
     """Principal point centred and one horizontal FoV for every view (the given fov_x, else the median of the
     views' undistorted FoVs)."""
-    fov = image.fov_x
-    if fov is None:
-        plans = plan_views(capture.views, replace(image, principal_point="center"))
-        fov = float(np.median([cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans]))
-    return replace(image, principal_point="center", fov_x=fov)
+    return common_fov(capture.views, image, np.median)
 
 
 def poses_bounds_row(w2c: np.ndarray, camera: Camera, bounds: tuple[float, float]) -> np.ndarray:

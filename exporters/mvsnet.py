@@ -38,13 +38,15 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert import derived
+from fsconvert.depthproducts import depth_range, point_visibility, render_depths
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, warn_mixed_sizes, write_images
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import warn_mixed_sizes, write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
+from fsconvert.protocol import ExportedView
+from fsconvert.writers import write_bytes
 
 NAME = "mvsnet"
 SUMMARY = "MVSNet / DTU cams/*_cam.txt + pair.txt (MVSNet, CasMVSNet, PatchmatchNet, TransMVSNet)"
@@ -87,18 +89,18 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if options.depths:
         (folder / DEPTHS).mkdir()
     ranges: list[tuple[float, float]] = [(0.0, 0.0)] * len(plans)
-    for i, depth in derived.render_depths(mesh, plans, progress=progress):
-        ranges[i] = derived.depth_range(depth, options.depth_margin, plans[i].view.id)
+    for i, depth in render_depths(mesh, plans, progress=progress):
+        ranges[i] = depth_range(depth, options.depth_margin, plans[i].view.id)
         if options.depths:
-            derived.write_bytes(folder / DEPTHS / f"{stems[i]}.pfm", pfm_bytes(depth))
+            write_bytes(folder / DEPTHS / f"{stems[i]}.pfm", pfm_bytes(depth))
     (folder / CAMS).mkdir()
     for plan, stem, (lo, hi) in zip(plans, stems, ranges):
-        derived.write_bytes(folder / CAMS / f"{stem}_cam.txt",
+        write_bytes(folder / CAMS / f"{stem}_cam.txt",
                             cam_text(plan.world_to_cam, plan.camera.K, lo, hi, options.depth_num).encode("ascii"))
-    seen = [s for s, _ in derived.point_visibility(mesh, plans, mesh.vertices, VISIBILITY_TOLERANCE,
+    seen = [s for s, _ in point_visibility(mesh, plans, mesh.vertices, VISIBILITY_TOLERANCE,
                                                    progress=progress)]
     scores = view_scores(np.array([p.view.centre for p in plans]), mesh.vertices, seen)
-    derived.write_bytes(folder / PAIR, pair_text([p.view.id for p in plans], scores).encode("ascii"))
+    write_bytes(folder / PAIR, pair_text([p.view.id for p in plans], scores).encode("ascii"))
     return {"images": names}
 
 

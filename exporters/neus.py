@@ -24,7 +24,8 @@ The sphere: `--sphere mesh` (default) is the mesh's bounding sphere (centre of i
 the largest distance to it, as gen_cameras.py builds it from the points of interest) times `margin`;
 `--sphere cameras` centres it on the point nearest to every optical axis (the point the rig looks at)
 with radius `margin` × half the distance of the nearest camera, for tuples whose mesh does not bound
-the region of interest. The npz is written with a fixed timestamp: the same export is the same bytes.
+the region of interest. The npz container is built by `fsconvert.writers.npz_bytes`: the same arrays are
+the same bytes, whatever the Python release.
 Images are always PNG (`--image-format` does not apply). NeuS stacks the images of a scene, so it
 needs one image size; mixed portrait and landscape views are written as they are (each camera
 exact), with a warning. IDR opens `cameras.npz` unless its dataset is given `cam_file`.
@@ -32,7 +33,6 @@ exact), with a warning. IDR opens `cameras.npz` unless its dataset is given `cam
 
 from __future__ import annotations
 
-import io
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,19 +42,20 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert import derived
+from fsconvert.depthproducts import render_depths, silhouette
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, warn_mixed_sizes, write_images
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import warn_mixed_sizes, write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
+from fsconvert.protocol import ExportedView
+from fsconvert.writers import npz_bytes, write_bytes, write_png
 
 NAME = "neus"
 SUMMARY = "NeuS / IDR image/ + mask/ + cameras_sphere.npz (world_mat = K·[R|t], scale_mat = unit sphere)"
 
 IMAGES, MASKS, CAMERAS = "image", "mask", "cameras_sphere.npz"
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 SKEW_TOL_PX = 1e-3
 """Largest skew the reader accepts (pixels across the image); float32 world_mats decompose with ~1e-5."""
 
@@ -85,8 +86,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{IMAGES}/{s}.png" for s in stems]
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True)
     (folder / MASKS).mkdir()
-    for i, depth in derived.render_depths(mesh, plans, progress=progress, desc="masks"):
-        derived.write_png(folder / MASKS / f"{stems[i]}.png", derived.silhouette(depth, footprints[i]))
+    for i, depth in render_depths(mesh, plans, progress=progress, desc="masks"):
+        write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
     if options.sphere == "mesh":
         centre, radius = cv.bounding_sphere(mesh.vertices)
     else:
@@ -95,7 +96,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     arrays = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)
-    derived.write_bytes(folder / CAMERAS, npz_bytes(arrays))
+    write_bytes(folder / CAMERAS, npz_bytes(arrays))
     return {"images": names, "scale_mat": scale_mat.tolist()}
 
 
@@ -125,17 +126,6 @@ def camera_arrays(k: int, K: np.ndarray, w2c: np.ndarray, scale_mat: np.ndarray,
         arrays |= {f"camera_mat_{k}": camera_mat, f"camera_mat_inv_{k}": np.linalg.inv(camera_mat),
                    f"world_mat_inv_{k}": np.linalg.inv(world_mat), f"scale_mat_inv_{k}": np.linalg.inv(scale_mat)}
     return arrays
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An uncompressed .npz as np.savez writes it, with a fixed timestamp (np.savez stamps the time)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", _ZIP_TIME), "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-    return buf.getvalue()
-
 
 
 # ---- read ------------------------------------------------------------------------------------------

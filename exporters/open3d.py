@@ -27,14 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fsconvert.derived import render_depths, write_png
+from fsconvert.depthproducts import render_depths
 from fsconvert.errors import InputError, OutputError
-from fsconvert.export import ExportedView, stems, write_images
 from fsconvert.fuse import RGBDFrame, integrate
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imagestage import stems, write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
+from fsconvert.protocol import ExportedView, Program, Reading
+from fsconvert.writers import write_json, write_png
 
 NAME = "open3d"
 SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
@@ -87,7 +89,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     write_images(plans, names, folder, workers=workers, progress=progress)
     _write_depths(mesh, plans, [folder / DEPTH / f"{s}.png" for s in view_stems], scale, progress)
     _write_cameras(plans, view_stems, folder)
-    (folder / RGBD).write_text(json.dumps(rgbd, indent=2) + "\n")
+    write_json(folder / RGBD, rgbd)
     if options.fuse:
         fuse(folder, options.voxel_size, progress=progress)
     return {"images": names}
@@ -124,6 +126,14 @@ def read_log(out_dir: str | Path) -> list[ExportedView]:
             intrinsic = o3d.io.read_pinhole_camera_intrinsic(str(path))
         views.append(ExportedView(name, _camera(intrinsic, path), p.extrinsic))
     return views
+
+
+PROGRAMS = (
+    Program("open3d", f"Open3D's read_pinhole_camera_trajectory on {TRAJECTORY_JSON} (intrinsics and poses)",
+            lambda folder: Reading(read(folder))),
+    Program("open3d-log", f"Open3D on the Redwood {TRAJECTORY_LOG} (poses only) with {INTRINSICS}/<stem>.json",
+            lambda folder: Reading(read_log(folder))),
+)
 
 
 def frame_names(out_dir: Path) -> list[str]:

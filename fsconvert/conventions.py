@@ -4,7 +4,7 @@ Internal convention (FaceScape's, OpenCV's): camera axes x right, y down, z forw
 world→camera 4×4; the centre of the top-left pixel is at (0, 0); distortion is k1 k2 p1 p2 k3.
 
 Everything else an exporter needs is derived here: OpenGL axes (NeRF family, pyrender), camera→world,
-quaternions (w first, as COLMAP stores them), the +0.5 corner-origin pixel convention (COLMAP,
+the +0.5 corner-origin pixel convention (COLMAP,
 nerfstudio, instant-ngp, pyrender), K under resize/crop/90° and 180° rotation, world similarities, projection
 matrices K·[R|t] (IDR/NeuS world_mat) and LLFF's [down, right, backwards] camera→world columns.
 """
@@ -80,27 +80,6 @@ def camera_centre(w2c: np.ndarray) -> np.ndarray:
     return -w2c[:3, :3].T @ w2c[:3, 3]
 
 
-def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z), w ≥ 0, Hamilton convention, of a rotation matrix."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = np.trace(R)
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
-        q = [0.0] * 4
-        q[0] = (R[k, j] - R[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (R[j, i] + R[i, j]) / s
-        q[1 + k] = (R[k, i] + R[i, k]) / s
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
-
-
 def quat_wxyz_to_rotation(q: np.ndarray) -> np.ndarray:
     """Rotation matrix of a (w, x, y, z) quaternion (normalised first)."""
     w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
@@ -162,6 +141,11 @@ def crop_K(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
     out[0, 2] -= x0
     out[1, 2] -= y0
     return out
+
+
+def reduced_size(size: tuple[int, int], reduce: int) -> tuple[int, int]:
+    """(width, height) of a width×height image decoded at 1/`reduce` (JPEG DCT scaling rounds up: ⌈n/r⌉)."""
+    return -(-size[0] // reduce), -(-size[1] // reduce)
 
 
 def image_centre(width: int, height: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Where tuples are converted: a local process pool, a Dask cluster or a Ray cluster.
 
-Each engine runs `TupleJob.run` (the same per-tuple unit of work: export, check, record, under the
+Each engine runs `TupleJob.convert` (the same per-tuple unit of work: export, check, record, under the
 tuple's lock) as one task per tuple on one core, and yields the results as they finish. Tasks are
 never started twice speculatively. A worker that dies gives a "failed" result for its tuple (Dask
 first re-runs it elsewhere, up to its `allowed-failures`): its staging folder stays hidden, and the
@@ -31,8 +31,9 @@ from typing import Literal, get_args
 
 from tqdm import tqdm
 
-from .batch import TupleJob, TupleResult
 from .errors import FsconvertError
+from .job import TupleJob, TupleResult
+from .threads import limit_threads
 
 Engine = Literal["local", "dask", "ray"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -121,8 +122,6 @@ def _init_worker(parent: int, threads: int) -> None:
 def _worker_threads(threads: int) -> None:
     """`threads` OpenCV, render and OpenMP threads per worker process (the workers fill the cores), unless
     the environment sets LP_NUM_THREADS / OMP_NUM_THREADS."""
-    from .threads import limit_threads
-
     limit_threads(threads, override=False)
     # The workers' (silent) bars would otherwise each make a multiprocessing lock, which a killed worker
     # leaves to the resource tracker's "leaked semaphore" warning.
@@ -130,9 +129,9 @@ def _worker_threads(threads: int) -> None:
 
 
 def guarded(job: TupleJob) -> TupleResult:
-    """`job.run()`, with a bug (any other exception than an FsconvertError) made a failed result."""
+    """`job.convert()`, with a bug (any other exception than an FsconvertError) made a failed result."""
     try:
-        return job.run()
+        return job.convert()
     except Exception as exc:  # a bug: report it with its traceback, keep converting the others
         traceback.print_exc()
         return failed(job, f"internal error: {type(exc).__name__}: {exc}")

@@ -1,32 +1,39 @@
 """The export framework: `export` runs a format's `write` inside one staging folder, then writes the
 manifest, runs the check and writes the batch record there, and renames the folder into place.
 
-Format modules use `write_images` (the image stage into the folder) and `stems` (view file names).
+`staging` names its temporary folders here and only here; `leftovers` finds those that an interrupted
+run left beside an output, for the next run to remove.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import __version__
-from .check import CheckReport, Overlays, Thresholds, check_export, overlay_policy
-from .errors import OutputError
-from .imagestage import Footprint, ViewPlan, keep_previews, run_plans
-from .model import Capture, View
-from .options import check_choices
-from .protocol import MANIFEST, ExportedView, write_manifest, write_record
+from exporters import get
 
-__all__ = ["Exported", "ExportedView", "export", "staging", "stems", "write_images"]
+from . import __version__
+from .check import CheckReport, Overlays, check_export, overlay_policy
+from .errors import OutputError
+from .imagestage import keep_previews
+from .measure import Thresholds
+from .model import Capture
+from .options import check_choices
+from .protocol import MANIFEST, write_manifest, write_record
+from .writers import write_text
+
+_PARTIAL, _OLD = "partial", "old"
+"""Suffixes of staging's temporary folders: `.<name>.<random>.partial` (being written) and
+`.<name>.<pid>.old` (the replaced output, parked until the new one is in place)."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,10 @@ def export(
 
     One staging folder beside `out` receives, in order: the format's files (`write`), the manifest,
     the check (`thresholds` None skips it; `overlays`: which views get check/mv_result_<view>.jpg) and, when
-    `record` (a `fsconvert.batch.fingerprint`) is given, the batch record. It then replaces `out`,
+    `record` (a `fsconvert.job.fingerprint`) is given, the batch record. It then replaces `out`,
     which must not exist unless `overwrite` (and then be an fsconvert export or empty). On any error
     nothing appears and `out` is left as it was. `options` None: the format's defaults.
     """
-    from exporters import get
-
     module = get(fmt) if isinstance(fmt, str) else fmt
     options = module.Options() if options is None else options
     check_choices(options)
@@ -89,30 +94,6 @@ def export(
                     None if report is None else replace(report, export_dir=Path(out)))
 
 
-def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,
-                 progress: bool = False, footprints: bool = False) -> list[Footprint] | None:
-    """Run the image stage for each plan into `folder/name` (folders created as needed); with
-    `footprints`, return where each output image has source data (for masks)."""
-    dests = [folder / n for n in names]
-    for d in {d.parent for d in dests}:
-        d.mkdir(parents=True, exist_ok=True)
-    return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints)
-
-
-def warn_mixed_sizes(fmt: str, plans: Sequence[ViewPlan], reader: str) -> None:
-    """One stderr line when the output images have several sizes, for a target whose `reader` stacks a
-    scene's images (every camera stays exact)."""
-    if len({p.camera.size for p in plans}) > 1:
-        print(f"fsconvert: warning: {fmt}: images of several sizes (portrait and landscape); {reader} stacks a "
-              "scene's images and needs one size (each camera is exact)", file=sys.stderr)
-
-
-def stems(views: Sequence[View], digits: int = 3) -> list[str]:
-    """Zero-padded view ids, all as wide as the widest id and at least `digits`: sorted names sort by id."""
-    width = max(digits, len(str(max(v.id for v in views))))
-    return [f"{v.id:0{width}d}" for v in views]
-
-
 @contextmanager
 def staging(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` by rename.
@@ -129,14 +110,14 @@ def staging(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
             raise OutputError(f"{out_dir}: cannot replace the root folder")
         _check_replaceable(dest, overwrite, out_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f".{_PARTIAL}", dir=dest.parent))
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot create output: {exc.strerror or exc}") from None
     try:
         yield tmp
         if not (tmp / MANIFEST).is_file():
             (tmp / MANIFEST).parent.mkdir(exist_ok=True)
-            (tmp / MANIFEST).write_text(json.dumps({"fsconvert": __version__}) + "\n")
+            write_text(tmp / MANIFEST, json.dumps({"fsconvert": __version__}) + "\n")
         os.chmod(tmp, 0o755)
         _replace(tmp, dest, out_dir)
     except OSError as exc:
@@ -166,7 +147,7 @@ def _replace(tmp: Path, dest: Path, shown: Path) -> None:
     old = None
     try:
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.{_OLD}")
             os.rename(dest, old)
         os.rename(tmp, dest)
     except OSError as exc:
@@ -179,3 +160,19 @@ def _replace(tmp: Path, dest: Path, shown: Path) -> None:
         raise OutputError(reason) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def leftovers(out_dir: Path) -> list[Path]:
+    """Temporary folders that an interrupted `staging` of `out_dir` left beside it."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.({_PARTIAL}|{_OLD})$")
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if pattern.match(e.name) and e.is_dir() and not e.is_symlink()]
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Remove the `leftovers` of `out_dir` (hold its `fsconvert.job.tuple_lock`: they are not another run's)."""
+    for entry in leftovers(out_dir):
+        shutil.rmtree(entry, ignore_errors=True)

@@ -1,9 +1,8 @@
-"""The image stage shared by every exporter: one plan per view → output camera + one remap per image.
+"""The image stage shared by every format: decode, one remap, encode, for each view's plan, all cores.
 
-A plan composes undistortion (optional), scaling and an optional 180° upright rotation into a single
-`cv2.remap` whose map is computed once per view. JPEGs are decoded at 1/2, 1/4 or 1/8 size (DCT
-scaling) when the output is at least that much smaller, by libjpeg-turbo with its warnings as errors
-(corrupt data); images needing no resampling are linked or copied, after a 1/8-size verification decode.
+Formats call `write_images` with their plans (`fsconvert.imageplan`) and names (`stems`). JPEGs are
+decoded by libjpeg-turbo with its warnings as errors (corrupt data); images needing no resampling
+are linked or copied, after a 1/8-size verification decode.
 """
 
 from __future__ import annotations
@@ -13,13 +12,11 @@ import multiprocessing
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -27,353 +24,20 @@ import simplejpeg
 from tqdm import tqdm
 
 from . import conventions as cv
-from .derived import UNDISTORT_CRITERIA, write_encoded, write_png
 from .errors import InputError, OutputError
-from .model import Camera, View
-from .options import check_choices, option
+from .imageplan import REDUCTIONS, SCRATCH, ImageOptions, ViewPlan
+from .model import View
+from .writers import write_encoded, write_png
 
-REDUCTIONS = (8, 4, 2, 1)
 _REDUCED_FLAG = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
-_ROTATE_180 = np.diag([-1.0, -1.0, 1.0])
-_MAP_STEP = 4
-"""Undistortion maps are computed every this many source pixels (decoded) and upsampled."""
-
-
-class _Scratch(threading.local):
-    """Arrays reused from view to view, per thread: a 12.6 MP view's maps and remapped image are ~140 MB,
-    whose first touch (page faults) costs ~15 ms whenever they are allocated afresh."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        buf = self.buffers.get(name)
-        if buf is None or buf.size < nbytes:
-            buf = self.buffers[name] = np.empty(nbytes, np.uint8)
-        return buf[:nbytes].view(dtype).reshape(shape)
-
-    def release(self) -> None:
-        self.buffers.clear()
-
-
-_SCRATCH = _Scratch()
 PREVIEW_MAX_SIDE = 800
 """Long side of the check's renders and overlays: the output is shown at 1/1, 1/2, 1/4 or 1/8 of its size."""
 _previews: dict[Path, np.ndarray] | None = None
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """How exported images are made from the source JPEGs (the "images" options of every format)."""
-
-    undistort: bool = option(True, "resample to pinhole (default) or keep the lens model and the original JPEGs",
-                             name="distortion", choices={"undistort": True, "keep": False})
-    """Resample to a pinhole camera; False keeps the distortion (and the original file when unscaled)."""
-    principal_point: Literal["keep", "center"] = option(
-        "keep", "after undistortion: keep the principal point, or centre it (3D Gaussian Splatting)")
-    """New K after undistortion: same principal point (scaled), or moved to the image centre (3DGS)."""
-    fov_x: float | None = option(None, cli=False)
-    """With principal_point 'center': set fx = fy so that every view has this horizontal field of view
-    (radians); for formats holding one `camera_angle_x` for all views (Blender, 3DGS)."""
-    scale: float | None = option(None, "output scale in (0, 1], e.g. 0.25", exclusive="size")
-    """Output size = round(scale × source size)."""
-    max_size: int | None = option(None, "scale down so the long side is at most this many pixels", exclusive="size")
-    """Scale down (never up) so that the long side is at most this."""
-    upright: bool = option(False, "rotate cameras rolled ~180° upright (K and R follow)")
-    """Rotate views rolled ~180° (camera up pointing down in the world) by 180°; K, R and p1, p2 follow."""
-    image_format: Literal["jpg", "png"] = option("jpg", "format of resampled images (default: the format's)")
-    jpeg_quality: int = option(95, "JPEG quality of resampled images")
-    link: Literal["hardlink", "symlink", "copy"] = option(
-        "hardlink", "how unmodified originals are placed (hardlink falls back to copy)")
-    border: Literal["keep", "crop", "cover"] = option(
-        "keep", "with a centred principal point: keep the size (an uncovered strip remains), crop to the largest "
-        "centred rectangle with source data everywhere, or cover every source pixel")
-    """With principal_point 'center': keep the output size (centring leaves a strip without source
-    data), crop to the largest centred rectangle whose every pixel has source data (3DGS), or cover
-    every source pixel with the smallest centred rectangle (lossless; the rest is outside `footprint`).
-    With fov_x and 'cover', each view keeps its focal and gets the width giving that FoV."""
-    orientation: Literal["keep", "landscape"] = option(
-        "keep", "landscape: turn portrait views 90° (undistorted; K and R follow exactly)")
-    """landscape: turn portrait views 90° (the way that puts image-up nearest the capture's up); K and
-    R follow exactly. For formats with one horizontal FoV for all views (Blender)."""
-    allow_corrupt_images: bool = option(
-        False, "export JPEGs whose data the decoder reports as corrupt (a warning per view) instead of failing")
-    """Export source JPEGs whose data the decoder reports as corrupt (a warning per view) instead of refusing."""
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.principal_point == "center" and not self.undistort:
-            raise InputError("principal_point 'center' needs undistortion (it resamples the image)")
-        if self.fov_x is not None and (self.principal_point != "center" or not 0 < self.fov_x < np.pi):
-            raise InputError("fov_x needs principal_point 'center' and a value in (0, π) radians")
-        if self.scale is not None and not 0 < self.scale <= 1:
-            raise InputError(f"scale must be in (0, 1], got {self.scale}")
-        if self.max_size is not None and self.max_size < 16:
-            raise InputError(f"max_size must be at least 16, got {self.max_size}")
-        if self.scale is not None and self.max_size is not None:
-            raise InputError("give scale or max_size, not both")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise InputError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.border != "keep" and self.principal_point != "center":
-            raise InputError(f"border '{self.border}' needs principal_point 'center'")
-        if self.fov_x is not None and self.border == "crop":
-            raise InputError("fov_x with border 'crop' would crop views to one FoV: use border 'cover'")
-        if self.orientation == "landscape" and not self.undistort:
-            raise InputError("orientation 'landscape' needs undistortion (it resamples the image)")
-
-
-@dataclass(frozen=True, eq=False)
-class ViewPlan:
-    """What the stage does to one view: the output camera and pose, and how pixels move."""
-
-    view: View
-    camera: Camera
-    """Output camera (internal convention); pinhole when undistorting."""
-    world_to_cam: np.ndarray
-    """Output pose; differs from the source only when the view is rotated upright."""
-    rotated: bool
-    reduce: int
-    """JPEG decode reduction factor (1, 2, 4 or 8)."""
-    options: ImageOptions
-    turn: int = 0
-    """90° turn of an undistorted view: 1 clockwise, −1 counter-clockwise (after any 180° rotation)."""
-
-    @property
-    def resample(self) -> bool:
-        """False when the original file is placed as it is."""
-        return self.options.undistort or self.rotated or self.camera.size != self.view.camera.size
-
-    @property
-    def suffix(self) -> str:
-        return self.view.image.suffix if not self.resample else f".{self.options.image_format}"
-
-    def src_to_out(self, uv_src: np.ndarray) -> np.ndarray:
-        """Source pixels (distorted, full resolution) → output pixels. Exact to ~1e-9 px."""
-        src = self.view.camera
-        uv = np.asarray(uv_src, dtype=np.float64).reshape(-1, 2)
-        if self.turn:
-            return cv2.undistortPoints(uv.reshape(-1, 1, 2), src.K, src.dist, R=self.rectification(),
-                                       P=self.camera.K, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
-        if self.options.undistort:
-            K_out = cv.rotate180_K(self.camera.K, *self.camera.size) if self.rotated else self.camera.K
-            out = cv2.undistortPoints(
-                uv.reshape(-1, 1, 2), src.K, src.dist, P=K_out, criteria=UNDISTORT_CRITERIA
-            ).reshape(-1, 2)
-        else:
-            out = cv.resize_points(uv, *self._scale())
-        if self.rotated:
-            out = np.array([self.camera.width - 1, self.camera.height - 1]) - out
-        return out
-
-    def rectification(self) -> np.ndarray | None:
-        """The rotation output camera ← source camera of an undistorted view (None: identity)."""
-        R = _ROTATE_180 if self.rotated else None
-        if self.turn:
-            R = cv.turn90(self.turn > 0) @ (np.eye(3) if R is None else R)
-        return R
-
-    def footprint(self) -> np.ndarray:
-        """H×W bool: the output pixels interpolated from source pixels only, as `write_images` finds them."""
-        if not self.resample:
-            return np.ones(self.camera.size[::-1], bool)
-        decoded = tuple(-(-n // self.reduce) for n in self.view.camera.size)
-        return _inside_source(*self.maps(), decoded)
-
-    def _scale(self) -> tuple[float, float]:
-        return self.camera.width / self.view.camera.width, self.camera.height / self.view.camera.height
-
-    def maps(self, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """float32 remap maps: output pixel → pixel of the decoded (possibly reduced) source image (they may be
-        views of larger arrays: pass them to cv2.remap, copy them before writing). `scratch`: undistortion
-        maps live in this thread's reusable arrays, which the next such call overwrites."""
-        src = self.view.camera
-        K_dec = cv.resize_K(src.K, 1 / self.reduce, 1 / self.reduce)
-        w, h = self.camera.size
-        if self.options.undistort:  # a 180° rotation is the rectification R = diag(-1, -1, 1)
-            return undistort_maps(K_dec, src.dist, self.rectification(), self.camera.K, (w, h), scratch=scratch)
-        sx, sy = self._scale()
-        r = self.reduce
-        xs = ((np.arange(w) + 0.5) / sx / r - 0.5).astype(np.float32)
-        ys = ((np.arange(h) + 0.5) / sy / r - 0.5).astype(np.float32)
-        mx, my = np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w))
-        if self.rotated:
-            mx, my = mx[::-1, ::-1], my[::-1, ::-1]
-        return np.ascontiguousarray(mx), np.ascontiguousarray(my)
-
-
-def undistort_maps(
-    K_src: np.ndarray,
-    dist: np.ndarray,
-    R: np.ndarray | None,
-    K_out: np.ndarray,
-    size: tuple[int, int],
-    *,
-    scratch: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`cv2.initUndistortRectifyMap`'s float32 maps (output pixel → source pixel), in ~40 % of its time.
-
-    The map is smooth, so it is computed on the output image padded by s pixels on every side and
-    downsampled by s (s output pixels span _MAP_STEP source pixels), then upsampled back by the integer
-    factor s with cv2.resize, whose pixel-centre convention is the one resize_K encodes; the padding keeps
-    every kept pixel between coarse samples. Measured ≤ 7e-4 px from the iterative inverse at 1/4 scale,
-    where cv2.remap resolves positions to 1/32 px. `scratch`: written into this thread's reusable arrays.
-    """
-    s, (w, h) = max(1, int(_MAP_STEP * K_out[0, 0] / K_src[0, 0])), size
-    coarse = (-(-(w + s) // s) + 1, -(-(h + s) // s) + 1)
-    K_coarse = cv.resize_K(cv.crop_K(K_out, -s, -s), 1 / s, 1 / s)
-    maps = cv2.initUndistortRectifyMap(K_src, dist, R, K_coarse, coarse, cv2.CV_32FC1)
-    fine = (coarse[0] * s, coarse[1] * s)
-    dst = (_SCRATCH.array(name, fine[::-1], np.float32) if scratch else None for name in ("map x", "map y"))
-    mx, my = (cv2.resize(m, fine, dst=d, interpolation=cv2.INTER_LINEAR)[s:s + h, s:s + w] for m, d in zip(maps, dst))
-    return mx, my
-
-
-def output_size(width: int, height: int, options: ImageOptions) -> tuple[int, int]:
-    """Integer output size for the scale or max_size option."""
-    s = options.scale
-    if options.max_size is not None:
-        s = min(1.0, options.max_size / max(width, height))
-    if s is None or s == 1:
-        return width, height
-    return max(1, round(width * s)), max(1, round(height * s))
-
-
-def is_rolled(view: View, up: np.ndarray) -> bool:
-    """True when the camera's image-up direction points against the world `up` (roll beyond ±90°)."""
-    image_up_world = -view.R[1]  # camera −y axis in world coordinates
-    return float(image_up_world @ up) < 0
-
-
-def capture_up(views: Sequence[View]) -> np.ndarray:
-    """The world up direction the majority of cameras agree on (sum of camera −y axes)."""
-    s = np.sum([-v.R[1] for v in views], axis=0)
-    n = np.linalg.norm(s)
-    return s / n if n > 0 else np.array([0.0, -1.0, 0.0])
-
-
-def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -> ViewPlan:
-    """The plan for one view. `up` (world) is needed for upright rotation and the landscape
-    orientation; see `plan_views`."""
-    src = view.camera
-    w, h = output_size(src.width, src.height, options)
-    sx, sy = w / src.width, h / src.height
-    K = cv.resize_K(src.K, sx, sy)
-    dist = src.dist
-    turn = 0
-    if options.undistort:
-        dist = np.zeros(5)
-        if options.orientation == "landscape" and h > w and up is not None:
-            turn = _landscape_turn(view, up)
-        if options.border != "keep":
-            w, h, K = _centred_frame(src, K, options, _reduction(src, K, w, h), turned=bool(turn))
-        else:
-            if options.fov_x is not None:  # across the output's width: the source height when turned
-                f = cv.focal_from_fov(h if turn else w, options.fov_x)
-                K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
-            if options.principal_point == "center":
-                K = cv.centred_K(K, w, h)
-    rotated = bool(options.upright and up is not None and is_rolled(view, up) and not turn)
-    w2c = view.world_to_cam
-    if rotated:
-        K, w2c, dist = cv.rotate180_K(K, w, h), cv.rotate180_w2c(w2c), cv.rotate180_dist(dist)
-    reduce = _reduction(src, K, w, h)
-    if turn:
-        K, w2c, (w, h) = cv.rotate90_K(K, w, h, turn > 0), cv.rotate90_w2c(w2c, turn > 0), (h, w)
-    return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options, turn)
-
-
-def _reduction(src: Camera, K: np.ndarray, w: int, h: int) -> int:
-    """The JPEG decode reduction for an output of w×h at K (source orientation).
-
-    Decode reduced when the reduced image still samples at least as densely as the output. The
-    output size at the source focal is compared with the reduced size ⌈W/r⌉: a rounded-up output
-    (1086 px at 1/4 → 272 = ⌈1086/4⌉) still decodes at 1/4; a zoomed-in fov_x needs more pixels.
-    """
-    need = (max(w, K[0, 0] / src.fx * src.width), max(h, K[1, 1] / src.fy * src.height))
-    return next((r for r in REDUCTIONS
-                 if need[0] <= -(-src.width // r) + 1e-9 and need[1] <= -(-src.height // r) + 1e-9), 1)
-
-
-def _landscape_turn(view: View, up: np.ndarray) -> int:
-    """1 (clockwise) or −1: the 90° turn after which the view's image-up is nearest the world `up`."""
-    # image-up after a turn is the camera's new −y axis: clockwise it is the old −x axis, else +x
-    return 1 if float(-view.R[0] @ up) >= float(view.R[0] @ up) else -1
-
-
-_CROP_MARGIN_PX = 0.5
-"""Kept between a cropped output's outer pixel centres and the undistorted source border."""
-
-
-def _centred_frame(src: Camera, K: np.ndarray, options: ImageOptions, reduce: int,
-                   turned: bool) -> tuple[int, int, np.ndarray]:
-    """Size and K (principal point at the centre) of the `options.border` rectangle, before any turn.
-
-    `crop`: the largest-area centred rectangle all of whose pixel centres lie inside the undistorted
-    source (the image stage's footprint for JPEGs decoded at 1/`reduce`); `cover`: the smallest one
-    holding every undistorted source pixel, at the view's focal, or with `fov_x` one focal f = fx
-    and the width giving that FoV across the output's width (the source height when `turned`).
-    """
-    x, y = _undistorted_border(src, reduce if options.border == "crop" else 1)
-    fx, fy = K[0, 0], K[1, 1]
-    if options.border == "crop":
-        a, b = _largest_centred_box(x, y)
-        w, h = (int(np.floor(2 * (e * f - _CROP_MARGIN_PX))) + 1 for e, f in ((a, fx), (b, fy)))
-        return w, h, cv.centred_K(K, w, h)
-    a, b = np.abs(x).max(), np.abs(y).max()
-    if options.fov_x is not None:
-        t = np.tan(options.fov_x / 2)
-        if turned:  # the output's width is the source's height
-            h = int(np.ceil(2 * fy * t - 1e-9))
-            f = h / (2 * t)
-            w = 2 * int(np.ceil(a * f))
-        else:
-            w = int(np.ceil(2 * fx * t - 1e-9))
-            f = w / (2 * t)
-            h = 2 * int(np.ceil(b * f))
-        fx = fy = f
-    else:
-        w, h = 2 * int(np.ceil(a * fx)), 2 * int(np.ceil(b * fy))
-    return w, h, cv.centred_K(cv.K_matrix(fx, fy, 0.0, 0.0), w, h)
-
-
-def _undistorted_border(src: Camera, reduce: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalized undistorted coordinates of the border of the source's data: every pixel centre of
-    the outermost rows and columns of the image decoded at 1/`reduce`, in full-resolution pixels."""
-    W, H = -(-src.width // reduce), -(-src.height // reduce)
-    u, v = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
-    border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
-                             np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
-    full = cv.resize_points(border, reduce, reduce)
-    xy = cv2.undistortPoints(full.reshape(-1, 1, 2), src.K, src.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
-    return xy[:, 0], xy[:, 1]
-
-
-def _largest_centred_box(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Half-extents (a, b) of the largest-area box [−a, a]×[−b, b] with no point (x, y) strictly inside:
-    the points sampling the closed border of a region around the origin, the box lies in it."""
-    order = np.argsort(np.abs(x), kind="stable")
-    ax, ay = np.abs(x)[order], np.abs(y)[order]
-    # the box of half-width ax[k] may hold the points before k only above their |y|
-    b = np.minimum.accumulate(np.concatenate([[np.inf], ay[:-1]]))
-    area = np.where(np.isfinite(b), ax * b, 0.0)
-    k = int(np.argmax(area))
-    return float(ax[k]), float(b[k])
-
-
-def plan_views(views: Sequence[View], options: ImageOptions) -> list[ViewPlan]:
-    """Plans for all views of a capture (upright rotation and the landscape turn judged against the
-    capture's up)."""
-    up = capture_up(views) if options.upright or options.orientation == "landscape" else None
-    return [plan_view(v, options, up) for v in views]
-
-
-# ---- execution -------------------------------------------------------------------------------------
 
 
 def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_corrupt: bool = False) -> np.ndarray:
@@ -411,16 +75,16 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
     if colorspace not in ("YCbCr", "Gray", "RGB"):
         return None
-    size = dict(min_height=-(-height // reduce), min_width=-(-width // reduce))
+    min_width, min_height = cv.reduced_size((width, height), reduce)
     try:
-        return simplejpeg.decode_jpeg(data, "BGR", **size, strict=True)
+        return simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width, strict=True)
     except ValueError as exc:
         reason = f"corrupt JPEG data ({exc})"
     if not allow_corrupt:
         raise InputError(f"{reason}; not exported (--allow-corrupt-images exports it anyway)", file=path, view=view)
     print(f"fsconvert: warning: {InputError(reason, file=path, view=view)}; exported anyway", file=sys.stderr)
     try:
-        return simplejpeg.decode_jpeg(data, "BGR", **size, strict=False)
+        return simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width, strict=False)
     except ValueError:
         return None
 
@@ -449,17 +113,13 @@ class Footprint:
     @classmethod
     def full(cls, size: tuple[int, int]) -> Footprint:
         """Every pixel of a width×height image."""
-        return cls(np.full((size[1], -(-size[0] // 8)), 255, np.uint8), size[0])
+        return cls(np.full((size[1], (size[0] + 7) // 8), 255, np.uint8), size[0])
 
     def mask(self) -> np.ndarray:
         """H×W bool."""
         return np.unpackbits(self.bits, axis=1, count=self.width).astype(bool)
 
 
-def run_plan(plan: ViewPlan, dest: Path) -> Path:
-    """Produce one output image at `dest` (its suffix must be `plan.suffix`)."""
-    _produce(plan, dest, footprint=False)
-    return dest
 
 
 def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = False
@@ -473,8 +133,7 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = Fal
         _place_original(view.image, dest, plan.options.link)
         return Footprint.full(plan.camera.size) if footprint else None, None
     img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow)
-    expected = (-(-view.camera.height // plan.reduce), -(-view.camera.width // plan.reduce))
-    if img.shape[:2] != expected:
+    if img.shape[1::-1] != cv.reduced_size(view.camera.size, plan.reduce):
         img = read_image(view.image, 1, view.id, allow_corrupt=allow)
         if img.shape[:2] != (view.camera.height, view.camera.width):
             raise InputError(
@@ -486,7 +145,7 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = Fal
         plan = replace(plan, reduce=1)
     found = Footprint.full(plan.camera.size) if footprint else None
     if _needs_remap(plan):
-        out = _SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
+        out = SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
         mx, my = plan.maps(scratch=True)
         if footprint:
             found = Footprint.of(_inside_source(mx, my, img.shape[1::-1]))
@@ -504,8 +163,7 @@ def preview_reduction(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -
 
 def preview_size(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> tuple[int, int]:
     """(width, height) of an image of `size` at 1/`preview_reduction`: the size its JPEG decodes to directly."""
-    r = preview_reduction(size, max_side)
-    return -(-size[0] // r), -(-size[1] // r)
+    return cv.reduced_size(size, preview_reduction(size, max_side))
 
 
 def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -601,4 +259,29 @@ def run_plans(
         if pool is not None:
             pool.shutdown()
         bar.close()
-        _SCRATCH.release()
+        SCRATCH.release()
+
+
+
+def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,
+                 progress: bool = False, footprints: bool = False) -> list[Footprint] | None:
+    """Run the image stage for each plan into `folder/name` (folders created as needed); with
+    `footprints`, return where each output image has source data (for masks and alpha)."""
+    dests = [folder / n for n in names]
+    for d in sorted({d.parent for d in dests}):
+        d.mkdir(parents=True, exist_ok=True)
+    return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints)
+
+
+def stems(views: Sequence[View], digits: int = 3) -> list[str]:
+    """Zero-padded view ids, all as wide as the widest id and at least `digits`: sorted names sort by id."""
+    width = max(digits, len(str(max(v.id for v in views))))
+    return [f"{v.id:0{width}d}" for v in views]
+
+
+def warn_mixed_sizes(fmt: str, plans: Sequence[ViewPlan], reader: str) -> None:
+    """One stderr line when the output images have several sizes, for a target whose `reader` stacks a
+    scene's images (every camera stays exact)."""
+    if len({p.camera.size for p in plans}) > 1:
+        print(f"fsconvert: warning: {fmt}: images of several sizes (portrait and landscape); {reader} stacks a "
+              "scene's images and needs one size (each camera is exact)", file=sys.stderr)

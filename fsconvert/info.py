@@ -9,10 +9,11 @@ import numpy as np
 from . import conventions as cv
 from .alignment import DEFAULT_UNITS, UNITS
 from .errors import InputError
-from .imagestage import capture_up, is_rolled
+from .imageplan import capture_up, is_rolled
 from .loader import is_tuple_dir, iter_dataset, load_capture
 from .mesh import capture_mesh
 from .model import Capture
+from .rig import Frustum, plot_rig
 
 HEAD_MM = (100.0, 400.0)
 """Bounding-box sizes beyond which an aligned mesh is flagged as not head-sized (a face is ~150–250 mm)."""
@@ -35,14 +36,16 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
     lines = [
         f"tuple {capture.name}  ({capture.root})",
         f"  views: {len(views)} used"
-        + (f", {len(capture.excluded)} excluded (valid=false): {[v.id for v in capture.excluded]}" if capture.excluded else ""),
+        + (f", {len(capture.excluded)} excluded (valid=false): {[v.id for v in capture.excluded]}"
+           if capture.excluded else ""),
         "  images: " + ", ".join(f"{n} × {s}" for s, n in sorted(sizes.items())),
         f"  focal: fx {f[:, 0].min():.1f}…{f[:, 0].max():.1f} px, fy {f[:, 1].min():.1f}…{f[:, 1].max():.1f} px"
         f" ({(f[:, 0] / long_side).min():.2f}…{(f[:, 0] / long_side).max():.2f} × long side)",
         f"  principal point offset from centre: x {pp[:, 0].min():+.1f}…{pp[:, 0].max():+.1f} px,"
         f" y {pp[:, 1].min():+.1f}…{pp[:, 1].max():+.1f} px",
         "  distortion: "
-        + ", ".join(f"{n} {dist[:, i].min():+.3g}…{dist[:, i].max():+.3g}" for i, n in enumerate(("k1", "k2", "p1", "p2", "k3"))),
+        + ", ".join(f"{n} {dist[:, i].min():+.3g}…{dist[:, i].max():+.3g}"
+                    for i, n in enumerate(("k1", "k2", "p1", "p2", "k3"))),
         f"  rolled ~180° (image up against the majority): {rolled if rolled else 'none'}",
     ]
     a = capture.alignment
@@ -65,7 +68,8 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
         ]
         if a is not None:
             size = mesh.extents / UNITS[a.units]
-            lines.append(f"  head size: {' × '.join(f'{x:.0f}' for x in size)} mm (bounding box; a face is ~150–250 mm)")
+            lines.append(f"  head size: {' × '.join(f'{x:.0f}' for x in size)} mm "
+                         "(bounding box; a face is ~150–250 mm)")
             if not HEAD_MM[0] <= size.max() <= HEAD_MM[1]:
                 lines.append(f"  warning: {size.max():.4g} mm is not the size of a head: check the entry and the units")
     else:
@@ -76,8 +80,6 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
 def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | None = None,
                align: str | Path | None = None, units: str = DEFAULT_UNITS) -> None:
     """Draw the camera rig of the tuple folder `path` (every view, valid=false ones dashed) into `png`."""
-    from .rig import Frustum, plot_rig
-
     path = Path(path)
     if not is_tuple_dir(path):
         raise InputError("--plot draws one tuple's camera rig: give a tuple folder (with params.json)", file=path)

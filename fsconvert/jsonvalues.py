@@ -87,3 +87,27 @@ def show(value: object, limit: int = 40) -> str:
 
 def reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def read_object(path: Path) -> dict[str, object]:
+    """The JSON file at `path`, which must hold an object (`read_json`)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object, got {show(data)}", file=path)
+    return data
+
+
+def number(obj: dict[str, object], key: str, where: dict[str, object]) -> float:
+    """`obj[key]` as a finite float (not a boolean); `where` locates the InputError."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise InputError("missing or not a number" if value is None else f"not a number: {show(value)}", **where)
+    return float(value)
+
+
+def text(obj: dict[str, object], key: str, where: dict[str, object]) -> str:
+    """`obj[key]` as a non-empty string; `where` locates the InputError."""
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError("missing or not a string", **where)
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -77,7 +76,7 @@ def load_capture(
                 "give --mesh or --mesh-root",
                 file=tuple_dir,
             )
-        load_mesh(mesh_path, copy=False)
+        load_mesh(mesh_path)
     where = layout_path(tuple_dir)
     return Capture(
         subject=where.parent.name,

@@ -15,21 +15,14 @@ from .errors import InputError
 from .model import Capture
 
 
-def load_mesh(path: str | Path, *, copy: bool = True) -> trimesh.Trimesh:
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
     """The mesh at `path` as a Trimesh with faces and finite vertices, or a one-line InputError.
 
     The last file parsed is kept (keyed on path, size and mtime): loading, exporting and checking a
-    tuple parse it once; each caller gets its own copy, or with `copy=False` the kept mesh itself, which
-    it must not change (a dense scan's copy is ~50 MB per million faces).
+    tuple parse it once. Callers get the kept mesh itself and must not change it (a dense scan's copy
+    is ~50 MB per million faces).
     """
-    mesh = _parse(*_key(path))
-    return _copy(mesh) if copy else mesh
-
-
-def load_render_proxy(path: str | Path) -> trimesh.Trimesh:
-    """The mesh at `path` for renders that test cameras or visibility, not products: the mesh itself up
-    to PROXY_MAX_FACES faces, else a vertex-clustered copy (`render_proxy`), made once per file version."""
-    return _copy(_proxy(*_key(path)))
+    return _parse(*_key(path))
 
 
 PROXY_MAX_FACES = 100_000
@@ -174,15 +167,15 @@ def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarr
 
 def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
     """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
-    saying what needs it; with `proxy`, its render proxy (`load_render_proxy`: for renders that test
-    cameras or visibility, not for products). Every use of a capture's mesh goes through here.
+    saying what needs it; with `proxy`, its render proxy (`render_proxy`, made once per file version: for
+    renders that test cameras or visibility, not for products). Every use of a capture's mesh goes through here.
 
     Without a `Capture.world` it is the process's kept mesh itself (no ~50 MB copy per million faces
     and per use): callers read it and must not change it.
     """
     if capture.mesh is None:
         raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
-    mesh = _proxy(*_key(capture.mesh)) if proxy else load_mesh(capture.mesh, copy=False)
+    mesh = _proxy(*_key(capture.mesh)) if proxy else load_mesh(capture.mesh)
     if capture.world is None:
         return mesh
     return _copy(mesh, vertices=cv.apply_similarity(capture.world, mesh.vertices))

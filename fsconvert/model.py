@@ -11,6 +11,9 @@ import numpy as np
 from . import conventions as cv
 from .alignment import Alignment
 
+UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+"""Termination of every iterative undistortion (cv2.undistortPoints): converged to ~1e-12 px."""
+
 
 @dataclass(frozen=True, eq=False)
 class Camera:
@@ -66,6 +69,18 @@ class Camera:
             return pts[:, :2] / pts[:, 2:] * [self.fx, self.fy] + [self.cx, self.cy]
         uv, _ = cv2.projectPoints(pts.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.K, self.dist)
         return uv.reshape(-1, 2)
+
+    def border_rays(self, reduce: int = 1) -> np.ndarray:
+        """N×2 normalised undistorted coordinates (x, y) of the border of the image's data: every pixel
+        centre of the outermost rows and columns of the image decoded at 1/`reduce`, in full-resolution
+        pixels (what undistortion can bring into an output frame)."""
+        W, H = cv.reduced_size(self.size, reduce)
+        u, v = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
+        border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
+                                 np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
+        full = cv.resize_points(border, reduce, reduce)
+        xy = cv2.undistortPoints(full.reshape(-1, 1, 2), self.K, self.dist, criteria=UNDISTORT_CRITERIA)
+        return np.asarray(xy).reshape(-1, 2)
 
     def equals(self, other: Camera, atol: float = 0.0) -> bool:
         return (

@@ -1,12 +1,14 @@
-"""The exporter protocol: what a format module provides (`missing` checks it), the read-back type,
-and what the framework writes into every export beside it (the manifest, the batch record).
+"""The exporter protocol: what a format module provides (`missing` checks it), how a program reads an
+export back (`ExportedView`, `Reading`, `Program`), and what the framework writes into every export
+beside the format's files (the manifest, the batch record).
 
 A format module has `NAME`, `SUMMARY`, a frozen `Options` dataclass whose first field is
 `image: ImageOptions`, `write(capture, folder, options, *, workers, progress) -> dict` and
-`read(folder) -> list[ExportedView]` (README, "Writing an exporter"). Optionally
-`default_reader(options) -> str`, the program whose loading rules the check applies (a key of
-`fsconvert.readers.READERS`; without it, `read`), and a `"warnings"` list of lines among what
-`write` returns (printed in the summary, copied into check/check.json).
+`read(folder) -> list[ExportedView]` (README, "Writing an exporter"). Optionally `PROGRAMS`, the
+programs that read its layout, each with its own loading rules (`Program`; without it, one program of
+the format's name that reads by `read`), and `default_reader(options) -> str`, the program the check
+reads an export by (without it, the first of `PROGRAMS`). `write` may return a `"warnings"` list of
+lines (printed in the summary, copied into check/check.json).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,15 +26,21 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .imagestage import ImageOptions
+from .imageplan import ImageOptions
 from .loader import layout_path
 from .model import Camera, Capture
 from .options import to_dict
+from .writers import write_json, write_text
 
 MANIFEST = Path("fsconvert") / "manifest.json"
 """Inside the export; not at the top level, where instant-ngp would load any *.json as a dataset."""
 RECORD = Path("fsconvert") / "record.json"
 """Inside batch exports, written last: the fingerprint of the inputs and settings, and the outcome."""
+CHECK_DIR = Path("check")
+"""The check's results inside an export: numbers, page, rig plot, overlays `mv_result_<view>.jpg`."""
+CHECK_JSON = CHECK_DIR / "check.json"
+CHECK_PAGE = CHECK_DIR / "index.html"
+RIG = CHECK_DIR / "rig.png"
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +51,28 @@ class ExportedView:
     """Image path relative to the export folder, as the target stores it."""
     camera: Camera
     world_to_cam: np.ndarray
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An export as one program reads it."""
+
+    views: list[ExportedView]
+    unread: dict[str, str] = field(default_factory=dict)
+    """Image name → why this program leaves the view out (e.g. a split file it never opens)."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program that reads a format's layout, and its loading rules: `read` turns an export folder into
+    the cameras that program would use (internal convention), keeping out what it ignores (3DGS: the
+    principal point) and naming the views it would not load; a one-line InputError where it would stop."""
+
+    name: str
+    """What `fsconvert check --reader` calls it."""
+    summary: str
+    """What the program reads, and what it ignores or rejects."""
+    read: Callable[[Path], Reading]
 
 
 def missing(module: ModuleType) -> list[str]:
@@ -58,6 +88,9 @@ def missing(module: ModuleType) -> list[str]:
         if not fields or fields[0].name != "image" or typing.get_type_hints(options)["image"] is not ImageOptions:
             lacks.append("Options.image: ImageOptions (the first field)")
     lacks += [n for n in ("write", "read") if not callable(getattr(module, n, None))]
+    programs = getattr(module, "PROGRAMS", ())
+    if not (isinstance(programs, tuple) and all(isinstance(p, Program) for p in programs)):
+        lacks.append("PROGRAMS as a tuple of fsconvert.protocol.Program")
     return lacks
 
 
@@ -82,7 +115,7 @@ def write_manifest(out_dir: Path, fmt: str, capture: Capture, options: Any, name
     }
     path = out_dir / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(path, manifest)
     return manifest
 
 
@@ -102,7 +135,7 @@ def read_manifest(export_dir: str | Path) -> dict:
 def write_record(export_dir: Path, fingerprint: dict, result: dict) -> None:
     path = export_dir / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fingerprint, "result": result}, indent=1, sort_keys=True) + "\n")
+    write_text(path, json.dumps({"fingerprint": fingerprint, "result": result}, indent=1, sort_keys=True) + "\n")
 
 
 def read_record(out_dir: Path) -> dict | None:

@@ -12,6 +12,7 @@ edges), its depth is ray-cast exactly (open3d, imported on first use).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from dataclasses import dataclass
 
@@ -24,8 +25,7 @@ from OpenGL.GL import shaders
 from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
-from .derived import UNDISTORT_CRITERIA
-from .model import Camera
+from .model import UNDISTORT_CRITERIA, Camera
 
 UNDISTORT_TOLERANCE_PX = 1e-6
 """Largest allowed re-projection error of an undistorted pixel coordinate."""
@@ -169,9 +169,9 @@ class Renderer:
         """
         old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
         if width > old[0] or height > old[1]:
-            grown = [-(-max(n, o) // _BUFFER_STEP) * _BUFFER_STEP for n, o in zip((width, height), old)]
+            grown = [_buffer_side(max(n, o)) for n, o in zip((width, height), old)]
             if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
-                grown = [-(-n // _BUFFER_STEP) * _BUFFER_STEP for n in (width, height)]
+                grown = [_buffer_side(n) for n in (width, height)]
             self._free_context()
             self._platform = OSMesaPlatform(*grown)
             self._platform.init_context()
@@ -187,6 +187,11 @@ class Renderer:
             self._gl.delete()
             self._platform.delete_context()
             self._platform = self._gl = self._depth_pass = None
+
+
+def _buffer_side(pixels: int) -> int:
+    """`pixels` rounded up to a multiple of _BUFFER_STEP."""
+    return math.ceil(pixels / _BUFFER_STEP) * _BUFFER_STEP
 
 
 def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarray:
@@ -297,7 +302,7 @@ def _unlit_mesh(mesh: trimesh.Trimesh, material: pyrender.Material, **attributes
 def undistortion_map(camera: Camera) -> np.ndarray:
     """H×W×2 normalised coordinates (x, y) of the ray seen by every pixel of the distorted `camera`.
 
-    Iterative undistortion (cv2.undistortPoints, `derived.UNDISTORT_CRITERIA`), then checked with
+    Iterative undistortion (cv2.undistortPoints, `model.UNDISTORT_CRITERIA`), then checked with
     cv2.projectPoints on the image border (largest radius, slowest convergence) and a stride-8 grid:
     raises RuntimeError if any re-projection is off by more than UNDISTORT_TOLERANCE_PX.
     """
@@ -317,18 +322,6 @@ def undistortion_map(camera: Camera) -> np.ndarray:
     if err.max() > UNDISTORT_TOLERANCE_PX:
         raise RuntimeError(f"undistortion did not converge: {err.max():.2e} px re-projection error")
     return out
-
-
-def distort_image(
-    pinhole_img: np.ndarray, pinhole_K: np.ndarray, camera: Camera, interpolation: int = cv2.INTER_LINEAR
-) -> np.ndarray:
-    """Resample a pinhole image (intrinsics `pinhole_K`, same pose) into the distorted `camera`.
-
-    Each distorted pixel samples the pinhole image at K_pin·(x, y, 1) of its undistorted ray, at the
-    exact float64 position (cv2.remap would quantise it to 1/32 px). INTER_LINEAR or INTER_NEAREST;
-    samples outside the pinhole image read 0. Integer images are rounded back to their dtype.
-    """
-    return _sample(pinhole_img, _pixels(undistortion_map(camera), pinhole_K), interpolation)
 
 
 def distorted_render(

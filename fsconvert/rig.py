@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
-from .derived import write_png
 from .mesh import subsample
 from .model import Camera
+from .writers import write_png
 
 Style = Literal["ok", "failed", "invalid"]
 """How a frustum is drawn: a view that passed (or was not checked), one that failed, one marked valid=false."""

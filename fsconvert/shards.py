@@ -61,7 +61,7 @@ def assignment(weights: Sequence[tuple[str, int]], count: int) -> dict[str, int]
     return shard_of
 
 
-def describe(weights: Sequence[tuple[str, int]], count: int, listing: bool = False) -> str:
+def describe_shards(weights: Sequence[tuple[str, int]], count: int, listing: bool = False) -> str:
     """What `fsconvert plan --shards N` prints: tuples and images per shard (and each tuple with `listing`)."""
     images = dict(weights)
     shards = partition(weights, count)

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .batch import INPUT_KEYS, TupleJob, TupleResult, changed, inputs, lock_path
-from .check import REPORT
-from .errors import FsconvertError
-from .protocol import RECORD, read_record
+from .errors import FsconvertError, OutputError
+from .job import INPUT_KEYS, TupleJob, TupleResult, changed, inputs, lock_path
+from .protocol import CHECK_JSON, RECORD, read_record
 from .shards import Shard
+from .writers import replace_atomically
 
 FOLDER = Path("fsconvert")
 """Inside OUT, beside the OUT/<id>/<exp> tuples."""
@@ -54,11 +54,9 @@ def write_summary(
     path = summary_path(root, shard)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
-        os.replace(tmp, path)
     except OSError as exc:
-        raise FsconvertError(f"{path}: cannot write the run summary: {exc.strerror or exc}") from None
+        raise OutputError(f"{path.parent}: cannot write the run summary: {exc.strerror or exc}") from None
+    replace_atomically(path, (json.dumps(summary, indent=1) + "\n").encode())
 
 
 def _settings(jobs: Sequence[TupleJob]) -> dict | None:
@@ -72,7 +70,7 @@ def _settings(jobs: Sequence[TupleJob]) -> dict | None:
 
 
 def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _summaries(root: Path) -> list[dict]:
@@ -148,7 +146,7 @@ def status(root: str | Path) -> tuple[str, bool]:
         elif record is not None and not (why := _staleness(record, settings.get(name))):
             lines["done"].append(name)
             if record["result"]["check_passed"] is False:
-                check_failed.append(f"  check failed {name}: see {out_dir / REPORT}")
+                check_failed.append(f"  check failed {name}: see {out_dir / CHECK_JSON}")
         elif record is not None:
             lines["stale"].append(f"  stale    {name}{where}: {why}")
         elif name in failures:

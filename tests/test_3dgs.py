@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from test_readers import uncovered_pixels
 
 from exporters import colmap
 from fsconvert.cli import main
-from fsconvert.imagestage import plan_views
+from fsconvert.imageplan import plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.options import from_dict
 from fsconvert.protocol import read_manifest
-from test_readers import uncovered_pixels
 
 
 @pytest.fixture(scope="module")

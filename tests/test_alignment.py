@@ -17,14 +17,15 @@ import trimesh
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available, colmap, get, nerf, open3d
+from exporters.nerf import layout
 from fsconvert import conventions as cv
 from fsconvert.alignment import align_tuple, expression_number, read_rt_scale_dict
-from fsconvert.batch import convert_tuple
 from fsconvert.cli import main
 from fsconvert.errors import InputError
-from fsconvert.protocol import read_manifest
+from fsconvert.job import convert_tuple
 from fsconvert.loader import load_capture
 from fsconvert.mesh import capture_mesh, load_mesh
+from fsconvert.protocol import read_manifest
 from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT, make_sample
 
 FORMATS = sorted(available())
@@ -135,11 +136,11 @@ def test_camera_centres_are_facescapes_tu_millimetres(fmt: str, aligned, sample_
 def test_nerf_mesh_and_points_are_in_tu_millimetres(aligned, sample_root: Path, sample_tuple: Path):
     X = load_mesh(sample_root / "models/1/1_neutral.ply").vertices
     expected = to_tu(X, *dict_entry(sample_root))
-    for name in (nerf.MESH, nerf.POINTS):
+    for name in (layout.MESH, layout.POINTS):
         assert_close(trimesh.load(aligned["nerf"] / name, process=False).vertices, expected)
-    meta = json.loads((aligned["nerf"] / nerf.TRANSFORMS).read_text())
+    meta = json.loads((aligned["nerf"] / layout.TRANSFORMS).read_text())
     assert meta["applied_transform"] == np.eye(4)[:3].tolist() and meta["applied_scale"] == 1.0
-    assert meta[nerf.ALIGNMENT_KEY]["entry"] == ["1", "1"] and meta["depth_unit_scale_factor"] == 1.0
+    assert meta[layout.ALIGNMENT_KEY]["entry"] == ["1", "1"] and meta["depth_unit_scale_factor"] == 1.0
 
 
 def test_colmap_points_are_the_unaligned_points_in_tu(aligned, sample_root: Path, sample_tuple: Path, tmp_path):
@@ -169,7 +170,7 @@ def test_depth_pngs_hold_millimetres(aligned, sample_root: Path):
     X_tu = to_tu(load_mesh(sample_root / "models/1/1_neutral.ply").vertices, *dict_entry(sample_root))
     for v in nerf.read(aligned["nerf"]):
         (u, y), z_mm = nose_tip(v, X_tu)
-        png = cv2.imread(str(aligned["nerf"] / nerf.DEPTHS / f"{Path(v.name).stem}.png"), cv2.IMREAD_UNCHANGED)
+        png = cv2.imread(str(aligned["nerf"] / layout.DEPTHS / f"{Path(v.name).stem}.png"), cv2.IMREAD_UNCHANGED)
         assert 500 < z_mm < 1500 and abs(int(png[y, u]) - z_mm) <= 1.0, (v.name, png[y, u], z_mm)
     rgbd = open3d.read_rgbd_json(aligned["open3d"])
     assert json.loads((aligned["open3d"] / open3d.RGBD).read_text())["unit"] == "mm"
@@ -183,7 +184,7 @@ def test_metres_scale_cameras_and_keep_depth_pngs_in_millimetres(aligned, sample
     out = tmp_path / "m"
     assert main(["to-nerf", str(sample_tuple), "-o", str(out), "-q", "-j", "1", "--no-overlays", "--depth",
                  "--align", str(sample_root / RT_SCALE_DICT), "--units", "m", "--normalize", "sphere"]) == 0
-    meta = json.loads((out / nerf.TRANSFORMS).read_text())
+    meta = json.loads((out / layout.TRANSFORMS).read_text())
     assert meta["depth_unit_scale_factor"] == 0.001 and meta["applied_scale"] != 1.0  # normalization on top
     centres = source_centres(sample_tuple)
     views = nerf.read(out)  # normalization undone: the aligned frame, in metres
@@ -192,7 +193,7 @@ def test_metres_scale_cameras_and_keep_depth_pngs_in_millimetres(aligned, sample
     assert_close(found, to_tu([centres[names[v.name]] for v in views], *dict_entry(sample_root), unit=1e-3))
     for name in names:
         stem = Path(name).stem
-        m, mm = (cv2.imread(str(d / nerf.DEPTHS / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for d in (out, aligned["nerf"]))
+        m, mm = (cv2.imread(str(d / layout.DEPTHS / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for d in (out, aligned["nerf"]))
         both = (m > 0) & (mm > 0)
         assert both.sum() > 1000 and np.abs(m[both].astype(int) - mm[both]).max() <= 1
 

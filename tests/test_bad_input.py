@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from conftest import LOSSY_ON_SAMPLE
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from conftest import LOSSY_ON_SAMPLE
 from exporters import available
 from fsconvert import cli
-from fsconvert.check import REPORT
-from fsconvert.protocol import MANIFEST, read_manifest
+from fsconvert.protocol import CHECK_JSON, MANIFEST, read_manifest
 from fsconvert.synthetic import RT_SCALE_DICT, make_sample
 
 SUBJECT, EXP = "1", "1_neutral"
@@ -537,17 +536,18 @@ def _(d: Data) -> list[str]:
 
 @case("disk full while writing params.json (ENOSPC)")
 def _(d: Data) -> list[str]:
-    disk_full(d.monkeypatch, "write_text", after=0)
-    return [f"{d.out}: No space left on device"]
+    disk_full(d.monkeypatch, "write_bytes", after=0, name="params.json")
+    return [f"{d.out}/params.json: cannot write: No space left on device"]
 
 
-def disk_full(monkeypatch: pytest.MonkeyPatch, method: str, after: int) -> None:
-    """`Path.<method>` works `after` times, then fails like a full disk (the write, not the open, fails)."""
+def disk_full(monkeypatch: pytest.MonkeyPatch, method: str, after: int, name: str | None = None) -> None:
+    """`Path.<method>` works `after` times (on files called `name`, or any), then fails like a full disk
+    (the write, not the open, fails)."""
     original = getattr(pathlib.Path, method)
     calls = Counter()
 
     def write(self, *args, **kwargs):
-        calls["n"] += 1
+        calls["n"] += name is None or self.name == name
         if calls["n"] > after:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return original(self, *args, **kwargs)
@@ -584,7 +584,7 @@ def test_negative_control_a_valid_tuple_converts(data: Data, capsys: pytest.Capt
     assert code == 0, err
     assert f"wrote {data.out} (facescape, 2 views)" in out
     assert err.splitlines() == ["1/1_neutral: left out 1 view(s) marked valid=false: [0]"]
-    assert json.loads((data.out / REPORT).read_text())["passed"] is True
+    assert json.loads((data.out / CHECK_JSON).read_text())["passed"] is True
     assert read_manifest(data.out)["format"] == "facescape"
 
 
@@ -704,7 +704,7 @@ def test_unicode_and_spaces_in_paths_work(fmt: str, base: Path, tmp_path: Path, 
                                  *LOSSY_ON_SAMPLE.get(fmt, [])], capsys)
     holds_all = fmt not in LOSSY_ON_SAMPLE
     assert code == (0 if holds_all else 1), err
-    assert json.loads((out / REPORT).read_text())["passed"] is holds_all
+    assert json.loads((out / CHECK_JSON).read_text())["passed"] is holds_all
     manifest = read_manifest(out)
     assert manifest["source"]["expression"] == exp and len(manifest["views"]) == 2
     assert all(" " not in v["name"] for v in manifest["views"])

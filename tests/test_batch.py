@@ -16,17 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import LOSSY_ON_SAMPLE
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from conftest import LOSSY_ON_SAMPLE
 from exporters import available, facescape
-from fsconvert import batch
-from fsconvert.batch import TupleJob, convert_tuple
-from fsconvert.check import Thresholds
-from fsconvert.cli import DATASET_OVERLAYS, main
+from fsconvert.cli import main
+from fsconvert.datasetrun import run_dataset
+from fsconvert.job import TupleJob, convert_tuple, exit_code
 from fsconvert.loader import iter_dataset, load_capture
+from fsconvert.measure import Thresholds
 from fsconvert.protocol import RECORD
-from fsconvert.report import RUN_REPORT
+from fsconvert.runpage import RUN_PAGE
+from fsconvert.settings import DATASET_OVERLAYS
 
 SUBJECTS = ("1", "2", "3")
 EXPRESSIONS = ("1_neutral", "2_smile")
@@ -162,7 +163,7 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(clean: Path, dataset: Path
 
     assert main(["to-facescape", str(dataset), "-o", str(out), "-q", "-j", "2"]) == 0
     assert files(out) == files(clean)  # and no stale .partial / .old folder is left anywhere
-    report = (out / RUN_REPORT).read_text()  # the resumed run: some tuples converted, the others skipped
+    report = (out / RUN_PAGE).read_text()  # the resumed run: some tuples converted, the others skipped
     assert report.count('<td class="result">skipped</td>') == len(complete)
     assert report.count('<td class="result">converted</td>') == len(TUPLES) - len(complete)
 
@@ -328,11 +329,11 @@ def test_convert_tuple_is_a_pure_per_tuple_function(dataset: Path, clean: Path, 
                           overlays=DATASET_OVERLAYS)
     used, excluded = _views(ref.path)
     assert (first.status, first.views, first.excluded, first.check_passed) == ("converted", 3, tuple(excluded), True)
-    assert "PASS: 3/3 views" in first.report and ".partial" not in first.report
+    assert "PASS: 3/3 views" in first.check_text and ".partial" not in first.check_text
     assert files(out) == files(clean / "3" / "2_smile")
     again = convert_tuple(ref.path, out, "facescape", facescape.Options(), thresholds=Thresholds(),
                           overlays=DATASET_OVERLAYS)
-    assert (again.status, again.views, again.check_passed, again.report) == ("skipped", 3, True, "")
+    assert (again.status, again.views, again.check_passed, again.check_text) == ("skipped", 3, True, "")
     default = convert_tuple(ref.path, tmp_path / "default", "facescape")  # checked, as on the command line
     assert (default.status, default.check_passed) == ("converted", True)
     assert len(list((tmp_path / "default" / "check").glob("mv_result_*.jpg"))) == 3  # every view's overlay
@@ -350,10 +351,10 @@ def test_a_bug_in_one_tuple_does_not_stop_the_others(dataset: Path, tmp_path: Pa
     broken = SimpleNamespace(**{k: getattr(facescape, k) for k in ("NAME", "Options", "read")}, write=write)
     jobs = [TupleJob(source=ref.path, out_dir=tmp_path / ref.subject / ref.expression, fmt=broken)
             for ref in iter_dataset(dataset)]
-    results = batch.run(jobs, workers=1)
+    results = run_dataset(jobs, workers=1)
     assert [r.status for r in results] == ["converted"] * 2 + ["failed"] * 2 + ["converted"] * 2
     assert results[2].reason == "internal error: ZeroDivisionError: boom"
-    assert "Traceback" in capsys.readouterr().err and batch.exit_code(results) == 2
+    assert "Traceback" in capsys.readouterr().err and exit_code(results) == 2
 
 
 @pytest.mark.parametrize("fmt", sorted(set(available()) - {"facescape"}))

@@ -15,11 +15,13 @@ import pytest
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import facescape
 from fsconvert import cli
-from fsconvert.check import REPORT, Thresholds, check_export, format_report
+from fsconvert.check import check_export, format_check
 from fsconvert.errors import InputError
 from fsconvert.export import export
-from fsconvert.imagestage import ImageOptions
+from fsconvert.imageplan import ImageOptions
 from fsconvert.loader import load_capture
+from fsconvert.measure import Thresholds
+from fsconvert.protocol import CHECK_JSON
 
 EXACT_PX = 1e-6
 """What an exact export measures (float round-off is ~1e-12 px); the default threshold is 0.01 px."""
@@ -62,7 +64,7 @@ def save(out: Path, params: dict) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_exact_exports_pass(exports, capture, case):
     report = check_export(exports[case])
-    assert report.passed, format_report(report)
+    assert report.passed, format_check(report)
     assert [v.id for v in report.views] == [v.id for v in capture.views]  # 7 valid views, none skipped
     for v in report.views:
         assert v.points > 1000
@@ -70,7 +72,7 @@ def test_exact_exports_pass(exports, capture, case):
         assert v.iou == 1.0 and v.depth_rel == 0.0
         overlay = cv2.imread(str(exports[case] / v.overlay))
         assert overlay.shape[1::-1] == v.render_size and max(v.render_size) <= 800
-    saved = json.loads((exports[case] / REPORT).read_text())
+    saved = json.loads((exports[case] / CHECK_JSON).read_text())
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert saved["passed"] is True and len(saved["views"]) == 7
 
@@ -88,7 +90,7 @@ def test_without_overlays_identical_cameras_are_not_rendered(exports):
     report = check_export(exports["keep-1/4"], overlays=False)
     assert report.passed and not list((exports["keep-1/4"] / "check").glob("mv_result_*.jpg"))  # old ones cleared
     assert all(v.render_size is None and v.iou is None and v.camera_max_px <= EXACT_PX for v in report.views)
-    assert "7 view(s) not rendered" in format_report(report)
+    assert "7 view(s) not rendered" in format_check(report)
 
 
 def test_half_pixel_principal_point_fails(corrupt):
@@ -102,7 +104,7 @@ def test_half_pixel_principal_point_fails(corrupt):
     assert bad[3].camera_max_px == pytest.approx(0.5, abs=1e-9)  # a pinhole shift moves every point by 0.5
     assert bad[3].camera_mean_px == pytest.approx(0.5, abs=1e-9)
     assert 0.99 < bad[3].iou < 1.0  # too small for the silhouette: the camera numbers catch it
-    text = format_report(report)
+    text = format_check(report)
     assert ("facescape reads this view 0.5 px off (> 0.01 px): principal point read at (574.0, 347.6), exported at "
             "(573.5, 347.6)") in text
     assert text.splitlines()[-1].startswith("FAIL: 6/7 views")
@@ -122,7 +124,7 @@ def test_missing_gl_flip_fails(corrupt):
     assert any(f"{bad.points} of {bad.points} mesh vertices are behind the read-back camera" in p
                for p in bad.problems)
     assert bad.iou == 0.0 and bad.camera_max_px is None
-    assert "silhouette IoU 0.0000 < 0.99" in format_report(report)
+    assert "silhouette IoU 0.0000 < 0.99" in format_check(report)
 
 
 def test_leftover_distortion_fails(corrupt):
@@ -145,7 +147,7 @@ def test_dropped_view_fails(corrupt):
     assert (bad.id, bad.name, bad.problems) == (2, "2.jpg", ["missing from the read-back (dropped view)"])
     assert len(report.views) == 7 and not report.passed
     assert not (out / "check" / "mv_result_2.jpg").exists()
-    assert "missing from the read-back (dropped view)" in format_report(report)
+    assert "missing from the read-back (dropped view)" in format_check(report)
 
 
 def test_extra_view_fails(corrupt):
@@ -207,7 +209,7 @@ def test_cli_convert_and_check(sample_tuple, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out} (facescape, 7 views)" in printed
     assert "PASS: 7/7 views of the facescape export of 1/1_neutral" in printed
-    assert json.loads((out / REPORT).read_text())["passed"] is True
+    assert json.loads((out / CHECK_JSON).read_text())["passed"] is True
     assert len(list((out / "check").glob("mv_result_*.jpg"))) == 7
 
     assert cli.main(["check", str(out), "--no-overlays"]) == 0

@@ -16,14 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
+from test_batch import clean, files, tuples  # noqa: F401  (the local reference run over `dataset`; helpers)
 
-from fsconvert.batch import TupleJob, convert_tuple, lock_path, run, tuple_lock
-from fsconvert.cli import load_config, main
+from fsconvert.cli import main
+from fsconvert.datasetrun import run_dataset
 from fsconvert.engines import LOST
+from fsconvert.job import TupleJob, convert_tuple, lock_path, tuple_lock
 from fsconvert.loader import iter_dataset
+from fsconvert.settings import load_config
 from fsconvert.shards import Shard, assignment, parse_shard, partition
 from fsconvert.status import status
-from test_batch import clean, files, tuples  # noqa: F401  (the local reference run over `dataset`; helpers)
 
 SUBJECTS = ("1", "2")
 EXPRESSIONS = ("1_neutral", "2_smile", "3_mouth_stretch")
@@ -296,7 +298,7 @@ def test_engine_equals_local_and_survives_a_killed_worker(engine: str, dataset: 
 
     # a task that fails is reported by the engine like by the local pool
     jobs = [TupleJob(source=dataset / "images" / "7" / "1_neutral", out_dir=tmp_path / "none", fmt="facescape")]
-    (result,) = run(jobs, engine=engine, address=address, workers=2)
+    (result,) = run_dataset(jobs, engine=engine, address=address, workers=2)
     assert result.status == "failed" and "params.json: cannot read" in result.reason
 
 

@@ -17,15 +17,16 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from helpers import rotation_to_quat_wxyz
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap
 from fsconvert import conventions as cv
-from fsconvert.check import check_export, format_report
+from fsconvert.check import check_export, format_check
 from fsconvert.cli import main
 from fsconvert.errors import InputError
 from fsconvert.export import export as export_to
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Camera
@@ -223,7 +224,7 @@ def test_read_back_equals_plan_cameras(export, capture, case, scale):
 @pytest.mark.parametrize("case", CASES)
 def test_projection_check_passes(export, case, scale):
     report = check_export(export(case, scale))
-    assert report.passed, format_report(report)
+    assert report.passed, format_check(report)
     assert max(v.camera_max_px for v in report.views) <= 0.01
 
 
@@ -233,7 +234,7 @@ def test_files_hold_full_precision_poses_and_intrinsics(export, capture):
     cameras, images, _ = read_model(out / "sparse" / "0")
     for i, plan in enumerate(plans, start=1):
         image, cam = images[i], cameras[images[i].camera_id]
-        q = cv.rotation_to_quat_wxyz(plan.world_to_cam[:3, :3])
+        q = rotation_to_quat_wxyz(plan.world_to_cam[:3, :3])
         assert min(np.abs(image.qvec - q).max(), np.abs(image.qvec + q).max()) <= 1e-15
         assert abs(np.linalg.norm(image.qvec) - 1) <= 1e-15
         assert np.array_equal(image.tvec, plan.world_to_cam[:3, 3])  # exact: 17 significant digits

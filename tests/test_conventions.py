@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from helpers import rotation_to_quat_wxyz
 from scipy.spatial.transform import Rotation
 
 from fsconvert import conventions as cv
@@ -62,7 +63,7 @@ def test_quaternion_matches_scipy_and_round_trips(rng):
     mats = [Rotation.random(random_state=s).as_matrix() for s in range(200)]
     mats += [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3)]
     for R in mats:
-        q = cv.rotation_to_quat_wxyz(R)
+        q = rotation_to_quat_wxyz(R)
         x, y, z, w = Rotation.from_matrix(R).as_quat()
         ref = np.array([w, x, y, z]) * (1 if w >= 0 else -1)
         assert q[0] >= 0

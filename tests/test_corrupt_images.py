@@ -15,9 +15,9 @@ import pytest
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from fsconvert.cli import main
 from fsconvert.errors import InputError
-from fsconvert.protocol import MANIFEST
 from fsconvert.imagestage import read_image
 from fsconvert.loader import _jpeg_complete
+from fsconvert.protocol import MANIFEST
 
 BAD = 2
 CORRUPTIONS = {

@@ -14,13 +14,13 @@ import pytest
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import facescape
-from fsconvert.check import REPORT
-from fsconvert.derived import silhouette
+from fsconvert.depthproducts import silhouette
 from fsconvert.errors import OutputError
-from fsconvert.export import export, write_images
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.export import export
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import write_images
 from fsconvert.loader import load_capture
-from fsconvert.protocol import MANIFEST, RECORD, missing
+from fsconvert.protocol import CHECK_JSON, MANIFEST, RECORD, missing
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_one_folder_holds_the_files_manifest_check_and_record(capture, tmp_path:
     assert manifest == done.manifest and list(manifest)[-2:] == ["excluded", "extra"] and manifest["extra"] == [1, 2]
     assert [v["name"] for v in manifest["views"]] == [f"{v.id}.jpg" for v in capture.views]
     assert done.views == tuple(v.id for v in capture.views) and done.excluded == tuple(v.id for v in capture.excluded)
-    assert done.check.passed and done.check.export_dir == out and (out / REPORT).is_file()
+    assert done.check.passed and done.check.export_dir == out and (out / CHECK_JSON).is_file()
     record = json.loads((out / RECORD).read_text())
     assert record == {"fingerprint": {"fingerprint": "x"},
                       "result": {"views": list(done.views), "excluded": list(done.excluded), "check_passed": True}}

@@ -19,14 +19,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import trimesh
-from PIL import Image
+from helpers import run_plan
 from scipy import ndimage
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from fsconvert import conventions as cv
 from fsconvert import synthetic
-from fsconvert.imagestage import ImageOptions, ViewPlan, capture_up, is_rolled, plan_views, read_image, run_plan
+from fsconvert.imageplan import ImageOptions, ViewPlan, capture_up, is_rolled, plan_views
+from fsconvert.imagestage import read_image
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Camera
@@ -406,7 +406,8 @@ PARALLEL_SCRIPT = """
 import sys
 from pathlib import Path
 import fsconvert
-from fsconvert.imagestage import ImageOptions, plan_views, run_plans
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import run_plans
 from fsconvert.loader import load_capture
 
 if __name__ == "__main__":

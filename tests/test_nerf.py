@@ -11,18 +11,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import expected_pixels
+from helpers import footprint
 from PIL import Image
 
-from conftest import expected_pixels
 from exporters import nerf
+from exporters.nerf import layout, writer
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError
 from fsconvert.export import export as export_to
-from fsconvert.options import from_dict
-from fsconvert.protocol import read_manifest
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
+from fsconvert.options import from_dict
+from fsconvert.protocol import read_manifest
 
 CASES = {
     "undistort-sphere": nerf.Options(normalize="sphere", masks=True, depth=True),
@@ -163,7 +165,7 @@ def ngp_parse(data: Path) -> list[dict]:
     return frames
 
 
-def ngp_matrix(c2w: np.ndarray, scale: float = nerf.NGP_SCALE, offset: float = 0.5) -> np.ndarray:
+def ngp_matrix(c2w: np.ndarray, scale: float = writer.NGP_SCALE, offset: float = 0.5) -> np.ndarray:
     """instant-ngp's nerf_matrix_to_ngp: columns 1, 2 negated, translation·scale + offset, rows xyz ← yzx."""
     m = np.array(c2w[:3, :4], dtype=np.float64)
     m[:, 1:3] *= -1
@@ -171,7 +173,7 @@ def ngp_matrix(c2w: np.ndarray, scale: float = nerf.NGP_SCALE, offset: float = 0
     return m[[1, 2, 0]]
 
 
-def ngp_project(frame: dict, X_file: np.ndarray, scale: float = nerf.NGP_SCALE, offset: float = 0.5) -> np.ndarray:
+def ngp_project(frame: dict, X_file: np.ndarray, scale: float = writer.NGP_SCALE, offset: float = 0.5) -> np.ndarray:
     """Pixels (OpenCV convention) of file-frame points through instant-ngp's camera: rays through
     (pixel + 0.5)/res, principal point pp·res, focal fl in pixels, OpenCV k1 k2 p1 p2."""
     X_ngp = (X_file * scale + offset)[:, [1, 2, 0]]
@@ -294,10 +296,10 @@ def test_transforms_layout(export):
         assert {"fl_x", "fl_y", "cx", "cy", "w", "h", "transform_matrix"} <= set(f)
         assert not {"k1", "k2", "k3", "p1", "p2"} & set(f)  # undistorted: pinhole
     # the split lists partition the frames, interleaved and deterministic
-    splits = [meta[f"{s}_filenames"] for s in nerf.SPLITS]
+    splits = [meta[f"{s}_filenames"] for s in layout.SPLITS]
     assert sorted(sum(splits, [])) == sorted(names)
     assert [len(s) for s in splits] == [4, 2, 1]
-    assert splits == [[n for n, k in zip(names, nerf.assign_splits(len(names), (0.6, 0.2, 0.2))) if k == i]
+    assert splits == [[n for n, k in zip(names, writer.assign_splits(len(names), (0.6, 0.2, 0.2))) if k == i]
                       for i in range(3)]
 
 
@@ -308,17 +310,17 @@ def test_aabb_scale_holds_cameras_and_mesh(export, vertices):
         scale = ns["meta"]["aabb_scale"]
         centres = np.array([f["c2w"][:3, 3] for f in ns["frames"]])
         extent = max(np.abs(to_file_frame(ns, vertices)).max(), np.abs(centres).max())
-        half = scale / (2 * nerf.NGP_SCALE)
+        half = scale / (2 * writer.NGP_SCALE)
         assert scale in (1, 2, 4, 8, 16, 32, 64, 128) and extent <= half and (scale == 1 or extent > half / 2)
-    assert nerf.aabb_scale(1.0) == 1 and nerf.aabb_scale(1.6) == 2 and nerf.aabb_scale(6.1) == 8
-    assert nerf.aabb_scale(1e6) == 128
+    assert writer.aabb_scale(1.0) == 1 and writer.aabb_scale(1.6) == 2 and writer.aabb_scale(6.1) == 8
+    assert writer.aabb_scale(1e6) == 128
 
 
 def test_split_assignment():
-    assert nerf.assign_splits(7, (0.8, 0.1, 0.1)) == [0, 0, 0, 1, 0, 0, 2]
-    counts = np.bincount(nerf.assign_splits(100, (0.8, 0.1, 0.1)), minlength=3)
+    assert writer.assign_splits(7, (0.8, 0.1, 0.1)) == [0, 0, 0, 1, 0, 0, 2]
+    counts = np.bincount(writer.assign_splits(100, (0.8, 0.1, 0.1)), minlength=3)
     assert counts.tolist() == [80, 10, 10]
-    assert nerf.assign_splits(5, None) is None
+    assert writer.assign_splits(5, None) is None
 
 
 # ---- distortion ------------------------------------------------------------------------------------
@@ -353,7 +355,7 @@ def source_silhouette_in_output(renderer, plan: ViewPlan) -> np.ndarray:
     mx, my = replace(plan, reduce=1).maps()
     carried = cv2.remap(sil, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     data = cv2.remap(np.ones_like(sil), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    return (carried > 0.5) & (data > 0.999) & plan.footprint()
+    return (carried > 0.5) & (data > 0.999) & footprint(plan)
 
 
 def off_edge(a: np.ndarray, truth: np.ndarray) -> int:
@@ -514,7 +516,7 @@ def test_blender_variant(export, capture, vertices):
     assert files == ["transforms_test.json", "transforms_train.json", "transforms_val.json"]
     plans = planned(out, capture)
     seen, worst, centred_off = [], 0.0, []
-    for split in nerf.SPLITS:
+    for split in layout.SPLITS:
         meta = json.loads((out / f"transforms_{split}.json").read_text())
         fov = meta["camera_angle_x"]
         A, s = np.array(meta["applied_transform"]), meta["applied_scale"]

@@ -17,12 +17,12 @@ import pytest
 
 import exporters.open3d as ex
 from fsconvert import conventions as cv
-from fsconvert.check import check_export, format_report
+from fsconvert.check import check_export, format_check
 from fsconvert.cli import main
 from fsconvert.errors import InputError
 from fsconvert.export import export
 from fsconvert.fuse import RGBDFrame, integrate
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
@@ -116,7 +116,7 @@ def test_log_round_trip(capture: Capture, exports: dict[str, Path], key: str) ->
 @pytest.mark.parametrize("key", EXPORTS)
 def test_projection_check_passes(exports: dict[str, Path], key: str) -> None:
     report = check_export(exports[key], overlays=False)
-    assert report.passed, format_report(report)
+    assert report.passed, format_check(report)
     assert len(report.views) == 7
     assert max(v.camera_max_px for v in report.views) <= 0.01  # measured ≈ 1e-13 px
 

@@ -13,7 +13,7 @@ import pytest
 
 from exporters import nerf
 from fsconvert.errors import InputError
-from fsconvert.imagestage import ImageOptions
+from fsconvert.imageplan import ImageOptions
 from fsconvert.options import add_arguments, build, check_choices, from_args, from_dict, from_mapping, option, to_dict
 
 
@@ -117,7 +117,8 @@ def test_manifest_form_round_trips():
 
 def test_config_and_command_line_build_the_same_runs(tmp_path: Path):
     from exporters import available
-    from fsconvert.cli import build_parser, load_config
+    from fsconvert.cli import build_parser
+    from fsconvert.settings import load_config
 
     exporters = available()
     config = tmp_path / "run.yaml"

@@ -51,9 +51,11 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     install(site, "fsconvert_halfdone", {"halfdone": "fsconvert_halfdone"}, {"fsconvert_halfdone": broken})
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    available.cache_clear()  # the registry looks for plugins once per process
     yield site
     for name in ("fsconvert_pinhole", "fsconvert_halfdone"):
         sys.modules.pop(name, None)
+    available.cache_clear()
 
 
 def test_readme_exporter_is_about_30_lines():
@@ -80,6 +82,17 @@ def test_plugin_from_the_command_line(site: Path, sample_tuple: Path, tmp_path: 
 
     listed = subprocess.run([FSCONVERT, "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "to-pinhole" in listed and "to-halfdone" not in listed
+
+    # its program, from its PROGRAMS, is one the check knows: listed by `check --reader` and used by it
+    readers = subprocess.run([FSCONVERT, "check", "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "pinhole" in readers.split("--reader {", 1)[1].split("}", 1)[0].split(",")
+    again = subprocess.run([FSCONVERT, "check", str(out), "--reader", "pinhole", "--overlays", "none"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"PASS: {n}/{n} views of the pinhole export" in again.stdout, again.stdout
+    other = subprocess.run([FSCONVERT, "check", str(out), "--reader", "colmap", "--overlays", "none"],
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode == 1
+    assert "FAIL: read-back failed: colmap does not read the pinhole layout (its readers: pinhole)" in other.stdout
 
 
 def test_plugin_from_python_and_a_batch_config(site: Path, sample_tuple: Path, tmp_path: Path, capsys):

@@ -34,11 +34,11 @@ from fsconvert import conventions as cv
 from fsconvert import jsonvalues, loader
 from fsconvert.errors import InputError
 from fsconvert.export import export
-from fsconvert.options import from_dict
-from fsconvert.protocol import read_manifest
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.model import Camera
+from fsconvert.options import from_dict
+from fsconvert.protocol import read_manifest
 from fsconvert.synthetic import make_sample
 
 EXACT = 1e-9

@@ -11,13 +11,15 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from helpers import footprint, read_as
 from PIL import Image
 
 from exporters import colmap, nerf
+from exporters.nerf import writer as nerf_writer
+from exporters.nerf.layout import SPLITS
 from fsconvert import conventions as cv
-from fsconvert import readers
 from fsconvert.errors import InputError
-from fsconvert.imagestage import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.model import Camera
 from fsconvert.options import from_dict
@@ -60,7 +62,7 @@ def test_instant_ngp_rules_on_hand_written_files(tmp_path):
                                                  "fl_x": 90.0, "fl_y": 95.0, "cx": 10.0, "cy": 12.0, "w": 40,
                                                  "h": 30}]})
     write_json(tmp_path / "notes.json", {"comment": "no frames: skipped"})
-    views = {v.name: v for v in readers.read("instant-ngp", tmp_path).views}
+    views = {v.name: v for v in read_as("instant-ngp", tmp_path).views}
     assert list(views) == ["f2.png", "f10.jpg", "g1.png"]  # natural sort across files
     f10, f2, g1 = views["f10.jpg"], views["f2.png"], views["g1.png"]
     f = 0.5 * 80 / np.tan(0.25)
@@ -75,7 +77,7 @@ def test_instant_ngp_without_a_focal_is_an_input_error(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     write_json(tmp_path / "t.json", {"frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]})
     with pytest.raises(InputError, match="Couldn't read fov"):
-        readers.read("instant-ngp", tmp_path)
+        read_as("instant-ngp", tmp_path)
 
 
 # ---- 3DGS --------------------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ def colmap_model(folder: Path, model: str, params: list[float], names=("b/2.png"
 
 def test_3dgs_colmap_reader_ignores_the_principal_point(tmp_path):
     colmap_model(tmp_path, "PINHOLE", [50.0, 55.0, 12.0, 9.0])
-    views = readers.read("3dgs", tmp_path).views
+    views = read_as("3dgs", tmp_path).views
     assert [v.name for v in views] == ["images/1.png", "images/2.png"]  # sorted by name, basename only
     for v in views:  # FoV only: the principal point at W/2, H/2 (corner origin), whatever the file says
         assert np.abs(v.camera.K - cv.K_matrix(50, 55, 19.5, 14.5)).max() < EXACT
@@ -104,7 +106,7 @@ def test_3dgs_colmap_reader_ignores_the_principal_point(tmp_path):
 def test_3dgs_colmap_reader_rejects_distorted_models(tmp_path):
     colmap_model(tmp_path, "OPENCV", [50.0, 55.0, 20.0, 15.0, 0.1, 0, 0, 0])
     with pytest.raises(InputError, match="OPENCV: 3DGS's reader accepts only SIMPLE_PINHOLE / PINHOLE"):
-        readers.read("3dgs", tmp_path)
+        read_as("3dgs", tmp_path)
 
 
 def test_3dgs_blender_reader_needs_train_and_test_and_skips_val(tmp_path):
@@ -114,18 +116,20 @@ def test_3dgs_blender_reader_needs_train_and_test_and_skips_val(tmp_path):
     write_json(tmp_path / "transforms_train.json", {"camera_angle_x": 0.5, "frames": [{**frame, "file_path": "./a"}]})
     write_json(tmp_path / "transforms_val.json", {"camera_angle_x": 0.5, "frames": [{**frame, "file_path": "./b"}]})
     with pytest.raises(InputError, match="transforms_test.json: missing"):
-        readers.read("3dgs", tmp_path)
+        read_as("3dgs", tmp_path)
     write_json(tmp_path / "transforms_test.json", {"camera_angle_x": 0.5, "frames": []})
-    reading = readers.read("3dgs", tmp_path)
+    reading = read_as("3dgs", tmp_path)
     assert [v.name for v in reading.views] == ["a.png"] and list(reading.unread) == ["b.png"]
-    assert [v.name for v in readers.read("blender", tmp_path).views] == ["a.png", "b.png"]
+    assert [v.name for v in read_as("blender", tmp_path).views] == ["a.png", "b.png"]
 
 
-def test_unknown_reader_and_scene(tmp_path):
+def test_unknown_reader_and_a_reader_of_another_layout(tmp_path):
     with pytest.raises(InputError, match="unknown reader 'mitsuba'"):
-        readers.read("mitsuba", tmp_path)
-    with pytest.raises(InputError, match="Could not recognize scene type"):
-        readers.read("3dgs", tmp_path)
+        read_as("mitsuba", tmp_path)
+    with pytest.raises(InputError, match="colmap does not read the nerf layout"):
+        read_as("colmap", tmp_path)
+    with pytest.raises(InputError, match="transforms_train.json: missing"):
+        read_as("3dgs", tmp_path)
 
 
 # ---- centred crop / cover and the landscape turn ----------------------------------------------------
@@ -143,9 +147,9 @@ def test_crop_is_the_largest_centred_frame_with_source_data_everywhere(capture, 
     for plan in plan_views(capture.views, image):
         assert abs(plan.camera.cx - (plan.camera.width - 1) / 2) < EXACT
         assert abs(plan.camera.cy - (plan.camera.height - 1) / 2) < EXACT
-        assert plan.footprint().all(), plan.view.id
+        assert footprint(plan).all(), plan.view.id
         # one more pixel on each side, in width or in height, reaches outside the source data
-        assert not grown(plan, 2, 0).footprint().all() and not grown(plan, 0, 2).footprint().all(), plan.view.id
+        assert not footprint(grown(plan, 2, 0)).all() and not footprint(grown(plan, 0, 2)).all(), plan.view.id
 
 
 def test_cover_holds_every_source_pixel(capture):
@@ -154,7 +158,7 @@ def test_cover_holds_every_source_pixel(capture):
         u, v = np.meshgrid(np.arange(0, W, 7.0), np.arange(0, H, 7.0))
         out = plan.src_to_out(np.column_stack([u.ravel(), v.ravel()]))
         assert np.all((out >= -0.5) & (out <= np.array(plan.camera.size) - 0.5)), plan.view.id
-        assert not plan.footprint().all()  # the corners undistortion leaves empty are outside the footprint
+        assert not footprint(plan).all()  # the corners undistortion leaves empty are outside the footprint
 
 
 def test_landscape_turns_portrait_views_exactly(capture):
@@ -203,10 +207,10 @@ def test_colmap_warnings_appear_exactly_when_their_condition_holds(capture):
 
 def nerf_warnings(capture, **kwargs) -> list[str]:
     options = nerf.Options(**kwargs)
-    options = replace(options, image=nerf.effective_image_options(capture, options))
+    options = replace(options, image=nerf_writer.effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
-    return nerf.reader_warnings(options, plans, nerf.assign_splits(len(plans), options.split or
-                                                                  nerf.default_split(options)))
+    return nerf_writer.reader_warnings(options, plans, nerf_writer.assign_splits(len(plans), options.split or
+                                                                                nerf_writer.default_split(options)))
 
 
 def test_nerf_warnings_appear_exactly_when_their_condition_holds(capture):
@@ -247,7 +251,7 @@ def test_blender_default_is_landscape_lossless_and_masks_what_has_no_data(sample
     assert "read by blender's rules" in text and "warning: nerf: views [3] are in transforms_val.json" in text
     options = from_dict(nerf.Options, read_manifest(out)["options"])
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    fovs = {json.loads((out / f"transforms_{s}.json").read_text())["camera_angle_x"] for s in nerf.SPLITS}
+    fovs = {json.loads((out / f"transforms_{s}.json").read_text())["camera_angle_x"] for s in SPLITS}
     assert len(fovs) == 1
     report = []
     for entry in read_manifest(out)["views"]:

@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 import trimesh
+from helpers import distort_image
 from PIL import Image
 from scipy import ndimage, optimize
 
 from fsconvert import conventions as cv
 from fsconvert.model import Camera
-from fsconvert.render import Renderer, distort_image, distorted_render, undistortion_map
+from fsconvert.render import Renderer, distorted_render, undistortion_map
 
 RADIUS = 0.3
 DIST = np.array([0.45, 0.2, 8e-4, -6e-4, 2.0])  # k1 k2 p1 p2 k3, FaceScape-like with a non-zero k3

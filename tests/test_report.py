@@ -4,6 +4,7 @@ the overlay policy, `report.html` of a dataset run, `fsconvert info --plot`, and
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -14,18 +15,22 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import LOSSY_ON_SAMPLE
 from PIL import Image
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from conftest import LOSSY_ON_SAMPLE
 from exporters import available, facescape
-from fsconvert import batch
-from fsconvert.check import REPORT, RIG, Thresholds, check_export, overlay_policy, overlay_sample
+from fsconvert.check import check_export, overlay_policy, overlay_sample
+from fsconvert.checkpage import NUMBERS
 from fsconvert.cli import main
+from fsconvert.datasetrun import run_dataset
+from fsconvert.job import TupleJob
 from fsconvert.loader import iter_dataset
+from fsconvert.measure import Thresholds
 from fsconvert.model import Camera, View
-from fsconvert.report import NUMBERS, PAGE, RUN_REPORT, write_run_report
-from fsconvert.rig import FIGSIZE, DPI, Frustum, _frustum_lines
+from fsconvert.protocol import CHECK_JSON, CHECK_PAGE, RIG
+from fsconvert.rig import DPI, FIGSIZE, Frustum, _frustum_lines
+from fsconvert.runpage import RUN_PAGE, write_run_page
 from fsconvert.synthetic import make_sample
 
 FAIL_RED = np.array([0xD6, 0x27, 0x28])
@@ -68,12 +73,12 @@ class Page(HTMLParser):
 
 
 def page_of(export: Path) -> Page:
-    return Page((export / PAGE).read_text(encoding="utf-8"))
+    return Page((export / CHECK_PAGE).read_text(encoding="utf-8"))
 
 
 def assert_page_matches_check(export: Path) -> list[dict]:
     """Every view of the manifest is a row of index.html with check.json's numbers, exactly; failing rows first."""
-    check = json.loads((export / REPORT).read_text())
+    check = json.loads((export / CHECK_JSON).read_text())
     manifest = json.loads((export / "fsconvert" / "manifest.json").read_text())
     rows = page_of(export).view_rows()
     assert sorted(int(r["attrs"]["id"][5:]) for r in rows) == sorted(v["id"] for v in manifest["views"])
@@ -128,11 +133,11 @@ def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path
     assert len(rows) == 6 and all(r["attrs"]["class"] == "pass" for r in rows)
     assert sum("(valid=false)" in r["cells"][2]["text"] for r in rows) == 1  # the view exported with --include-invalid
     page = page_of(out)
-    check = json.loads((out / REPORT).read_text())
+    check = json.loads((out / CHECK_JSON).read_text())
     overlays = sorted(Path(v["overlay"]).name for v in check["views"])
     assert len(overlays) == 6 and sorted(i for i in page.images if i.startswith("mv_result_")) == overlays
     assert all((out / "check" / name).is_file() for name in overlays)  # relative links resolve
-    text = (out / PAGE).read_text(encoding="utf-8")
+    text = (out / CHECK_PAGE).read_text(encoding="utf-8")
     assert "PASS — 6 of 6 views pass" in text and f"fsconvert {fsconvert.__version__}" in text
     assert str(small.resolve()) in text and "http" not in text and "<script" not in text  # self-contained
     assert f"rules of <b>{check['reader']}</b>" in text  # whose reader, and every export-time warning
@@ -140,10 +145,10 @@ def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path
     rig = Image.open(out / RIG)
     assert rig.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI)) and "Software" not in rig.info
     assert "rig.png" in page.images
-    before = {p: (out / p).read_bytes() for p in (PAGE, RIG, REPORT)}
+    before = {p: (out / p).read_bytes() for p in (CHECK_PAGE, RIG, CHECK_JSON)}
     capsys.readouterr()
     assert main(["check", str(out)]) == 0
-    assert {p: (out / p).read_bytes() for p in (PAGE, RIG, REPORT)} == before  # the same bytes again
+    assert {p: (out / p).read_bytes() for p in (CHECK_PAGE, RIG, CHECK_JSON)} == before  # the same bytes again
 
 
 def test_shifted_camera_is_first_in_red_with_its_numbers(facescape_export: Path, tmp_path: Path, capsys):
@@ -158,11 +163,11 @@ def test_shifted_camera_is_first_in_red_with_its_numbers(facescape_export: Path,
     rows = assert_page_matches_check(out)
     first = rows[0]
     assert first["attrs"] == {"class": "fail", "id": "view-3"} and all(r["attrs"]["class"] == "pass" for r in rows[1:])
-    check = {v["id"]: v for v in json.loads((out / REPORT).read_text())["views"]}
+    check = {v["id"]: v for v in json.loads((out / CHECK_JSON).read_text())["views"]}
     assert check[3]["camera_max_px"] > 1  # pixels, not float noise
     cells = {c["attrs"].get("title"): c["text"] for c in first["cells"]}
     assert cells[json.dumps(check[3]["camera_max_px"])] == format(check[3]["camera_max_px"], ".2e")
-    text = (out / PAGE).read_text(encoding="utf-8")
+    text = (out / CHECK_PAGE).read_text(encoding="utf-8")
     assert "FAIL — 4 of 5 views pass; failing: 3" in text and "px off" in first["cells"][-1]["text"]
     # --overlays failed: the failing view's overlay only; it is linked from its row
     assert sorted(p.name for p in (out / "check").glob("mv_result_*.jpg")) == ["mv_result_3.jpg"]
@@ -187,14 +192,14 @@ def test_overlay_policy(facescape_export: Path, tmp_path: Path, capsys):
     assert [overlay_policy(v) for v in (True, False, "all", "none", "failed", "3", 2)] == \
         ["all", "none", "all", "none", 0, 3, 2]
     for bad in ("-1", "two", 1.5, None):
-        with pytest.raises(ValueError):
+        with pytest.raises(argparse.ArgumentTypeError):
             overlay_policy(bad)
     assert overlay_sample(2, 6) == {0, 5} and overlay_sample(3, 6) == {0, 2, 5}  # evenly spaced, fixed
     assert overlay_sample(9, 4) == {0, 1, 2, 3} and overlay_sample("none", 4) == set() == overlay_sample(0, 4)
     out = tmp_path / "out"
     shutil.copytree(facescape_export, out)
     assert main(["check", str(out), "--overlays", "2"]) == 0
-    check = json.loads((out / REPORT).read_text())
+    check = json.loads((out / CHECK_JSON).read_text())
     assert [v["id"] for v in check["views"] if v["overlay"]] == [check["views"][0]["id"], check["views"][-1]["id"]]
     assert_page_matches_check(out)
     assert main(["check", str(out), "--no-overlays"]) == 0  # the old spelling of --overlays none
@@ -236,18 +241,18 @@ def test_run_report_names_the_failed_tuple_and_links_every_tuple(dataset: Path, 
 
     shifted = SimpleNamespace(**{k: getattr(facescape, k) for k in ("NAME", "Options", "read")}, write=write)
     out = tmp_path / "out"
-    jobs = [batch.TupleJob(source=r.path, out_dir=out / r.subject / r.expression, fmt=shifted, overlays="failed")
+    jobs = [TupleJob(source=r.path, out_dir=out / r.subject / r.expression, fmt=shifted, overlays="failed")
             for r in iter_dataset(dataset)]
-    results = batch.run(jobs)
+    results = run_dataset(jobs)
     assert [r.check_passed for r in results] == [True, False, True]
-    report = write_run_report(out, results)
-    assert report == out / RUN_REPORT
+    report = write_run_page(out, results)
+    assert report == out / RUN_PAGE
     page = Page(report.read_text(encoding="utf-8"))
     rows = page.rows[1:]
     assert [r["cells"][0]["text"] for r in rows] == ["2/1_neutral", "1/1_neutral", "3/1_neutral"]  # failure first
     bad = rows[0]
     assert bad["attrs"]["class"] == "fail" and [c["text"] for c in bad["cells"][1:3]] == ["converted", "FAIL"]
-    check = json.loads((out / "2" / "1_neutral" / REPORT).read_text())
+    check = json.loads((out / "2" / "1_neutral" / CHECK_JSON).read_text())
     worst_px = max(v["camera_max_px"] for v in check["views"])
     assert float(bad["cells"][4]["attrs"]["data-value"]) == worst_px > 1
     assert float(bad["cells"][5]["attrs"]["data-value"]) == min(v["iou"] for v in check["views"] if v["iou"] is not None)
@@ -269,17 +274,17 @@ def test_cli_run_report_with_a_broken_tuple_and_on_rerun(dataset: Path, tmp_path
     (data / "images" / "3" / "1_neutral" / "params.json").write_text("{not json")
     out = tmp_path / "out"
     assert main(["to-colmap", str(data), "-o", str(out), "-q", "-j", "1"]) == 2
-    assert f"report: {out / RUN_REPORT}" in capsys.readouterr().out
-    first = (out / RUN_REPORT).read_text(encoding="utf-8")
+    assert f"report: {out / RUN_PAGE}" in capsys.readouterr().out
+    first = (out / RUN_PAGE).read_text(encoding="utf-8")
     rows = Page(first).rows[1:]
     assert [r["cells"][0]["text"] for r in rows] == ["3/1_neutral", "1/1_neutral", "2/1_neutral"]
     assert rows[0]["cells"][1]["text"] == "failed" and "params.json" in rows[0]["cells"][6]["text"]
-    hrefs = links(out / RUN_REPORT)
+    hrefs = links(out / RUN_PAGE)
     assert hrefs["3/1_neutral"] == "" and all((out / hrefs[n]).is_file() for n in ("1/1_neutral", "2/1_neutral"))
     for name in ("1/1_neutral", "2/1_neutral"):  # dataset default: failing views plus 2 others
         assert len(list((out / name / "check").glob("mv_result_*.jpg"))) == 2
     assert main(["to-colmap", str(data), "-o", str(out), "-q", "-j", "1"]) == 2
-    again = (out / RUN_REPORT).read_text(encoding="utf-8")
+    again = (out / RUN_PAGE).read_text(encoding="utf-8")
     assert again == first.replace("<td class=\"result\">converted</td>", "<td class=\"result\">skipped</td>").replace(
         "converted 2, skipped 0", "converted 0, skipped 2")
 
@@ -322,7 +327,7 @@ def test_page_in_a_real_browser(facescape_export: Path, tmp_path: Path):
     params["4_Rt"][0][3] += 0.2
     (out / "params.json").write_text(json.dumps(params))
     check_export(out)
-    url = (out / PAGE).resolve().as_uri()
+    url = (out / CHECK_PAGE).resolve().as_uri()
     base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout

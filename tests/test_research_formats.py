@@ -13,19 +13,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import expected_pixels
 from PIL import Image
 
-from conftest import expected_pixels
 from exporters import llff, mvsnet, neus
 from fsconvert.check import check_export
 from fsconvert.cli import main
 from fsconvert.export import export
-from fsconvert.protocol import read_manifest
-from fsconvert.imagestage import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
 from fsconvert.options import from_dict
+from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
 PX_TOL = 0.01
@@ -233,7 +233,7 @@ def test_mvsnet_loader_reprojects_the_mesh_and_depth_ranges_hold_it(case, export
             lo, interval, n, hi = cam["depth"]
             assert n == num and lo + interval * (n - 1) == pytest.approx(hi, rel=1e-12)
             z = visible_depths(renderer, plan, vertices)
-            assert len(z) > 100 and lo <= z.min() and z.max() <= hi and 0 < lo
+            assert len(z) > 100 and lo <= z.min() and z.max() <= hi and lo > 0
     assert worst < PX_TOL
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
-from fsconvert.protocol import MANIFEST, RECORD
 from fsconvert.cli import main
 from fsconvert.loader import find_mesh, layout_path, load_capture
+from fsconvert.protocol import MANIFEST, RECORD
 
 SUBJECT, EXPRESSION = "7", "3_mouth_stretch"
 VIEWS = 4

@@ -1,44 +1,44 @@
-"""Whole-dataset conversion: a pure per-tuple function, a resumable record, a parallel runner.
+"""One tuple's job: export, check and record it under its lock, or skip it when its record is up to date.
 
 `convert_tuple` exports one tuple, checks it and writes `fsconvert/record.json` (a fingerprint of
 everything the output depends on) inside the one staging folder of `fsconvert.export.export`, so a
 tuple appears complete or not at all, while holding the tuple's lock, so it is never converted twice
-at once. A rerun skips tuples whose record matches. `run` spreads tuples over processes
-(`fsconvert.engines`: a local pool, Dask or Ray), one tuple per process at a time with its images
-sequential inside (memory stays bounded to one image per worker).
+at once. A rerun skips tuples whose record matches. The engines (`fsconvert.engines`) run `TupleJob`s;
+the dataset run (`fsconvert.datasetrun`) spreads them over processes.
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import os
-import re
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from tqdm import tqdm
+from exporters import get
 
 from . import __version__
 from .alignment import DEFAULT_UNITS
-from .check import REPORT, Overlays, Thresholds, format_report, overlay_policy
+from .check import Overlays, format_check, policy_key
 from .errors import FsconvertError, InputError, OutputError
-from .export import export
+from .export import export, remove_leftovers
 from .loader import IMAGE_EXT, PARAMS, find_mesh, layout_path, load_capture
+from .measure import Thresholds
 from .options import to_dict
 from .protocol import read_record
 
 Status = Literal["converted", "skipped", "failed"]
+STATUSES: tuple[Status, ...] = ("converted", "skipped", "failed")
+
+
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class TupleResult:
     """Views left out because params.json marks them valid=false."""
     check_passed: bool | None = None
     """None when the check was not run."""
-    report: str = ""
-    """The check report (`fsconvert.check.format_report`) when it ran in this call."""
+    check_text: str = ""
+    """The check's text (`fsconvert.check.format_check`) when it ran in this call."""
     reason: str = ""
     """Why the tuple failed (one line)."""
     seconds: float = 0.0
@@ -96,20 +96,21 @@ class TupleJob:
         """The "skipped" result when the output's record matches the inputs and settings, else None."""
         return self._skipped(read_record(self.out_dir))
 
-    def run(self, workers: int = 1, progress: bool = False) -> TupleResult:
+    def convert(self, workers: int = 1, progress: bool = False) -> TupleResult:
         """Convert, check and record (or skip); FsconvertErrors become a "failed" result."""
         start = time.perf_counter()
         out_dir = self.out_dir
         try:
             fp = self.fingerprint  # first: an unreadable tuple fails here, naming its params.json
             with tuple_lock(out_dir):
-                clean_stale(out_dir)
+                remove_leftovers(out_dir)
                 old = read_record(out_dir)
                 skipped = self._skipped(old)
                 if skipped is not None:
                     return replace(skipped, seconds=time.perf_counter() - start)
                 if out_dir.exists() and not (self.overwrite or self.force):
-                    why = "not written by fsconvert" if old is None else f"out of date: {changed(old['fingerprint'], fp)}"
+                    why = ("not written by fsconvert" if old is None
+                           else f"out of date: {changed(old['fingerprint'], fp)}")
                     raise OutputError(f"{out_dir}: already exists, {why} (use --overwrite to replace it)")
                 capture = load_capture(self.source, mesh=self._mesh, include_invalid=self.include_invalid,
                                        align=self.align, units=self.units)
@@ -119,7 +120,7 @@ class TupleJob:
             return TupleResult(self.name, out_dir, "failed", reason=str(exc), seconds=time.perf_counter() - start)
         check = done.check
         return TupleResult(self.name, out_dir, "converted", len(done.views), done.excluded,
-                           None if check is None else bool(check.passed), "" if check is None else format_report(check),
+                           None if check is None else bool(check.passed), "" if check is None else format_check(check),
                            seconds=time.perf_counter() - start)
 
     def _skipped(self, old: dict | None) -> TupleResult | None:
@@ -131,7 +132,7 @@ class TupleJob:
 
     @property
     def _exporter(self) -> ModuleType:
-        return _exporter(self.fmt) if isinstance(self.fmt, str) else self.fmt
+        return get(self.fmt) if isinstance(self.fmt, str) else self.fmt
 
     @property
     def _options(self) -> Any:
@@ -144,17 +145,9 @@ class TupleJob:
     @cached_property
     def fingerprint(self) -> dict:
         """What the output's record must hold for it to be up to date (`fingerprint`). Computed once per
-        tuple: `run` after `up_to_date` reuses it (pickled with the job into a worker)."""
+        tuple: `run_dataset` after `up_to_date` reuses it (pickled with the job into a worker)."""
         return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
                            self.thresholds, self.overlays, self.align, self.units)
-
-
-@functools.cache
-def _exporter(name: str) -> ModuleType:
-    """`exporters.get`, once per process (it scans the entry points: ~10 ms)."""
-    from exporters import get
-
-    return get(name)
 
 
 def convert_tuple(
@@ -189,7 +182,7 @@ def convert_tuple(
                    mesh=None if mesh is None else Path(mesh), mesh_root=None if mesh_root is None else Path(mesh_root),
                    include_invalid=include_invalid, thresholds=thresholds, overlays=overlays, overwrite=overwrite,
                    force=force, align=None if align is None else Path(align), units=units)
-    return job.run(workers=workers, progress=progress)
+    return job.convert(workers=workers, progress=progress)
 
 
 # ---- the record -----------------------------------------------------------------------------------
@@ -210,7 +203,7 @@ def fingerprint(
         "format": fmt,
         "options": to_dict(options),
         "include_invalid": include_invalid,
-        "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": _policy_key(overlays)},
+        "check": None if thresholds is None else {"thresholds": asdict(thresholds), "overlays": policy_key(overlays)},
         **inputs(source, mesh),
     }
     if align is not None:
@@ -237,13 +230,6 @@ def inputs(source: Path, mesh: Path | None) -> dict:
     }
 
 
-def _policy_key(overlays: Overlays) -> bool | str:
-    """The overlay policy as records hold it: true (all) and false (none), as before other policies
-    existed, else "failed" or "failed+N" (never a number: JSON's 1 would compare equal to true)."""
-    policy = overlay_policy(overlays)
-    return {"all": True, "none": False}.get(policy, "failed" if policy == 0 else f"failed+{policy}")
-
-
 def _stat(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -263,26 +249,9 @@ def changed(old: dict | None, new: dict) -> str:
     return ", ".join(keys) + " changed"
 
 
-def stale(out_dir: Path) -> list[Path]:
-    """Temporary folders that an interrupted `staging` of `out_dir` left beside it.
-
-    `staging` writes into `.<name>.XXXX.partial` and parks the replaced folder as `.<name>.<pid>.old`.
-    """
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\..*\.(partial|old)$")
-    try:
-        entries = list(out_dir.parent.iterdir())
-    except OSError:
-        return []
-    return [e for e in entries if pattern.match(e.name) and e.is_dir() and not e.is_symlink()]
 
 
-def clean_stale(out_dir: Path) -> None:
-    """Remove the `stale` folders of `out_dir` (hold its `tuple_lock`: they are not another run's)."""
-    for entry in stale(out_dir):
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-# ---- running many ---------------------------------------------------------------------------------
+# ---- the lock -------------------------------------------------------------------------------------
 
 
 def lock_path(out_dir: Path) -> Path:
@@ -338,74 +307,11 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def run(
-    jobs: Sequence[TupleJob],
-    *,
-    workers: int = 1,
-    threads: int = 1,
-    progress: bool = False,
-    on_result: Callable[[TupleResult], None] | None = None,
-    engine: str = "local",
-    address: str | None = None,
-) -> list[TupleResult]:
-    """Run jobs, `workers` processes in parallel, one tuple per process; results in job order.
-
-    `engine` is where the processes are (`fsconvert.engines`): "local" (this machine), "dask" or
-    "ray", on the cluster at `address` or on a local one of `workers` processes. Local worker processes
-    use `threads` threads each in OpenCV, llvmpipe and Open3D unless the environment (LP_NUM_THREADS,
-    OMP_NUM_THREADS) says otherwise (Dask and Ray tasks: one core each); jobs run in this process leave
-    its settings alone (`fsconvert.threads.limit_threads` sets them). A single job on the local engine
-    runs in this process with `workers` image processes and the exporter's own progress.
-    A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
-    reported as failed, with the traceback on stderr; the others go on.
-    """
-    if len(jobs) == 1 and engine == "local":
-        result = jobs[0].run(workers=workers, progress=progress)
-        if on_result:
-            on_result(result)
-        return [result]
-    from .engines import results as engine_results
-
-    results: list[TupleResult | None] = [None] * len(jobs)
-    counts = [j.images for j in jobs]
-    bars = [tqdm(total=len(jobs), desc="tuples", unit="tuple", disable=not progress, position=0),
-            tqdm(total=sum(counts), desc="images", unit="img", disable=not progress, position=1)]
-
-    def done(i: int, result: TupleResult) -> None:
-        results[i] = result
-        bars[0].update()
-        bars[1].update(counts[i])
-        if on_result:
-            on_result(result)
-
-    try:
-        todo = []
-        for i, job in enumerate(jobs):  # skip up-to-date tuples here, without starting workers
-            try:
-                skipped = job.up_to_date()
-            except FsconvertError:  # reported by the conversion
-                skipped = None
-            if skipped is None:
-                todo.append(i)
-                continue
-            if stale(job.out_dir):  # e.g. the parked old version of a replace that was killed
-                with tuple_lock(job.out_dir, wait=False) as held:
-                    if held:
-                        clean_stale(job.out_dir)
-            done(i, skipped)
-        if todo:
-            stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, threads=threads,
-                                    address=address)
-            with closing(stream):
-                for k, result in stream:
-                    done(todo[k], result)
-    finally:
-        for bar in bars:
-            bar.close()
-    return [r for r in results if r is not None]
 
 
-# ---- reporting ------------------------------------------------------------------------------------
+def counts(results: Sequence[TupleResult]) -> dict[Status, int]:
+    """How many tuples were converted, skipped (up to date) and failed."""
+    return {s: sum(r.status == s for r in results) for s in STATUSES}
 
 
 def exit_code(results: Sequence[TupleResult]) -> int:
@@ -413,18 +319,3 @@ def exit_code(results: Sequence[TupleResult]) -> int:
     if any(r.status == "failed" for r in results):
         return 2
     return 1 if any(r.check_passed is False for r in results) else 0
-
-
-def summary(results: Sequence[TupleResult], seconds: float) -> str:
-    """Counts, then one line per failed tuple and per failed check."""
-    by = {s: [r for r in results if r.status == s] for s in ("converted", "skipped", "failed")}
-    images = sum(r.views for r in by["converted"])
-    excluded = sum(len(r.excluded) for r in results if r.status != "failed")
-    lines = [
-        f"{len(results)} tuple{'' if len(results) == 1 else 's'} in {seconds:.1f} s: "
-        f"converted {len(by['converted'])} ({images} images), skipped {len(by['skipped'])} (up to date), "
-        f"failed {len(by['failed'])}" + (f"; {excluded} views left out as valid=false" if excluded else "")
-    ]
-    lines += [f"  failed       {r.name}: {r.reason}" for r in by["failed"]]
-    lines += [f"  check failed {r.name}: see {r.out_dir / REPORT}" for r in results if r.check_passed is False]
-    return "\n".join(lines)

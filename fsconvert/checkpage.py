@@ -1,9 +1,8 @@
-"""Check reports for people: one HTML page per export (`check/index.html`), one per dataset run (`report.html`).
+"""The check page: one self-contained HTML page per export (`check/index.html`), and the pieces of HTML the
+run page (`fsconvert.runpage`) shares with it.
 
-Both are self-contained (inline CSS, no script, no network) and written from what is on disk: an
-export's page from its `check/check.json` numbers and its manifest, a run's page from the results and
-each tuple's `check/check.json` (so tuples skipped as up to date are reported like converted ones).
-Nothing depends on the clock: the same check writes the same bytes.
+Written from what is on disk (the export's `check/check.json` numbers and its manifest), inline CSS, no
+script, no network. Nothing depends on the clock: the same check writes the same bytes.
 """
 
 from __future__ import annotations
@@ -13,22 +12,14 @@ import os
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
-from .check import CHECK_DIR, REPORT, RIG
-from .errors import OutputError
-from .shards import Shard
+from .protocol import CHECK_DIR, CHECK_PAGE, RIG
+from .writers import write_text
 
-if TYPE_CHECKING:
-    from .batch import TupleResult
-
-PAGE = CHECK_DIR / "index.html"
-RUN_REPORT = Path("report.html")
-"""In the output root of a dataset run."""
 NUMBERS = (("camera_max_px", "cam max px", ".2e"), ("camera_mean_px", "cam mean px", ".2e"),
            ("iou", "IoU", ".4f"), ("depth_rel", "depth rel", ".1e"))
-"""check.json key, column title and display format (as `fsconvert.check.format_report` prints them)."""
+"""check.json key, column title and display format (as `fsconvert.check.format_check` prints them)."""
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -86,43 +77,9 @@ def write_check_page(export_dir: str | Path, check: dict, manifest: dict, invali
         "<h2>Export</h2>",
         _definitions(_export_facts(manifest)),
     ]
-    path = Path(export_dir) / PAGE
-    _write(path, _html(title, body))
+    path = Path(export_dir) / CHECK_PAGE
+    write_text(path, html_page(title, body))
     return path
-
-
-def write_run_report(out_root: str | Path, results: Sequence[TupleResult], shard: Shard | None = None) -> Path:
-    """Write `OUT/report.html` (a shard's: `OUT/report-shard-I-of-N.html`): every tuple of a dataset run
-    (failures first) with its status, check verdict, worst camera error and IoU, linking each tuple's
-    check page."""
-    out_root = Path(out_root)
-    rows = [_tuple_row(r, out_root) for r in results]
-    rows.sort(key=lambda row: row[0])
-    n = {s: sum(r.status == s for r in results) for s in ("converted", "skipped", "failed")}
-    check_failed = sum(r.check_passed is False for r in results)
-    ok = not n["failed"] and not check_failed
-    verdict = "PASS" if ok else "FAIL"
-    summary = (f"{len(results)} tuples: converted {n['converted']}, skipped {n['skipped']} (up to date), "
-               f"failed {n['failed']}; check failed for {check_failed}")
-    head = ("<tr><th>tuple</th><th>status</th><th>check</th><th>views</th><th>worst cam max px</th>"
-            "<th>worst IoU</th><th>why</th></tr>")
-    body = [
-        f"<h1>fsconvert run of {len(results)} tuples</h1>",
-        f'<p class="verdict {verdict.lower()}">{verdict} — {escape(summary)}</p>',
-        f"<table>{head}{''.join(row[1] for row in rows)}</table>",
-        f'<p class="note">fsconvert {escape(__version__)}. Each tuple links its check page '
-        f"({PAGE.as_posix()}); numbers from its {REPORT.as_posix()}.</p>",
-    ]
-    path = out_root / (RUN_REPORT if shard is None else f"report-shard-{shard.index}-of-{shard.count}.html")
-    _write(path, _html(f"{verdict}: fsconvert run of {len(results)} tuples", body))
-    return path
-
-
-def worst(check: dict) -> tuple[float | None, float | None]:
-    """The largest camera max px and the smallest IoU over the views of a check.json (None: none measured)."""
-    cam = [v["camera_max_px"] for v in check["views"] if v["camera_max_px"] is not None]
-    iou = [v["iou"] for v in check["views"] if v["iou"] is not None]
-    return (max(cam) if cam else None), (min(iou) if iou else None)
 
 
 def _views_table(views: Sequence[dict], invalid: set[int]) -> str:
@@ -137,7 +94,7 @@ def _views_table(views: Sequence[dict], invalid: set[int]) -> str:
             overlay = f'<a href="{href}"><img class="thumb" src="{href}" alt="overlay of view {v["id"]}"></a>'
         else:
             overlay = "—"
-        numbers = "".join(_number(v[key], fmt) for key, _, fmt in NUMBERS)
+        numbers = "".join(number_cell(v[key], fmt) for key, _, fmt in NUMBERS)
         size = "×".join(map(str, v["render_size"])) if v["render_size"] else "—"
         rows.append(
             f'<tr class="{cls}" id="view-{v["id"]}"><td class="result">{cls.upper()}</td><td class="num">{v["id"]}'
@@ -147,7 +104,7 @@ def _views_table(views: Sequence[dict], invalid: set[int]) -> str:
     return f"<table>{''.join(rows)}</table>"
 
 
-def _number(value: float | None, fmt: str) -> str:
+def number_cell(value: float | None, fmt: str) -> str:
     if value is None:
         return '<td class="num">—</td>'
     exact = json.dumps(value)  # the digits check.json holds
@@ -185,44 +142,6 @@ def _definitions(facts: dict) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(show(v))}</dd>" for k, v in facts.items()) + "</dl>"
 
 
-def _tuple_row(r: TupleResult, out_root: Path) -> tuple[int, str]:
-    """(sort rank: failures first, the row's HTML)."""
-    check = _read_check(r.out_dir / REPORT) if r.status != "failed" else None
-    page = r.out_dir / PAGE
-    name = escape(r.name)
-    if page.is_file():
-        name = f'<a href="{escape(Path(os.path.relpath(page, out_root)).as_posix())}">{name}</a>'
-    cam, iou = worst(check) if check else (None, None)
-    if r.status == "failed":
-        verdict, why, rank = "—", r.reason, 0
-    elif check is None:
-        verdict, why, rank = "not checked", "", 2
-    else:
-        bad = [v for v in check["views"] if not v["passed"]]
-        verdict, rank = ("PASS", 2) if check["passed"] else ("FAIL", 1)
-        why = "; ".join(check["problems"] + [f"view {v['id']}: {'; '.join(v['problems'])}" for v in bad])
-    cls = "fail" if rank < 2 else "pass"
-    row = (f'<tr class="{cls}"><td>{name}</td><td class="result">{r.status}</td><td>{verdict}</td>'
-           f'<td class="num">{r.views or "—"}</td>{_number(cam, ".2e")}{_number(iou, ".4f")}'
-           f'<td class="problems">{escape(why)}</td></tr>')
-    return rank, row
-
-
-def _read_check(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("views"), list) else None
-
-
-def _html(title: str, body: Sequence[str]) -> str:
+def html_page(title: str, body: Sequence[str]) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(b for b in body if b) + "\n</body>\n</html>\n")
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -1,39 +1,31 @@
-"""What formats derive from the mesh and the output cameras, made once here for all of them.
+"""Depth products: what formats derive from the mesh through the output cameras, made here for all of them.
 
 Depth maps through any cameras (distorted ones exactly, grouped by orientation to reuse the GL
-buffer), silhouette masks, which views see which surface points, and the writers for the results:
-one PNG writer (8- and 16-bit), one binary PLY writer. Formats only encode values their own way
-(depth units, alpha channels, file names). Rendering is imported on first use (pyrender/OpenGL).
+buffer), silhouette masks, depth ranges, and which views see which surface points. Formats only
+encode the values their own way (depth units, alpha channels, file names). Rendering is imported on
+first use: pyrender and OpenGL cost ~1 s of start-up that listing formats or `--help` must not pay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
+import trimesh
 from tqdm import tqdm
 
 from . import conventions as cv
-from .errors import InputError, OutputError
-from .model import Camera
+from .errors import InputError
+from .imagestage import Footprint
+from .model import UNDISTORT_CRITERIA, Camera
 
-if TYPE_CHECKING:
-    import trimesh
-
-    from .imagestage import Footprint
-
-UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-"""Termination of every iterative undistortion (cv2.undistortPoints): converged to ~1e-12 px."""
 VISIBILITY_MAX_SIDE = 480
 """Default long side of the depth maps point visibility is tested on (observations stay exact)."""
 _BORDER_MARGIN_PX = 2
 _ROUND_TRIP_TOL_PX = 0.01
-_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
-_PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
 
 
 class Posed(Protocol):
@@ -64,7 +56,7 @@ def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bo
     The order is part of the output: OSMesa's depth differs in the last float bits with the size of
     the buffer a view is drawn into (±1 step in ~0.02 % of nerf's uint16 depth pixels).
     """
-    from .render import Renderer, distorted_render
+    from .render import Renderer, distorted_render  # pyrender and OpenGL: start-up time
 
     order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
     with Renderer(mesh) as renderer:
@@ -146,13 +138,8 @@ def _pinhole_canvas(camera: Camera) -> Camera:
     """`camera` without distortion, cropped/extended so it covers the undistorted footprint of every pixel."""
     if not camera.has_distortion:
         return camera
-    W, H = camera.size
-    u, v = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
-    border = np.concatenate([np.column_stack([u, np.zeros(W)]), np.column_stack([u, np.full(W, H - 1.0)]),
-                             np.column_stack([np.zeros(H), v]), np.column_stack([np.full(H, W - 1.0), v])])
-    pinhole = camera.pinhole()
-    xy = cv2.undistortPoints(border.reshape(-1, 1, 2), camera.K, camera.dist, criteria=UNDISTORT_CRITERIA)
-    px = pinhole.project(np.column_stack([xy.reshape(-1, 2), np.ones(len(border))]))
+    xy = camera.border_rays()
+    px = camera.pinhole().project(np.column_stack([xy, np.ones(len(xy))]))
     x0, y0 = np.floor(px.min(axis=0)).astype(int) - _BORDER_MARGIN_PX
     x1, y1 = np.ceil(px.max(axis=0)).astype(int) + _BORDER_MARGIN_PX
     return Camera(int(x1 - x0 + 1), int(y1 - y0 + 1), cv.crop_K(camera.K, x0, y0))
@@ -165,59 +152,3 @@ def _bounded(camera: Camera, max_side: int) -> Camera:
         return camera
     size = (max(1, round(camera.width * scale)), max(1, round(camera.height * scale)))
     return Camera(*size, cv.resize_K(camera.K, size[0] / camera.width, size[1] / camera.height))
-
-
-# ---- writers ---------------------------------------------------------------------------------------
-
-
-def write_png(path: Path, img: np.ndarray) -> None:
-    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter, zlib level 1; for a 12.6 MP depth map
-    0.11 s and 1.8 MB, against 0.16 s and 2.5 MB with `up` and RLE, 0.18 s and 3.7 MB by default)."""
-    write_encoded(path, img, ".png", _UINT16_PNG if img.dtype == np.uint16 else [])
-
-
-def write_encoded(path: Path, img: np.ndarray, ext: str, params: Sequence[int] = ()) -> None:
-    """cv2.imencode to `ext` and write; failures become OutputError."""
-    ok, buf = cv2.imencode(ext, img, list(params))
-    if not ok:
-        raise OutputError(f"{path}: cannot encode image")
-    write_bytes(path, buf.tobytes())
-
-
-def ply_vertices(xyz: np.ndarray, normals: np.ndarray | None = None, rgb: np.ndarray | None = None, *,
-                 xyz_type: str = "<f4", normal_type: str = "<f4") -> np.ndarray:
-    """A structured vertex array: x y z, then nx ny nz with normals, then red green blue (uchar) with rgb."""
-    fields = [(n, xyz_type) for n in "xyz"]
-    fields += [(f"n{n}", normal_type) for n in "xyz"] if normals is not None else []
-    fields += [(n, "u1") for n in ("red", "green", "blue")] if rgb is not None else []
-    vertex = np.empty(len(xyz), np.dtype(fields))
-    for i, n in enumerate("xyz"):
-        vertex[n] = xyz[:, i]
-        if normals is not None:
-            vertex[f"n{n}"] = normals[:, i]
-    if rgb is not None:
-        vertex["red"], vertex["green"], vertex["blue"] = np.asarray(rgb).T
-    return vertex
-
-
-def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray | None = None, *,
-              comment: str | None = None) -> None:
-    """Binary little-endian PLY of a structured vertex array (f8 double, f4 float, u1 uchar) and
-    optional triangles (F×3 vertex indices, written as `list uchar int vertex_indices`)."""
-    props = "".join(f"property {_PLY_TYPES[vertices.dtype[n].str[1:]]} {n}\n" for n in vertices.dtype.names)
-    header = "ply\nformat binary_little_endian 1.0\n" + (f"comment {comment}\n" if comment else "")
-    header += f"element vertex {len(vertices)}\n{props}"
-    body = vertices.tobytes()
-    if faces is not None:
-        header += f"element face {len(faces)}\nproperty list uchar int vertex_indices\n"
-        table = np.empty(len(faces), np.dtype([("count", "u1"), ("index", "<i4", 3)]))
-        table["count"], table["index"] = 3, faces
-        body += table.tobytes()
-    write_bytes(path, (header + "end_header\n").encode("ascii") + body)
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None

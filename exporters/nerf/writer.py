@@ -1,43 +1,9 @@
-"""NeRF family: `transforms.json` (nerfstudio, instant-ngp) or Blender `transforms_{train,val,test}.json`.
-
-Default format, one folder that nerfstudio's `nerfstudio-data` parser and instant-ngp load unmodified:
-
-    OUT/transforms.json        camera_model OPENCV, applied_transform + applied_scale, aabb_scale,
-                               ply_file_path, optional train/val/test_filenames, and per frame
-                               file_path (with extension), transform_matrix (camera→world, OpenGL
-                               axes), fl_x fl_y cx cy (pixel corner origin: OpenCV c + 0.5) w h,
-                               k1 k2 k3 p1 p2 when the lens model is kept, mask_path, depth_file_path
-    OUT/images/<id>.<ext>      OUT/masks/<id>.png (255 = mesh, within the undistorted image's data)
-    OUT/depths/<id>.png        (uint16 z-depth, 0 = background)
-    OUT/mesh.ply  OUT/points3D.ply (x y z nx ny nz red green blue: mesh vertices, splatting init)
-
-`--variant blender` writes `transforms_{train,val,test}.json` (camera_angle_x, file_path without
-extension; `--for 3dgs`: train and test only) and RGBA PNG images for the original NeRF, 3DGS and
-nerfstudio's `blender-data`, which read one horizontal FoV and assume a centred principal point:
-portrait views are turned landscape (K and R exact), every view keeps its focal and gets the width
-that gives the widest view's FoV and the height that holds all its source pixels, and alpha is 0
-where a pixel has no source data (with `--masks`, outside the mesh too). The point cloud is
-`points3d.ply`, the name 3DGS's Blender reader looks for.
-
-Normalization is a world similarity X' = s·R·X + t (R = I here). The files hold the normalized frame
-and record it the way nerfstudio composes it, X' = applied_scale · (applied_transform · X), i.e.
-applied_transform = [R | t/s], applied_scale = s. Depth PNGs store z-depth in steps of
-`depth_unit_scale_factor` units of the SOURCE frame (before normalization): nerfstudio reads value ×
-depth_unit_scale_factor × dataparser_scale, and its dataparser_scale already includes applied_scale.
-
-An aligned capture (`--align`, FaceScape's Rt_scale_dict) IS the source frame here: cameras, mesh,
-points and depth are in TU millimetres (or metres), applied_transform/applied_scale hold only the
-normalization on top, and `fsconvert_alignment` records the similarity from the SfM frame. Putting
-the alignment into applied_scale instead would make nerfstudio scale the ply_file_path points and
-the depth a second time. Depth PNGs of an aligned capture are in millimetres by default
-(`depth_unit` is then in metres); depth_unit_scale_factor says what one step is in the file's unit.
-"""
+"""Writing the NeRF layouts (`transforms.json`, or Blender `transforms_{train,val,test}.json`): see the
+package docstring for the files, the frames and the normalization."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,45 +11,43 @@ from typing import Literal
 
 import numpy as np
 import trimesh
-from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.derived import ply_vertices, render_depths, silhouette, write_bytes, write_ply, write_png
+from fsconvert.depthproducts import render_depths, silhouette
 from fsconvert.errors import InputError
-from fsconvert.export import ExportedView, stems, write_images
-from fsconvert.imagestage import Footprint, ImageOptions, ViewPlan, plan_views, read_image
+from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, plan_views
+from fsconvert.imagestage import Footprint, read_image, stems, write_images
 from fsconvert.mesh import capture_mesh, vertex_colors, vertex_normals
-from fsconvert.model import Camera, Capture
+from fsconvert.model import Capture
 from fsconvert.options import check_choices, option
+from fsconvert.writers import ply_vertices, write_json, write_ply, write_png
 
-NAME = "nerf"
+from .layout import (
+    ALIGNMENT_KEY,
+    BLENDER_POINTS,
+    CAMERA_MODEL,
+    DEPTHS,
+    GAUSSIAN_SPLITS,
+    IMAGES,
+    MASKS,
+    MESH,
+    NAME,
+    POINTS,
+    SPLITS,
+    TRANSFORMS,
+)
+
 SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_*.json (NeRF, 3DGS)"
 
-SPLITS = ("train", "val", "test")
 BLENDER_SPLIT = (0.8, 0.1, 0.1)
 GAUSSIAN_SPLIT = (0.875, 0.0, 0.125)
 """Blender layout for 3DGS: its reader loads transforms_train.json and transforms_test.json only
 (every 8th view held out, as its COLMAP reader's llffhold = 8)."""
-TRANSFORMS = "transforms.json"
-IMAGES, MASKS, DEPTHS = "images", "masks", "depths"
-MESH = "mesh.ply"
-POINTS = "points3D.ply"
-BLENDER_POINTS = "points3d.ply"
-"""3DGS's Blender reader loads `points3d.ply` (else it draws 100k random points)."""
-CAMERA_MODEL = "OPENCV"
-PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
-"""nerfstudio camera models that are the perspective k1..k4 p1 p2 model."""
-ALIGNMENT_KEY = "fsconvert_alignment"
-"""transforms.json key recording the Rt_scale_dict similarity the world frame is already in."""
-LEGACY_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
-"""nerfstudio assumes this when applied_transform is absent and colmap/sparse/0 exists."""
 NGP_SCALE = 0.33
 """instant-ngp's default scene scale: the aabb_scale box spans ±aabb_scale / (2·0.33) NeRF units."""
 AABB_SCALE_MAX = 128
 DEPTH_MAX = 65535
 PLY_COMMENT = f"fsconvert {NAME}: normalized frame"
-RIGID_TOL = 1e-6
-_NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 
 
 @dataclass(frozen=True)
@@ -181,7 +145,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if blender:
         _write_blender(folder, frames, splits, options, meta)
     else:
-        extent = float(np.abs(np.concatenate([_apply(S, mesh.vertices), _apply(S, centres)])).max())
+        scene = np.concatenate([cv.apply_similarity(S, mesh.vertices), cv.apply_similarity(S, centres)])
+        extent = float(np.abs(scene).max())
         _write_transforms(folder, frames, names, splits, options, meta, depth_step, extent)
     _write_mesh(folder / MESH, mesh, S)
     _write_points(folder / (BLENDER_POINTS if blender else POINTS), mesh, S)
@@ -205,12 +170,8 @@ def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
     image = options.image
     if options.variant != "blender":
         return image
-    image = replace(image, principal_point="center", border="cover", orientation="landscape")
-    fov = image.fov_x
-    if fov is None:
-        plans = plan_views(capture.views, image)
-        fov = float(max(cv.fov_from_focal(p.camera.width, p.camera.fx) for p in plans))
-    return replace(image, fov_x=fov)
+    return common_fov(capture.views, replace(image, principal_point="center", border="cover", orientation="landscape"),
+                      max)
 
 
 def default_split(options: Options) -> tuple[float, float, float] | None:
@@ -221,7 +182,7 @@ def default_split(options: Options) -> tuple[float, float, float] | None:
 
 def _needed_splits(options: Options) -> tuple[str, ...]:
     """The Blender split files the reader opens (each must hold a view)."""
-    return ("train", "test") if options.target == "3dgs" else SPLITS
+    return GAUSSIAN_SPLITS if options.target == "3dgs" else SPLITS
 
 
 def reader_warnings(options: Options, plans: list[ViewPlan], splits: list[int] | None) -> list[str]:
@@ -271,11 +232,6 @@ def assign_splits(n: int, fractions: tuple[float, float, float] | None) -> list[
     return out
 
 
-def _apply(S: np.ndarray, points) -> np.ndarray:
-    points = np.asarray(points, dtype=np.float64)
-    return points @ S[:3, :3].T + S[:3, 3]
-
-
 def _frame(plan: ViewPlan, name: str, stem: str, S: np.ndarray, options: Options) -> dict:
     """One frame: pose in the normalized world, OpenGL camera→world; intrinsics in corner origin."""
     c2w = cv.w2c_cv_to_c2w_gl(cv.w2c_in_similar_world(plan.world_to_cam, S))
@@ -317,7 +273,7 @@ def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits
         for k, split in enumerate(SPLITS):
             meta[f"{split}_filenames"] = [n for n, s in zip(names, splits) if s == k]
     meta["frames"] = frames
-    _write_json(folder / TRANSFORMS, meta)
+    write_json(folder / TRANSFORMS, meta, compact_numbers=True)
 
 
 def _write_blender(folder: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
@@ -326,14 +282,7 @@ def _write_blender(folder: Path, frames: list[dict], splits: list[int], options:
         chosen = [f for f, s in zip(frames, splits) if s == k]
         if chosen or split in _needed_splits(options):
             meta = {"camera_angle_x": options.image.fov_x, **record, "frames": chosen}
-            _write_json(folder / f"transforms_{split}.json", meta)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Indented JSON with every list of numbers on one line (a matrix is one row per line)."""
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m[1].split(",")) + "]",
-                            json.dumps(data, indent=2))
-    write_bytes(path, (text + "\n").encode())
+            write_json(folder / f"transforms_{split}.json", meta, compact_numbers=True)
 
 
 # ---- masks and depth -------------------------------------------------------------------------------
@@ -375,181 +324,18 @@ def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
 def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
     """The mesh in the normalized frame: double x y z, vertex colours (texture baked) when it has any."""
     coloured = getattr(mesh.visual, "kind", None) in ("vertex", "texture")
-    vertex = ply_vertices(_apply(S, mesh.vertices), rgb=vertex_colors(mesh) if coloured else None, xyz_type="<f8")
+    rgb = vertex_colors(mesh) if coloured else None
+    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), rgb=rgb, xyz_type="<f8")
     write_ply(path, vertex, mesh.faces, comment=PLY_COMMENT)
 
 
 def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
     """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue."""
     normals = vertex_normals(mesh) @ cv.split_similarity(S)[1].T
-    vertex = ply_vertices(_apply(S, mesh.vertices), normals, vertex_colors(mesh), xyz_type="<f8")
+    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), normals, vertex_colors(mesh), xyz_type="<f8")
     write_ply(path, vertex, comment=PLY_COMMENT)
 
 
-# ---- read ------------------------------------------------------------------------------------------
-
-
 def default_reader(options: Options) -> str:
-    """The program this export is checked for (fsconvert.readers)."""
+    """The program this export is checked for (one of `PROGRAMS`)."""
     return options.target if options.variant == "blender" else "nerfstudio"
-
-
-def read(out_dir: str | Path) -> list[ExportedView]:
-    """Read `transforms.json` by nerfstudio's `nerfstudio-data` rules, or `transforms_*.json` by the
-    Blender rules; cameras in the internal convention, normalization undone (source world)."""
-    out_dir = Path(out_dir)
-    if (out_dir / TRANSFORMS).is_file():
-        return read_transforms(out_dir / TRANSFORMS, out_dir)
-    if (out_dir / "transforms_train.json").is_file():
-        return read_blender(out_dir)
-    raise InputError(f"no {TRANSFORMS} or transforms_train.json", file=out_dir)
-
-
-def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
-    """nerfstudio rules: a top-level fl_x/fl_y/cx/cy/w/h/distortion key wins, else every frame has it;
-    file_path is relative to the JSON's folder and must name an existing file (frames sorted by it)."""
-    meta = load_json(path)
-    frames = meta.get("frames")
-    if not isinstance(frames, list) or not frames:
-        raise InputError("no frames", file=path, key="frames")
-    model = meta.get("camera_model", "PERSPECTIVE")
-    if model not in PERSPECTIVE_MODELS + ("PERSPECTIVE",):
-        raise InputError(f"camera model {model!r} cannot be represented by k1 k2 p1 p2 k3", file=path,
-                         key="camera_model")
-    world = source_similarity(meta, path, (path.parent / "colmap" / "sparse" / "0").exists())
-    top_distortion = any(k in meta for k in ("k1", "k2", "k3", "p1", "p2", "distortion_params"))
-    views = []
-    for i, frame in enumerate(frames):
-        if not isinstance(frame, dict):
-            raise InputError("frame is not an object", file=path, key=f"frames[{i}]")
-        image = path.parent / _string(frame, "file_path", path, i)
-        fx, fy, cx, cy = (_number(meta if k in meta else frame, k, path, None if k in meta else i)
-                          for k in ("fl_x", "fl_y", "cx", "cy"))
-        w, h = (int(_number(meta if k in meta else frame, k, path, None if k in meta else i)) for k in ("w", "h"))
-        k1, k2, k3, k4, p1, p2 = _distortion(meta if top_distortion else frame, path, None if top_distortion else i)
-        if k4 != 0:
-            raise InputError(f"k4 = {k4:g} (nerfstudio's r⁸ term) cannot be represented", file=path,
-                             key=f"frames[{i}]")
-        check_image(image, (w, h), path, i)
-        camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), [k1, k2, p1, p2, k3])
-        views.append(ExportedView(_relative(image, out_dir), camera,
-                                  source_w2c(frame, world, path, i)))
-    return sorted(views, key=lambda v: v.name)
-
-
-def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: bool = False) -> list[ExportedView]:
-    """Blender rules: `transforms_{split}.json` of `splits` (each one `required`, else skipped when
-    absent), image = file_path + '.png' ('./' dropped), focal = 0.5·W/tan(0.5·camera_angle_x) from
-    the image width, principal point (W/2, H/2) corner origin."""
-    views = []
-    for split in splits:
-        path = out_dir / f"transforms_{split}.json"
-        if not path.is_file():
-            if required:
-                raise InputError("missing: the reader needs it", file=path)
-            continue
-        meta = load_json(path)
-        fov = _number(meta, "camera_angle_x", path, None)
-        world = source_similarity(meta, path, False)
-        frames = meta.get("frames")
-        if not isinstance(frames, list):
-            raise InputError("no frames", file=path, key="frames")
-        for i, frame in enumerate(frames):
-            image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
-            W, H = check_image(image, None, path, i)
-            f = cv.focal_from_fov(W, fov)
-            K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
-            views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), source_w2c(frame, world, path, i)))
-    return views
-
-
-def source_similarity(meta: dict, path: Path, legacy: bool) -> np.ndarray:
-    """The similarity from the file's world back to the source world (inverse of the recorded one)."""
-    A = meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM if legacy else np.eye(4)[:3].tolist())
-    s = meta.get("applied_scale", 1.0)
-    try:
-        A, s = np.array(A, dtype=np.float64), float(s)
-    except (TypeError, ValueError):
-        raise InputError("applied_transform must be 3×4 numbers and applied_scale a number", file=path) from None
-    if A.shape != (3, 4) or not np.isfinite(A).all() or not (np.isfinite(s) and s > 0):
-        raise InputError("applied_transform must be 3×4 finite numbers and applied_scale > 0", file=path)
-    if np.abs(A[:, :3].T @ A[:, :3] - np.eye(3)).max() > RIGID_TOL or np.linalg.det(A[:, :3]) < 0:
-        raise InputError("applied_transform is not a rotation and translation", file=path, key="applied_transform")
-    return cv.invert_similarity(cv.similarity_from_nerfstudio(A, s))
-
-
-def source_w2c(frame: dict, world: np.ndarray, path: Path, i: int) -> np.ndarray:
-    c2w = _matrix(frame, "transform_matrix", path, i)
-    R = c2w[:3, :3]
-    if np.abs(R.T @ R - np.eye(3)).max() > RIGID_TOL or np.linalg.det(R) < 0:
-        raise InputError("transform_matrix is not a rigid camera→world pose", file=path,
-                         key=f"frames[{i}].transform_matrix")
-    return cv.w2c_in_similar_world(cv.c2w_gl_to_w2c_cv(c2w), world)
-
-
-def _distortion(obj: dict, path: Path, i: int | None) -> tuple[float, ...]:
-    """(k1, k2, k3, k4, p1, p2) from `distortion_params` or the separate keys (0 when absent)."""
-    if i is None and "distortion_params" in obj:  # top level only
-        params = _matrix(obj, "distortion_params", path, i, shape=(6,))
-        return tuple(float(p) for p in params)
-    return tuple(_number(obj, k, path, i) if k in obj else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2"))
-
-
-def load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", file=path)
-    return data
-
-
-def _key(key: str, i: int | None) -> str:
-    return key if i is None else f"frames[{i}].{key}"
-
-
-def _string(obj: dict, key: str, path: Path, i: int | None) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise InputError("missing or not a string", file=path, key=_key(key, i))
-    return value
-
-
-def _number(obj: dict, key: str, path: Path, i: int | None) -> float:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise InputError("missing or not a number" if value is None else f"not a number: {value!r}",
-                         file=path, key=_key(key, i))
-    return float(value)
-
-
-def _matrix(obj: dict, key: str, path: Path, i: int | None, shape: tuple[int, ...] = (4, 4)) -> np.ndarray:
-    try:
-        value = np.array(obj.get(key), dtype=np.float64)
-    except (TypeError, ValueError):
-        value = np.zeros(0)
-    if shape == (4, 4) and value.shape == (3, 4):  # instant-ngp reads rows 0..2 only
-        value = cv.homogeneous(value)
-    if value.shape != shape or not np.isfinite(value).all():
-        raise InputError(f"expected {'×'.join(map(str, shape))} finite numbers", file=path, key=_key(key, i))
-    return value
-
-
-def check_image(image: Path, size: tuple[int, int] | None, path: Path, i: int) -> tuple[int, int]:
-    try:
-        with Image.open(image) as im:
-            found = im.size
-    except FileNotFoundError:
-        raise InputError("image not found", file=image, key=f"frames[{i}].file_path") from None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"not a readable image: {exc}", file=image) from None
-    if size is not None and found != size:
-        raise InputError(f"image is {found[0]}×{found[1]}, {path.name} says {size[0]}×{size[1]}", file=image)
-    return found
-
-
-def _relative(image: Path, out_dir: Path) -> str:
-    return Path(os.path.relpath(image, out_dir)).as_posix()

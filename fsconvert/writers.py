@@ -1,0 +1,118 @@
+"""Every file the project writes goes through here: bytes, text and JSON (atomically where asked), PNG and
+JPEG, binary PLY and .npz. Failures become one-line OutputErrors naming the file.
+
+Output bytes depend on the content alone, never on the CPU or the time; JSON is written with a fixed layout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import OutputError
+
+_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
+_PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
+_NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
+_ZIP_VERSION = 20
+"""ZIP 2.0: stored entries, no ZIP64 (every entry and the archive stay below 4 GiB)."""
+_ZIP_DOS_DATE = (1980 - 1980) << 9 | 1 << 5 | 1
+"""1980-01-01, the earliest DOS date (time 00:00:00): no clock in the bytes."""
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path`; OS errors become an OutputError naming the file."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 `text` to `path`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: object, *, compact_numbers: bool = False) -> None:
+    """Indented JSON and a final newline; `compact_numbers` puts every list of numbers on one line (a matrix
+    is then one row per line, as NeRF tools write transforms.json)."""
+    text = json.dumps(data, indent=2)
+    if compact_numbers:
+        text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m[1].split(",")) + "]", text)
+    write_text(path, text + "\n")
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` beside `path` and rename it into place: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def write_png(path: Path, img: np.ndarray) -> None:
+    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter, zlib level 1; for a 12.6 MP depth map
+    0.11 s and 1.8 MB, against 0.16 s and 2.5 MB with `up` and RLE, 0.18 s and 3.7 MB by default)."""
+    write_encoded(path, img, ".png", _UINT16_PNG if img.dtype == np.uint16 else ())
+
+
+def write_encoded(path: Path, img: np.ndarray, ext: str, params: Sequence[int] = ()) -> None:
+    """cv2.imencode to `ext` (BGR order, as OpenCV holds images) and write."""
+    ok, buf = cv2.imencode(ext, img, list(params))
+    if not ok:
+        raise OutputError(f"{path}: cannot encode image")
+    write_bytes(path, buf.tobytes())
+
+
+def ply_vertices(xyz: np.ndarray, normals: np.ndarray | None = None, rgb: np.ndarray | None = None, *,
+                 xyz_type: str = "<f4", normal_type: str = "<f4") -> np.ndarray:
+    """A structured vertex array: x y z, then nx ny nz with normals, then red green blue (uchar) with rgb."""
+    fields = [(n, xyz_type) for n in "xyz"]
+    fields += [(f"n{n}", normal_type) for n in "xyz"] if normals is not None else []
+    fields += [(n, "u1") for n in ("red", "green", "blue")] if rgb is not None else []
+    vertex = np.empty(len(xyz), np.dtype(fields))
+    for i, n in enumerate("xyz"):
+        vertex[n] = xyz[:, i]
+        if normals is not None:
+            vertex[f"n{n}"] = normals[:, i]
+    if rgb is not None:
+        vertex["red"], vertex["green"], vertex["blue"] = np.asarray(rgb).T
+    return vertex
+
+
+def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray | None = None, *,
+              comment: str | None = None) -> None:
+    """Binary little-endian PLY of a structured vertex array (f8 double, f4 float, u1 uchar) and
+    optional triangles (F×3 vertex indices, written as `list uchar int vertex_indices`)."""
+    names = vertices.dtype.names or ()
+    props = "".join(f"property {_PLY_TYPES[vertices.dtype[n].str[1:]]} {n}\n" for n in names)
+    header = "ply\nformat binary_little_endian 1.0\n" + (f"comment {comment}\n" if comment else "")
+    header += f"element vertex {len(vertices)}\n{props}"
+    body = vertices.tobytes()
+    if faces is not None:
+        header += f"element face {len(faces)}\nproperty list uchar int vertex_indices\n"
+        table = np.empty(len(faces), np.dtype([("count", "u1"), ("index", "<i4", 3)]))
+        table["count"], table["index"] = 3, faces
+        body += table.tobytes()
+    write_bytes(path, (header + "end_header\n").encode("ascii") + body)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz as np.savez writes it, with a fixed timestamp (np.savez stamps the time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()

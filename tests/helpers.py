@@ -1,0 +1,63 @@
+"""Test-side helpers: computations the product does not need, kept out of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import exporters
+from fsconvert import conventions as cv
+from fsconvert.imageplan import ViewPlan
+from fsconvert.imagestage import write_images
+from fsconvert.protocol import Reading
+from fsconvert.render import _pixels, _sample, undistortion_map
+
+
+def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z), w ≥ 0, Hamilton convention, of a rotation matrix (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = np.trace(R)
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
+        q = [0.0] * 4
+        q[0] = (R[k, j] - R[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (R[j, i] + R[i, j]) / s
+        q[1 + k] = (R[k, i] + R[i, k]) / s
+    out = np.array(q) / np.linalg.norm(q)
+    return -out if out[0] < 0 else out
+
+
+def run_plan(plan: ViewPlan, dest: Path) -> Path:
+    """Produce one output image at `dest` through the image stage."""
+    write_images([plan], [dest.name], dest.parent)
+    return dest
+
+
+def footprint(plan: ViewPlan) -> np.ndarray:
+    """H×W bool: the output pixels the plan's maps interpolate from source pixels only."""
+    if not plan.resample:
+        return np.ones(plan.camera.size[::-1], bool)
+    w, h = cv.reduced_size(plan.view.camera.size, plan.reduce)
+    mx, my = plan.maps()
+    return (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+
+
+def distort_image(pinhole_img: np.ndarray, pinhole_K: np.ndarray, camera, interpolation: int = cv2.INTER_LINEAR
+                  ) -> np.ndarray:
+    """A pinhole image (intrinsics `pinhole_K`, same pose) resampled into the distorted `camera`, through the
+    renderer's own sampling (what `render.distorted_render` does to its pinhole canvas)."""
+    return _sample(pinhole_img, _pixels(undistortion_map(camera), pinhole_K), interpolation)
+
+
+def read_as(program: str, folder: Path) -> Reading:
+    """A hand-written export folder read by `program`'s rules: a COLMAP layout if it has sparse/, else NeRF's."""
+    fmt = "colmap" if (folder / "sparse").is_dir() else "nerf"
+    return exporters.program(exporters.get(fmt), program).read(folder)
