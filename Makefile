@@ -46,14 +46,11 @@ apt:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Two pip steps on purpose: asking for pyrender and PyOpenGL 3.1.10 together makes pip backtrack to an
-# ancient pyrender; OSMesa needs PyOpenGL >= 3.1.4, pyrender pins 3.1.0 (harmless `pip check` warning).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
-	$(VENV)/bin/pip install -q --no-deps pyopengl==3.1.10
 	touch $@
 
 clean:

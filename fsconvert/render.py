@@ -42,11 +42,12 @@ _SHARED_BUFFER_PIXELS = 2048 * 2048
 
 
 def _compare_gl_contexts_by_address() -> None:
-    """PyOpenGL 3.1.10 (the pinned version) hashes OSMesa/EGL context pointers by address but compares them by
+    """PyOpenGL 3.1.10 (the version tested) hashes OSMesa/EGL context pointers by address but compares them by
     identity, and returns a new pointer object on every query. pyrender keys its shader cache on the
     current context, so every render missed the cache and compiled a new program, and PyOpenGL's own
     per-context storage grew alike: ~0.8 MB per render, never freed. Equality by address makes the keys
-    match, as the hash intends."""
+    match, as the hash intends. Still needed with pyrender-maintained 1.0.1 (its renderer.py is 0.1.45's,
+    unchanged): without it tests/test_render.py::test_many_renders_do_not_accumulate_memory fails."""
     from OpenGL import _opaque
 
     def same_address(a: object, b: object) -> bool:
