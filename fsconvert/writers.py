@@ -1,7 +1,9 @@
 """Every file the project writes goes through here: bytes, text and JSON (atomically where asked), PNG and
 JPEG, binary PLY and .npz. Failures become one-line OutputErrors naming the file.
 
-Output bytes depend on the content alone, never on the CPU or the time; JSON is written with a fixed layout.
+Output bytes depend on the content alone, never on the Python release, the CPU or the time: the .npz
+container is built here (zipfile's headers change between Python patch releases), and JSON is written
+with a fixed layout.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import io
 import json
 import os
 import re
-import zipfile
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -109,10 +112,25 @@ def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray | None = None,
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An uncompressed .npz as np.savez writes it, with a fixed timestamp (np.savez stamps the time)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-    return buf.getvalue()
+    """An uncompressed .npz: one `<key>.npy` per array (`np.lib.format`, as np.savez writes them) in a ZIP
+    built here with fixed fields (version 2.0, stored, DOS date 1980-01-01, no extra fields), so that the
+    bytes depend on the arrays alone. np.load reads it like np.savez's; zipfile's own headers differ
+    between Python patch releases (3.11.2 writes version 20 where 3.11.7 writes 45)."""
+    entries, directory, offset = [], [], 0
+    for key, value in arrays.items():
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+        data, name = buf.getvalue(), f"{key}.npy".encode()
+        crc = zlib.crc32(data)
+        local = struct.pack("<4s5H3I2H", b"PK\x03\x04", _ZIP_VERSION, 0, 0, 0, _ZIP_DOS_DATE, crc, len(data),
+                            len(data), len(name), 0)
+        directory.append(struct.pack("<4s6H3I5H2I", b"PK\x01\x02", _ZIP_VERSION, _ZIP_VERSION, 0, 0, 0,
+                                     _ZIP_DOS_DATE, crc, len(data), len(data), len(name), 0, 0, 0, 0, 0, offset)
+                         + name)
+        entries.append(local + name + data)
+        offset += len(local) + len(name) + len(data)
+    central = b"".join(directory)
+    if offset + len(central) >= 1 << 32:
+        raise OutputError("arrays too large for a .npz without ZIP64 (4 GiB)")
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(directory), len(directory), len(central), offset, 0)
+    return b"".join(entries) + central + end
