@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import conventions as cv
-from .errors import InputError
+from .errors import InputError, Where
 from .jsonvalues import read_json, rigid, show
 
 UNITS = {"mm": 1.0, "m": 1e-3}
@@ -111,7 +111,7 @@ def _parse(path: Path, size: int, mtime_ns: int) -> dict[str, dict[str, Entry]]:
 
 
 def _entry(value: object, path: Path, key: str) -> Entry:
-    where = {"file": path, "key": key}
+    where: Where = {"file": path, "key": key}
     if not isinstance(value, list) or len(value) != 2:
         raise InputError(f"expected [scale, Rt 3×4], got {show(value)}", **where)
     scale, Rt = value

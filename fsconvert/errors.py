@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 MAX_KEY_CHARS = 80
 """Longer keys (from damaged files) are shortened in messages."""
@@ -11,6 +12,14 @@ MAX_KEY_CHARS = 80
 def one_line(text: str) -> str:
     """`text` with every non-printable character (newline, escape, lone surrogate, ...) escaped."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class Where(TypedDict, total=False):
+    """Where a bad value is, as InputError takes it: `InputError(message, **where)`."""
+
+    file: str | Path | None
+    view: int | str | None
+    key: str | None
 
 
 class FsconvertError(Exception):

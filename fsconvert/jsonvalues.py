@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, Where
 
 ROTATION_TOL = 1e-6
 """Largest |RᵀR − I| accepted for a rotation."""
@@ -38,7 +38,7 @@ def _no_duplicates(pairs: list[tuple[str, object]], path: Path) -> dict[str, obj
     return seen
 
 
-def matrix(value: object, shapes: set[tuple[int, ...]], where: dict[str, object]) -> np.ndarray:
+def matrix(value: object, shapes: set[tuple[int, ...]], where: Where) -> np.ndarray:
     """`value` as a finite float64 array of one of `shapes`; `where` locates the InputError."""
     wanted = " or ".join("×".join(map(str, s)) for s in sorted(shapes, reverse=True))
     if not numbers_only(value):
@@ -57,7 +57,7 @@ def matrix(value: object, shapes: set[tuple[int, ...]], where: dict[str, object]
     return arr
 
 
-def rigid(value: object, where: dict[str, object]) -> np.ndarray:
+def rigid(value: object, where: Where) -> np.ndarray:
     """A 3×4 or 4×4 [R|t] (last row 0 0 0 1, R a rotation) as a 3×4 array."""
     Rt = matrix(value, {(3, 4), (4, 4)}, where)
     if Rt.shape == (4, 4) and not np.array_equal(Rt[3], [0, 0, 0, 1]):
@@ -97,7 +97,7 @@ def read_object(path: Path) -> dict[str, object]:
     return data
 
 
-def number(obj: dict[str, object], key: str, where: dict[str, object]) -> float:
+def number(obj: dict[str, object], key: str, where: Where) -> float:
     """`obj[key]` as a finite float (not a boolean); `where` locates the InputError."""
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
@@ -105,7 +105,7 @@ def number(obj: dict[str, object], key: str, where: dict[str, object]) -> float:
     return float(value)
 
 
-def text(obj: dict[str, object], key: str, where: dict[str, object]) -> str:
+def text(obj: dict[str, object], key: str, where: Where) -> str:
     """`obj[key]` as a non-empty string; `where` locates the InputError."""
     value = obj.get(key)
     if not isinstance(value, str) or not value:

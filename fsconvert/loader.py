@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
 from .alignment import DEFAULT_UNITS, align_tuple
-from .errors import InputError
+from .errors import InputError, Where
 from .jsonvalues import matrix, read_json, reason, rigid, show
 from .mesh import load_mesh
 from .model import Camera, Capture, View
@@ -120,7 +120,7 @@ def parse_params(path: Path) -> dict[int, dict[str, object]]:
 
 
 def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) -> View:
-    def where(key: str) -> dict[str, object]:
+    def where(key: str) -> Where:
         return {"file": path, "view": vid, "key": f"{vid}_{key}"}
 
     K = matrix(entry["K"], {(3, 3), (4, 4)}, where("K"))
@@ -176,7 +176,7 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
-def _image_side(value: object, where: dict[str, object]) -> int:
+def _image_side(value: object, where: Where) -> int:
     if not _is_integer(value) or value <= 0:
         raise InputError(f"expected a positive integer, got {show(value)}", **where)
     if value > MAX_SIDE:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.errors import InputError
+from fsconvert.errors import InputError, Where
 from fsconvert.jsonvalues import matrix, number, read_object, text
 from fsconvert.model import Camera
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -131,7 +131,7 @@ def _distortion(obj: dict[str, Any], path: Path, i: int | None) -> tuple[float, 
     return tuple(_number(obj, k, path, i) if k in obj else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2"))
 
 
-def _where(path: Path, key: str, i: int | None) -> dict[str, object]:
+def _where(path: Path, key: str, i: int | None) -> Where:
     """A one-line error's location: the file, and the key (of frame i, or at the top level)."""
     return {"file": path, "key": key if i is None else f"frames[{i}].{key}"}
 
