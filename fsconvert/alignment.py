@@ -48,7 +48,7 @@ class Alignment:
     def units_per_metre(self) -> float:
         return 1e3 * UNITS[self.units]
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, object]:
         """What the manifest keeps: the dict and entry (FaceScape's scale s among them), the units, and the
         4×4 similarity from the SfM frame (to see that the dict is still the same)."""
         return {

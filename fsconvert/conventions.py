@@ -77,7 +77,8 @@ def c2w_gl_to_w2c_cv(c2w_gl: np.ndarray) -> np.ndarray:
 
 def camera_centre(w2c: np.ndarray) -> np.ndarray:
     """Camera centre in world coordinates, C = −Rᵀt."""
-    return -w2c[:3, :3].T @ w2c[:3, 3]
+    centre: np.ndarray = -w2c[:3, :3].T @ w2c[:3, 3]
+    return centre
 
 
 def quat_wxyz_to_rotation(q: np.ndarray) -> np.ndarray:
@@ -97,7 +98,8 @@ def K_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
 
 def focal_from_fov(size: float, fov: float) -> float:
     """Focal length (pixels) giving field of view `fov` (radians) across `size` pixels (Blender's camera_angle_x)."""
-    return 0.5 * size / np.tan(0.5 * fov)
+    focal: float = 0.5 * size / np.tan(0.5 * fov)  # an np.float64
+    return focal
 
 
 def fov_from_focal(size: float, focal: float) -> float:
@@ -132,7 +134,8 @@ def resize_K(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
 def resize_points(uv: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """Pixel coordinates (N×2, OpenCV convention) after resizing by (sx, sy)."""
     uv = np.asarray(uv, dtype=np.float64)
-    return (uv + PIXEL_CENTRE_SHIFT) * np.array([sx, sy]) - PIXEL_CENTRE_SHIFT
+    resized: np.ndarray = (uv + PIXEL_CENTRE_SHIFT) * np.array([sx, sy]) - PIXEL_CENTRE_SHIFT
+    return resized
 
 
 def crop_K(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
@@ -170,7 +173,8 @@ def rotate180_K(K: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def rotate180_w2c(w2c: np.ndarray) -> np.ndarray:
     """World→camera pose of the camera rolled 180° about its optical axis."""
-    return ROLL_180 @ homogeneous(w2c)
+    rolled: np.ndarray = ROLL_180 @ homogeneous(w2c)
+    return rolled
 
 
 def rotate180_dist(dist: np.ndarray) -> np.ndarray:
@@ -197,7 +201,8 @@ def rotate90_K(K: np.ndarray, width: int, height: int, clockwise: bool) -> np.nd
 
 def rotate90_w2c(w2c: np.ndarray, clockwise: bool) -> np.ndarray:
     """World→camera pose of the camera whose image is turned 90° (see `rotate90_K`)."""
-    return (TURN_90 if clockwise else TURN_90.T) @ homogeneous(w2c)
+    turned: np.ndarray = (TURN_90 if clockwise else TURN_90.T) @ homogeneous(w2c)
+    return turned
 
 
 def similarity_matrix(scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -218,7 +223,8 @@ def split_similarity(S: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
 def apply_similarity(S: np.ndarray, points: np.ndarray) -> np.ndarray:
     """N×3 points X' = s·R·X + t of the 4×4 similarity `S`."""
     S = np.asarray(S, dtype=np.float64)
-    return np.asarray(points, dtype=np.float64) @ S[:3, :3].T + S[:3, 3]
+    moved: np.ndarray = np.asarray(points, dtype=np.float64) @ S[:3, :3].T + S[:3, 3]
+    return moved
 
 
 def rt_scale_similarity(scale: float, Rt: np.ndarray, unit: float = 1.0) -> np.ndarray:

@@ -31,8 +31,11 @@ _ROUND_TRIP_TOL_PX = 0.01
 class Posed(Protocol):
     """Anything with a camera and a world→camera pose: a ViewPlan, an ExportedView, a `Pose`."""
 
-    camera: Camera
-    world_to_cam: np.ndarray
+    @property
+    def camera(self) -> Camera: ...  # read-only: frozen dataclasses qualify
+
+    @property
+    def world_to_cam(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +129,7 @@ def _depth_agrees(depth: np.ndarray, px: np.ndarray, z: np.ndarray, tolerance: f
     `tolerance`·z of z: the point's own ray then meets no occluder's edge."""
     H, W = depth.shape
     x0, y0 = np.floor(px[:, 0]).astype(np.int64), np.floor(px[:, 1]).astype(np.int64)
-    ok = (x0 >= 0) & (x0 + 1 < W) & (y0 >= 0) & (y0 + 1 < H)
+    ok: np.ndarray = (x0 >= 0) & (x0 + 1 < W) & (y0 >= 0) & (y0 + 1 < H)
     x0, y0 = np.where(ok, x0, 0), np.where(ok, y0, 0)
     for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
         d = depth[y0 + dy, x0 + dx].astype(np.float64)

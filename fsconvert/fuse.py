@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -39,7 +41,7 @@ def integrate(
     depth_trunc: float,
     sdf_trunc: float | None = None,
     progress: bool = False,
-):
+) -> Any:  # an o3d.geometry.TriangleMesh (open3d has no type information)
     """Fuse `frames` into an `o3d.geometry.TriangleMesh` with vertex colours (world units of the poses).
 
     `depth_scale`: raw depth units per world unit; depths ≥ `depth_trunc` (world units) are ignored.
@@ -69,7 +71,7 @@ def integrate(
     return mesh
 
 
-def _read(o3d, path: Path, cam: Camera, *, channels: int, dtype: type):
+def _read(o3d: ModuleType, path: Path, cam: Camera, *, channels: int, dtype: type) -> Any:  # an o3d.geometry.Image
     """An image read by Open3D, checked against the camera size and the expected pixel type."""
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         image = o3d.io.read_image(str(path))

@@ -77,14 +77,18 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
     min_width, min_height = cv.reduced_size((width, height), reduce)
     try:
-        return simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width, strict=True)
+        strict: np.ndarray = simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width,
+                                                    strict=True)
+        return strict
     except ValueError as exc:
         reason = f"corrupt JPEG data ({exc})"
     if not allow_corrupt:
         raise InputError(f"{reason}; not exported (--allow-corrupt-images exports it anyway)", file=path, view=view)
     print(f"fsconvert: warning: {InputError(reason, file=path, view=view)}; exported anyway", file=sys.stderr)
     try:
-        return simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width, strict=False)
+        recovered: np.ndarray = simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width,
+                                                       strict=False)
+        return recovered
     except ValueError:
         return None
 
@@ -182,6 +186,7 @@ def keep_previews(enabled: bool = True) -> Iterator[dict[Path, np.ndarray]]:
     """While open, every image `run_plans` makes (here or in its workers) also leaves a `shrink`ed copy at
     `preview_size` in the yielded dict, by output path: the check's overlays then decode no exported file."""
     global _previews
+    kept: dict[Path, np.ndarray]
     previous, kept = _previews, {}
     _previews = kept if enabled else previous
     try:
@@ -238,20 +243,23 @@ def run_plans(
     """Run plans, `workers` processes in parallel, streaming images (one per worker in memory); with
     `footprints`, return each output image's `Footprint` (computed from the remap it was made with)."""
     kept = _previews
-    jobs = [(plan, dest, footprints, kept is not None) for plan, dest in jobs]
-    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    tasks = [(plan, dest, footprints, kept is not None) for plan, dest in jobs]
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, leave=False)
     pool = None
     try:
-        results: Iterable[tuple[Footprint | None, np.ndarray | None]] = map(_run, jobs)
-        if workers > 1 and len(jobs) > 1:
+        results: Iterable[tuple[Footprint | None, np.ndarray | None]] = map(_run, tasks)
+        if workers > 1 and len(tasks) > 1:
             # spawn: a forked worker deadlocks in OpenCV once the parent has run a multithreaded cv2 call.
             context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker)
-            results = pool.map(_run, jobs, chunksize=1)
-        out = []
-        for (_, dest, _, _), (footprint, preview) in zip(jobs, results):
-            out.append(footprint)
+            pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker)
+            results = pool.map(_run, tasks, chunksize=1)
+        out: list[Footprint] = []
+        for (_, dest, _, _), (footprint, preview) in zip(tasks, results):
+            if footprints:
+                assert footprint is not None  # _produce makes one for every job that asks for it
+                out.append(footprint)
             if preview is not None:
+                assert kept is not None  # previews are asked for only while keep_previews is open
                 kept[dest] = preview
             bar.update()
         return out if footprints else None

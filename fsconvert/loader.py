@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -169,7 +170,7 @@ def _make_view(tuple_dir: Path, vid: int, entry: dict[str, object], path: Path) 
     )
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int | float]:
     """An int, or a float with an integer value (JSON writers differ); never a bool."""
     if isinstance(value, bool):
         return False
@@ -318,5 +319,5 @@ def _exp_matches(expression: str, selector: str) -> bool:
     return expression == selector or expression.split("_", 1)[0] == selector
 
 
-def _natural(name: str) -> tuple:
+def _natural(name: str) -> tuple[int | str, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))

@@ -74,7 +74,8 @@ def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray | None = None) -> trimesh.
     """A copy whose arrays the caller may change, with `vertices` instead of the mesh's if given
     (trimesh's own copy derives face colours: ~0.8 s at 1 M faces)."""
     visual = mesh.visual
-    if getattr(visual, "kind", None) == "vertex":
+    assert visual is not None  # trimesh gives every Trimesh one (ColorVisuals when none is set)
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
         visual = trimesh.visual.ColorVisuals(vertex_colors=np.array(visual.vertex_colors))
     else:
         visual = visual.copy()
@@ -132,16 +133,19 @@ def subsample(points: np.ndarray, n: int) -> np.ndarray:
 def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     """N×3 uint8 vertex colours (mid grey where the mesh has none)."""
     visual = mesh.visual
-    if getattr(visual, "kind", None) == "vertex":
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
         return np.asarray(visual.vertex_colors)[:, :3].astype(np.uint8)
-    if getattr(visual, "kind", None) == "texture":
-        return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
+    if isinstance(visual, trimesh.visual.TextureVisuals):  # kind "texture"
+        # TextureVisuals.to_color has no annotations
+        return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)  # type: ignore[no-untyped-call]
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
 
 
 def face_areas(mesh: trimesh.Trimesh) -> np.ndarray:
     """`mesh.area_faces`, bit for bit, computed in chunks and not cached on the mesh."""
-    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t)) for t in _triangles(mesh)])
+    # trimesh.triangles.area has no annotations
+    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t))  # type: ignore[no-untyped-call]
+                           for t in _triangles(mesh)])
 
 
 def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -149,14 +153,16 @@ def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     computed in chunks: trimesh's properties build and cache the triangles, cross products, normals and
     angles of every face (~1.5 s and ~300 MB at 1.3 M faces)."""
     normals, angles = [], []
+    # trimesh.triangles.normals and angles and trimesh.geometry.weighted_vertex_normals have no annotations
     for t in _triangles(mesh):
-        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))
+        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))  # type: ignore[no-untyped-call]
         padded = np.zeros((len(t), 3))
         padded[valid] = unit
         normals.append(padded)
-        angles.append(trimesh.triangles.angles(t))
-    return trimesh.geometry.weighted_vertex_normals(len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals),
-                                                    np.concatenate(angles))
+        angles.append(trimesh.triangles.angles(t))  # type: ignore[no-untyped-call]
+    weighted: np.ndarray = trimesh.geometry.weighted_vertex_normals(  # type: ignore[no-untyped-call]
+        len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals), np.concatenate(angles))
+    return weighted
 
 
 def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarray]:

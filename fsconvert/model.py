@@ -130,7 +130,8 @@ class View:
 
     def to_camera(self, points_world: np.ndarray) -> np.ndarray:
         """N×3 world points in this camera's frame."""
-        return np.asarray(points_world, dtype=np.float64) @ self.R.T + self.t
+        in_camera: np.ndarray = np.asarray(points_world, dtype=np.float64) @ self.R.T + self.t
+        return in_camera
 
     def project(self, points_world: np.ndarray) -> np.ndarray:
         """N×2 pixels of N×3 world points (with distortion)."""

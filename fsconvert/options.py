@@ -17,11 +17,14 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .errors import InputError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 METADATA = {"help", "name", "flags", "aliases", "choices", "parse", "metavar", "exclusive", "cli", "image_defaults"}
 """The field-metadata keys read here (others are refused: a misspelt key would be silently ignored)."""
 
@@ -32,8 +35,8 @@ def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MIS
            metavar: str | None = None, exclusive: str | None = None, cli: bool = True,
            image_defaults: dict[object, dict[str, object]] | None = None) -> Any:
     """A dataclass field with the metadata this module reads (see the module docstring and the README)."""
-    given = dict(help=help, name=name, flags=flags, aliases=aliases, choices=choices, parse=parse, metavar=metavar,
-                 exclusive=exclusive, image_defaults=image_defaults)
+    given: dict[str, object] = dict(help=help, name=name, flags=flags, aliases=aliases, choices=choices, parse=parse,
+                                    metavar=metavar, exclusive=exclusive, image_defaults=image_defaults)
     metadata = {k: v for k, v in given.items() if v or (k == "flags" and v is not None)}
     if not cli:
         metadata["cli"] = False
@@ -83,6 +86,7 @@ class Setting:
             if str(value) not in self.choices:
                 raise InputError(f"expected one of {', '.join(self.choices)}, got {value!r}", file=file, key=key)
             return self.choices[str(value)]
+        assert self.parse is not None  # not a flag and no choices: settings() gave it a parser
         try:
             converted = self.parse(str(value))
         except (ValueError, TypeError, argparse.ArgumentTypeError, InputError) as exc:
@@ -139,7 +143,8 @@ def nested(cls: type) -> dict[str, type]:
 
 def check_choices(options: Any) -> None:
     """InputError when a Literal-typed field (of nested options too) holds a value its type does not allow."""
-    hints = _hints(type(options))
+    cls: type = type(options)
+    hints = _hints(cls)
     for f in dataclasses.fields(options):
         value, tp = getattr(options, f.name), hints[f.name]
         if dataclasses.is_dataclass(value):
@@ -163,11 +168,11 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _number_tuple(args: tuple) -> Callable[[str], tuple]:
+def _number_tuple(args: tuple[Any, ...]) -> Callable[[str], tuple[float, ...]]:
     """The parser of `tuple[float, float, float]`, `tuple[int, ...]` and the like: "a,b,c"."""
     variable = args[-1] is Ellipsis
 
-    def numbers(text: str) -> tuple:
+    def numbers(text: str) -> tuple[float, ...]:
         parts = text.split(",")
         if not variable and len(parts) != len(args):
             raise argparse.ArgumentTypeError(f"expected {len(args)} comma-separated numbers, got {text!r}")
@@ -189,7 +194,7 @@ class Arguments(Protocol):
 
     def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action: ...
 
-    def add_mutually_exclusive_group(self, **kwargs: Any) -> Arguments: ...
+    def add_mutually_exclusive_group(self, *, required: bool = False) -> Arguments: ...
 
 
 def add_arguments(group: Arguments, cls: type, section: str) -> None:
@@ -268,12 +273,13 @@ def build(cls: type[T], values: Mapping[str, Any], image: Mapping[str, Any] | No
     return cls(**kwargs)
 
 
-def to_dict(options: Any) -> dict:
+def to_dict(options: Any) -> dict[str, Any]:
     """The JSON form stored in manifests and records (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(options)))
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(options)))
+    return data
 
 
-def from_dict(cls: type[T], data: dict) -> T:
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a (possibly nested) options dataclass from `to_dict` output."""
     kinds = nested(cls)
     kwargs = {}

@@ -15,6 +15,7 @@ import ctypes
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,7 +51,7 @@ def _compare_gl_contexts_by_address() -> None:
     unchanged): without it tests/test_render.py::test_many_renders_do_not_accumulate_memory fails."""
     from OpenGL import _opaque
 
-    def same_address(a: object, b: object) -> bool:
+    def same_address(a: Any, b: object) -> bool:  # a: an _opaque_pointer (ctypes; PyOpenGL is untyped)
         return isinstance(b, _opaque._opaque_pointer) and (
             ctypes.cast(a, ctypes.c_void_p).value == ctypes.cast(b, ctypes.c_void_p).value)
 
@@ -90,8 +91,9 @@ class Renderer:
         self._camera_node: pyrender.Node | None = None
         self._depth_pass: _DepthPass | None = None
         self._mesh = mesh
-        self._raycaster = None
-        self._corners = trimesh.bounds.corners(mesh.bounds)
+        self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
+        # trimesh.bounds.corners has no annotations
+        self._corners: np.ndarray = trimesh.bounds.corners(mesh.bounds)  # type: ignore[no-untyped-call]
         self._platform: OSMesaPlatform | None = None
         self._gl: pyrender.Renderer | None = None
         self._closed = False
@@ -178,6 +180,7 @@ class Renderer:
             self._platform.init_context()
             self._platform.make_current()
             self._gl = pyrender.Renderer(*grown)
+        assert self._platform is not None and self._gl is not None  # made above, or by an earlier call
         self._platform.make_current()
         self._gl.viewport_width, self._gl.viewport_height = width, height
         return self._gl
@@ -185,6 +188,7 @@ class Renderer:
     def _free_context(self) -> None:
         if self._platform is not None:
             self._platform.make_current()
+            assert self._gl is not None  # made with the platform
             self._gl.delete()
             self._platform.delete_context()
             self._platform = self._gl = self._depth_pass = None
@@ -275,14 +279,15 @@ void main() {}
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
     visual = mesh.visual
-    if visual.kind == "texture" and visual.uv is not None:
+    assert visual is not None  # trimesh gives every Trimesh one (ColorVisuals when none is set)
+    if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:  # kind "texture"
         material = visual.material
         image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
         if image is not None:
             texture = pyrender.Texture(source=np.asarray(image.convert("RGB")), source_channels="RGB")
             return _unlit_mesh(mesh, pyrender.MetallicRoughnessMaterial(
                 baseColorFactor=(1.0, 1.0, 1.0, 1.0), baseColorTexture=texture), texcoord_0=visual.uv)
-    if visual.kind == "vertex":
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
         return _unlit_mesh(mesh, pyrender.MetallicRoughnessMaterial(
             alphaMode="BLEND", baseColorFactor=(1.0, 1.0, 1.0, 1.0), metallicFactor=0.2, roughnessFactor=0.8),
             color_0=visual.vertex_colors)
@@ -354,7 +359,10 @@ def distorted_render(
     canvas = Camera(int(x1 - x0 + 1), int(y1 - y0 + 1), cv.crop_K(camera.K, x0, y0))
     pinhole = renderer.render(canvas, world_to_cam, depth_only=depth_only)
     pixels = pixels - np.array([x0, y0])
-    color = None if depth_only else _sample(pinhole.color, pixels, cv2.INTER_LINEAR)
+    color = None
+    if not depth_only:
+        assert pinhole.color is not None  # a colour render has colour
+        color = _sample(pinhole.color, pixels, cv2.INTER_LINEAR)
     linear, corners = _bilinear(pinhole.depth, pixels)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     smooth = (lo > 0) & (hi - lo <= _DEPTH_CONTINUITY * lo)
@@ -370,7 +378,8 @@ def distorted_render(
 
 def _pixels(xy: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pixel coordinates K·(x, y, 1) of H×W×2 normalised coordinates."""
-    return xy @ K[:2, :2].T + K[:2, 2]
+    pixels: np.ndarray = xy @ K[:2, :2].T + K[:2, 2]
+    return pixels
 
 
 def _bilinear(img: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

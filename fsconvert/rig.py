@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import cv2
 import numpy as np
@@ -21,10 +21,22 @@ from .mesh import subsample
 from .model import Camera
 from .writers import write_png
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 Style = Literal["ok", "failed", "invalid"]
 """How a frustum is drawn: a view that passed (or was not checked), one that failed, one marked valid=false."""
 
-STYLES: dict[str, dict] = {  # in drawing order
+
+class _LineStyle(TypedDict):
+    """Matplotlib line keyword arguments of one frustum style."""
+
+    color: str
+    linestyle: Literal["-", "--"]
+    linewidth: float
+
+
+STYLES: dict[str, _LineStyle] = {  # in drawing order
     "ok": {"color": "#1f5fa8", "linestyle": "-", "linewidth": 0.9},
     "invalid": {"color": "#8c8c8c", "linestyle": "--", "linewidth": 0.9},
     "failed": {"color": "#d62728", "linestyle": "-", "linewidth": 1.6},
@@ -95,8 +107,9 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
         handles = [Line2D([], [], **STYLES[s], label=LEGEND[s]) for s in used]
         if handles:
             fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
+        # FigureCanvasAgg.draw and buffer_rgba have no annotations
+        canvas.draw()  # type: ignore[no-untyped-call]
+    rgba = np.asarray(canvas.buffer_rgba())  # type: ignore[no-untyped-call]
     write_png(Path(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))  # the figure is opaque: no alpha channel
 
 
@@ -131,19 +144,20 @@ def _frustum_lines(f: Frustum, c2w: np.ndarray, centre: np.ndarray) -> list[np.n
             rect, np.stack([world[0], world[4], world[1]])]
 
 
-def _world_axes(ax, basis: np.ndarray) -> None:
+def _world_axes(ax: Axes, basis: np.ndarray) -> None:
     """The world x, y, z axes as seen in this view, drawn as a small gizmo in the lower-left corner."""
     origin = np.array([0.09, 0.11])
     for k, (name, color) in enumerate(zip("xyz", ("#d62728", "#2ca02c", "#1f77b4"))):
         d = basis @ np.eye(3)[k] * 0.07
-        ax.annotate("", xy=origin + d, xytext=origin, xycoords="axes fraction",
+        # matplotlib's stubs want xytext a tuple; any (x, y) pair works, as xy's stub allows
+        ax.annotate("", xy=origin + d, xytext=origin, xycoords="axes fraction",  # type: ignore[arg-type]
                     arrowprops={"arrowstyle": "->", "color": color, "linewidth": 1.2})
         ax.annotate(name, origin + d * 1.35, xycoords="axes fraction", fontsize=8, color=color,
                     ha="center", va="center")
     ax.annotate("world", origin - np.array([0, 0.1]), xycoords="axes fraction", fontsize=7, ha="center")
 
 
-def _scale_bar(ax, xy: np.ndarray) -> None:
+def _scale_bar(ax: Axes, xy: np.ndarray) -> None:
     """A bar of a round length (1, 2 or 5 × 10^k world units, at most a fifth of what the view spans)."""
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 

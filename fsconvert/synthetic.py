@@ -60,6 +60,10 @@ _EXPRESSION = [  # (max |amplitude| mm, centre, sigma): each tuple draws its own
     (3.0, (0.0, 0.25), (0.35, 0.06)),  # brow raise
     (4.0, (0.38, -0.15), (0.15, 0.15)),  # cheek raise
 ]
+_Bump = tuple[float, tuple[float, float], tuple[float, float]]
+"""(amplitude mm, centre (x, y), sigma (x, y)), as in _FACE and _EXPRESSION."""
+_RtScaleEntry = list[float | list[list[float]]]
+"""An Rt_scale_dict.json entry as written: [s, Rt 3×4 rows]."""
 
 
 def make_sample(
@@ -84,7 +88,7 @@ def make_sample(
         raise InputError(f"--long-side must be at least 64 pixels, got {long_side}")
     out_dir = Path(out_dir)
     tuples = []
-    alignment: dict[str, dict[str, list]] = {}
+    alignment: dict[str, dict[str, _RtScaleEntry]] = {}
     for subject in subjects:
         for expression in expressions:
             head, axes, S, rng = _head(seed, subject, expression)
@@ -100,13 +104,13 @@ def make_sample(
     return tuples
 
 
-def _rt_scale_entry(S: np.ndarray) -> list:
+def _rt_scale_entry(S: np.ndarray) -> _RtScaleEntry:
     """FaceScape's `[s, Rt 3×4]` (X_tu = R·(s·X) + t) undoing the head-mm → SfM placement `S`."""
     scale, R, t = cv.split_similarity(cv.invert_similarity(S))
     return [scale, np.column_stack([R, t]).tolist()]
 
 
-def _write_rt_scale_dict(path: Path, table: dict[str, dict[str, list]]) -> None:
+def _write_rt_scale_dict(path: Path, table: dict[str, dict[str, _RtScaleEntry]]) -> None:
     """One entry per line, like params.json."""
     lines = ",\n".join(f" {json.dumps(subject)}: {{" + ", ".join(f"{json.dumps(exp)}: {json.dumps(entry)}"
                                                            for exp, entry in exps.items()) + "}"
@@ -124,9 +128,11 @@ def dense_scan(mesh: trimesh.Trimesh, min_faces: int, *, relief: float = 2e-4, s
     """`mesh` subdivided (4× the faces per step) until it has `min_faces`, vertex colours interpolated, with a
     fine relief along the normals (`relief` × its size, ~40 bumps across it) like a multi-view stereo scan's."""
     v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    assert isinstance(mesh.visual, trimesh.visual.ColorVisuals)  # a vertex-coloured mesh, like a scan's .ply
     colors = np.asarray(mesh.visual.vertex_colors, np.float64)
     while len(f) < min_faces:
-        v, f, attr = trimesh.remesh.subdivide(v, f, vertex_attributes={"c": colors})
+        # trimesh.remesh.subdivide has no annotations
+        v, f, attr = trimesh.remesh.subdivide(v, f, vertex_attributes={"c": colors})  # type: ignore[no-untyped-call]
         colors = attr["c"]
     smooth = trimesh.Trimesh(v, f, process=False)
     extent = float(np.ptp(v, axis=0).max())
@@ -142,7 +148,7 @@ def _rng(seed: int, *names: str) -> np.random.Generator:
 
 
 @lru_cache(maxsize=4)
-def _subject(seed: int, subject: str) -> tuple[np.ndarray, tuple, np.ndarray]:
+def _subject(seed: int, subject: str) -> tuple[np.ndarray, tuple[_Bump, ...], np.ndarray]:
     """A subject's (read-only texture, facial bumps, head semi-axes in mm)."""
     rng = _rng(seed, subject)
     texture = _texture(rng)
@@ -167,12 +173,15 @@ def _head(
                              rng.uniform(-3, 3, 3))
     # The .ply stores float32: render exactly the geometry it holds.
     vertices = (local_mm @ S[:3, :3].T + S[:3, 3]).astype(np.float32).astype(np.float64)
-    visual = trimesh.visual.TextureVisuals(uv=_uv(dirs), image=Image.fromarray(texture))
+    # trimesh.visual.TextureVisuals.__init__ has no annotations
+    visual = trimesh.visual.TextureVisuals(uv=_uv(dirs), image=Image.fromarray(texture))  # type: ignore[no-untyped-call]
     return trimesh.Trimesh(vertices, np.asarray(sphere.faces), visual=visual, process=False), axes, S, rng
 
 
 def _vertex_coloured(head: trimesh.Trimesh) -> trimesh.Trimesh:
-    colours = _sample_texture(np.asarray(head.visual.material.image), head.visual.uv)
+    visual = head.visual
+    assert isinstance(visual, trimesh.visual.TextureVisuals)  # the textured head of _head
+    colours = _sample_texture(np.asarray(visual.material.image), visual.uv)
     return trimesh.Trimesh(head.vertices, head.faces, vertex_colors=colours, process=False)
 
 
@@ -182,6 +191,7 @@ def _write_views(tuple_dir: Path, head: trimesh.Trimesh, shots: list[_Shot], jpe
     with Renderer(head, bg_color=BACKGROUND) as renderer:
         for view_id, shot in enumerate(shots):
             rgb = distorted_render(renderer, shot.camera, shot.true_w2c, exact_edges=False).color
+            assert rgb is not None  # a colour render
             _, jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             (tuple_dir / f"{view_id}.jpg").write_bytes(jpg.tobytes())
             params.update({
@@ -199,10 +209,10 @@ def _write_views(tuple_dir: Path, head: trimesh.Trimesh, shots: list[_Shot], jpe
     (tuple_dir / "params.json").write_text("{\n" + lines + "\n}\n")
 
 
-def _head_radius(dirs: np.ndarray, axes: np.ndarray, bumps: tuple) -> np.ndarray:
+def _head_radius(dirs: np.ndarray, axes: np.ndarray, bumps: tuple[_Bump, ...]) -> np.ndarray:
     """Ellipsoid radius plus facial bumps (mm) along unit directions: a star-shaped, closed head."""
     x, y, z = dirs.T
-    radius = 1.0 / np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
+    radius: np.ndarray = 1.0 / np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
     front = np.clip(z / 0.4, 0, 1) ** 2 * (3 - 2 * np.clip(z / 0.4, 0, 1))  # smoothstep: face side only
     for amplitude, (cx, cy), (sx, sy) in bumps:
         for mx in ((cx, -cx) if cx > 0 else (cx,)):
@@ -215,7 +225,8 @@ def _uv(dirs: np.ndarray) -> np.ndarray:
     the back pole, which no camera sees."""
     theta = np.arccos(np.clip(dirs[:, 2], -1, 1))
     scale = theta / np.maximum(np.hypot(dirs[:, 0], dirs[:, 1]), 1e-12) / (2 * np.pi)
-    return 0.5 + dirs[:, :2] * scale[:, None]
+    uv: np.ndarray = 0.5 + dirs[:, :2] * scale[:, None]
+    return uv
 
 
 def _texture(rng: np.random.Generator) -> np.ndarray:
@@ -236,7 +247,8 @@ def _sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     map_x = (uv[:, 0] * size - 0.5).astype(np.float32).reshape(-1, 1)
     map_y = ((1 - uv[:, 1]) * size - 0.5).astype(np.float32).reshape(-1, 1)
     rgb = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).reshape(-1, 3)
-    return np.column_stack([rgb, np.full(len(rgb), 255, np.uint8)])
+    rgba: np.ndarray = np.column_stack([rgb, np.full(len(rgb), 255, np.uint8)])
+    return rgba
 
 
 class _Shot(NamedTuple):
