@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import trimesh
@@ -38,6 +38,10 @@ from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.writers import ply_vertices, write_ply, write_png
+
+if TYPE_CHECKING:  # pycolmap's own stubs; at run time the module comes from require_pycolmap
+    from pycolmap import Camera as ColmapCamera
+    from pycolmap import Reconstruction
 
 NAME = "colmap"
 SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: for 3DGS"
@@ -83,7 +87,7 @@ class Options:
                              "keep --distortion undistort and --principal-point center")
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the COLMAP workspace (see the module docstring)."""
     pycolmap = require_pycolmap(write=True)
     if options.points and capture.mesh is None:
@@ -95,6 +99,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                               footprints=masks)
     if masks:  # COLMAP's mask naming: masks/<image name>.png, 0 where the pixel has no source data
         (folder / MASKS).mkdir()
+        assert footprints is not None  # write_images returns them when asked for
         for name, fp in zip(names, footprints):
             write_png(folder / MASKS / f"{name}.png", np.where(fp.mask(), 255, 0).astype(np.uint8))
     rec = pycolmap.Reconstruction()
@@ -211,7 +216,7 @@ PROGRAMS = (
 )
 
 
-def load_model(out_dir: str | Path):
+def load_model(out_dir: str | Path) -> Reconstruction:
     """The pycolmap Reconstruction of `out_dir/sparse/0` (bin, else txt); one-line InputErrors."""
     pycolmap = require_pycolmap(write=False)
     sparse = Path(out_dir) / SPARSE
@@ -219,7 +224,8 @@ def load_model(out_dir: str | Path):
         raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
     _check_binary_layout(pycolmap, sparse)
     try:
-        return pycolmap.Reconstruction(str(sparse))
+        rec: Reconstruction = pycolmap.Reconstruction(str(sparse))
+        return rec
     except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
@@ -239,10 +245,10 @@ def _check_binary_layout(pycolmap: ModuleType, sparse: Path) -> None:
 
     def image(data: bytes, off: int) -> int:
         off = data.index(b"\0", off + 64) + 1
-        return off + 8 + 24 * struct.unpack_from("<Q", data, off)[0]
+        return off + 8 + 24 * int(struct.unpack_from("<Q", data, off)[0])
 
     def point(data: bytes, off: int) -> int:
-        return off + 51 + 8 * struct.unpack_from("<Q", data, off + 43)[0]
+        return off + 51 + 8 * int(struct.unpack_from("<Q", data, off + 43)[0])
 
     walks = (("cameras.bin", camera), ("images.bin", image), ("points3D.bin", point))
     if not all((sparse / name).is_file() for name, _ in walks):
@@ -267,9 +273,10 @@ def require_pycolmap(*, write: bool, module: ModuleType | None = None) -> Module
     """The pycolmap module (or `module`, for tests), or a one-line InputError naming found vs needed."""
     if module is None:
         try:
-            import pycolmap as module
+            import pycolmap
         except ImportError:
             raise InputError("pycolmap is not installed (pip install 'pycolmap>=4.0')") from None
+        module = pycolmap
     found = getattr(module, "__version__", "unknown")
     numbers = tuple(int(n) for n in re.findall(r"\d+", found)[:2])
     missing = [f for f in WRITE_API if not hasattr(module.Reconstruction, f)] if write else []
@@ -283,7 +290,7 @@ def require_pycolmap(*, write: bool, module: ModuleType | None = None) -> Module
 # ---- cameras ---------------------------------------------------------------------------------------
 
 
-def _colmap_camera(pycolmap: ModuleType, camera_id: int, camera: Camera):
+def _colmap_camera(pycolmap: ModuleType, camera_id: int, camera: Camera) -> ColmapCamera:
     """PINHOLE, OPENCV (k3 = 0) or FULL_OPENCV [.., k3, 0, 0, 0]; principal point in COLMAP's convention."""
     K = cv.K_to_corner_origin(camera.K)
     params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]
@@ -292,11 +299,12 @@ def _colmap_camera(pycolmap: ModuleType, camera_id: int, camera: Camera):
         k1, k2, p1, p2, k3 = camera.dist
         model = "FULL_OPENCV" if k3 != 0 else "OPENCV"
         params += [k1, k2, p1, p2] + ([k3, 0.0, 0.0, 0.0] if k3 != 0 else [])
-    return pycolmap.Camera(camera_id=camera_id, model=model, width=camera.width, height=camera.height,
-                           params=params)
+    colmap_camera: ColmapCamera = pycolmap.Camera(camera_id=camera_id, model=model, width=camera.width,
+                                                  height=camera.height, params=params)
+    return colmap_camera
 
 
-def internal_camera(camera, where: Path | None = None) -> Camera:
+def internal_camera(camera: ColmapCamera, where: Path | None = None) -> Camera:
     """A pycolmap camera as an internal Camera; InputError for models k1 k2 p1 p2 k3 cannot hold."""
     model, p = camera.model.name, [float(x) for x in camera.params]
     if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):  # f cx cy [k1 [k2]]
@@ -310,7 +318,7 @@ def internal_camera(camera, where: Path | None = None) -> Camera:
         raise InputError(f"camera {camera.camera_id}: COLMAP model {model} cannot be represented by "
                          "k1 k2 p1 p2 k3", file=where)
     K = cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy))
-    return Camera(int(camera.width), int(camera.height), K, (coeffs + [0.0] * 5)[:5])
+    return Camera(int(camera.width), int(camera.height), K, np.asarray((coeffs + [0.0] * 5)[:5]))
 
 
 # ---- points3D --------------------------------------------------------------------------------------
@@ -347,9 +355,10 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
     xyz = (vectors * np.abs(lengths)).sum(axis=1) + origins
     triangles = v[f[faces]]
     normals = np.zeros((count, 3))
-    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))
+    # trimesh.triangles.normals and points_to_barycentric carry no annotations
+    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))  # type: ignore[no-untyped-call]
     normals[valid] = unit
-    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)
+    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)  # type: ignore[no-untyped-call]
     colors = vertex_colors(mesh)[f[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
     return xyz, normals, rgb
@@ -391,10 +400,11 @@ def _image_colors(seen: np.ndarray, obs: list[np.ndarray], paths: list[Path]) ->
         H, W = img.shape[:2]
         col = np.clip(np.floor(uv).astype(np.int64), 0, [W - 1, H - 1])
         total[seen_j] += img[col[:, 1], col[:, 0], ::-1]
-    return np.clip(np.rint(total / seen.sum(axis=0)[:, None]), 0, 255).astype(np.uint8)
+    mean: np.ndarray = np.clip(np.rint(total / seen.sum(axis=0)[:, None]), 0, 255).astype(np.uint8)
+    return mean
 
 
-def _add_tracks(pycolmap: ModuleType, rec, cloud: _Cloud) -> None:
+def _add_tracks(pycolmap: ModuleType, rec: Reconstruction, cloud: _Cloud) -> None:
     """One points3D entry per kept point; its track lists (image_id, index into that image's keypoints)."""
     index = np.cumsum(cloud.seen, axis=1) - 1  # keypoint index of point n in view j, where seen
     points, views = np.nonzero(cloud.seen.T)  # sorted by point, then view

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, plan_views
@@ -31,7 +32,7 @@ class Options:
             raise InputError("the FaceScape layout holds .jpg images only")
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write `{view}.jpg` and `params.json` (K 3×3, Rt 3×4, distortion, size, ...)."""
     plans = plan_views(capture.views, options.image)
     names = [f"{p.view.id}.jpg" for p in plans]

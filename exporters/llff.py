@@ -30,6 +30,7 @@ import io
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -68,7 +69,7 @@ class Options:
             raise InputError("LLFF holds no lens distortion: use --distortion undistort")
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     mesh = capture_mesh(capture, "the LLFF export (near/far bounds)")
     options = replace(options, image=centred_image_options(capture, options.image))
     plans = plan_views(capture.views, options.image)

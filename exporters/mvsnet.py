@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,7 +79,7 @@ class Options:
         object.__setattr__(self, "image", replace(self.image, image_format="jpg"))  # loaders open images/%08d.jpg
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     mesh = capture_mesh(capture, "the MVSNet export (depth ranges, view selection)")
     plans = plan_views(capture.views, options.image)
     if progress:
@@ -112,7 +113,7 @@ def cam_text(w2c: np.ndarray, K: np.ndarray, depth_min: float, depth_max: float,
     return "\n".join(rows) + "\n"
 
 
-def _row(values) -> str:
+def _row(values: np.ndarray) -> str:
     return " ".join(_num(v) for v in values)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -76,7 +76,7 @@ class Options:
         object.__setattr__(self, "image", replace(self.image, image_format="png"))  # NeuS reads image/*.png
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     mesh = capture_mesh(capture, "the NeuS export (masks, scale_mat)")
     plans = plan_views(capture.views, options.image)
     if progress:
@@ -85,6 +85,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True)
+    assert footprints is not None  # write_images returns them when asked for
     (folder / MASKS).mkdir()
     for i, depth in render_depths(mesh, plans, progress=progress, desc="masks"):
         write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
@@ -93,7 +94,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     else:
         centre, radius = rig_sphere([p.world_to_cam for p in plans])
     scale_mat = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)
     write_bytes(folder / CAMERAS, npz_bytes(arrays))
@@ -116,7 +117,8 @@ def rig_sphere(w2cs: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return centre, 0.5 * float(np.linalg.norm(np.array(centres) - centre, axis=1).min())
 
 
-def camera_arrays(k: int, K: np.ndarray, w2c: np.ndarray, scale_mat: np.ndarray, idr_keys: bool) -> dict:
+def camera_arrays(k: int, K: np.ndarray, w2c: np.ndarray, scale_mat: np.ndarray,
+                  idr_keys: bool) -> dict[str, np.ndarray]:
     """The npz entries of view k."""
     world_mat = cv.projection_matrix(K, w2c)
     arrays = {f"world_mat_{k}": world_mat, f"scale_mat_{k}": scale_mat}
@@ -160,7 +162,7 @@ def read(folder: str | Path) -> list[ExportedView]:
     return views
 
 
-def _matrix(data, key: str, path: Path) -> np.ndarray:
+def _matrix(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     if key not in data.files:
         raise InputError("missing", file=path, key=key)
     value = data[key]

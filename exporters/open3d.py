@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import trimesh
 
 from fsconvert.depthproducts import render_depths
 from fsconvert.errors import InputError, OutputError
@@ -72,7 +74,7 @@ class Options:
             raise InputError(f"voxel_size must be positive, got {self.voxel_size}")
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the layout described in the module docstring; depth needs the capture's mesh."""
     mesh = capture_mesh(capture, "the Open3D export (rendered depth)")
     plans = plan_views(capture.views, options.image)
@@ -192,7 +194,8 @@ def _max_depth(vertices: np.ndarray, plans: list[ViewPlan]) -> float:
     return max(float(np.max(vertices @ p.world_to_cam[2, :3] + p.world_to_cam[2, 3])) for p in plans)
 
 
-def _write_depths(mesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool) -> None:
+def _write_depths(mesh: trimesh.Trimesh, plans: list[ViewPlan], paths: list[Path], scale: float,
+                  progress: bool) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for i, depth in render_depths(mesh, plans, progress=progress):
@@ -231,20 +234,21 @@ def _check_written(ok: bool, path: Path) -> None:
         raise OutputError(f"{path}: Open3D could not write it")
 
 
-def _read_trajectory(path: Path, expected: int) -> list:
-    """PinholeCameraParameters of a .json or .log trajectory; Open3D only logs failures, so count them."""
+def _read_trajectory(path: Path, expected: int) -> list[Any]:
+    """PinholeCameraParameters of a .json or .log trajectory; Open3D only logs failures, so count them.
+    (Open3D has no type information: its objects are Any here.)"""
     import open3d as o3d
 
     if not path.is_file():
         raise InputError("missing", file=path)
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        params = o3d.io.read_pinhole_camera_trajectory(str(path)).parameters
+        params: list[Any] = o3d.io.read_pinhole_camera_trajectory(str(path)).parameters
     if len(params) != expected:
         raise InputError(f"Open3D read {len(params)} camera(s), but there are {expected} colour images", file=path)
     return params
 
 
-def _camera(intrinsic, path: Path) -> Camera:
+def _camera(intrinsic: Any, path: Path) -> Camera:  # an o3d.camera.PinholeCameraIntrinsic
     if intrinsic.width <= 0 or intrinsic.height <= 0:
         raise InputError("Open3D read no valid intrinsic (width/height missing)", file=path)
     return Camera(intrinsic.width, intrinsic.height, intrinsic.intrinsic_matrix)

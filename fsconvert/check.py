@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,7 @@ def overlay_sample(policy: str | int, n_views: int) -> set[int]:
         return set(range(n_views))
     if policy == "none" or policy == 0 or n_views == 0:
         return set()
+    assert isinstance(policy, int), policy  # overlay_policy's strings are "all" and "none"
     return set(np.linspace(0, n_views - 1, min(policy, n_views)).round().astype(int).tolist())
 
 
@@ -94,7 +96,7 @@ class CheckReport:
     def passed(self) -> bool:
         return not self.problems and bool(self.views) and all(v.passed for v in self.views)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "format": self.format,
@@ -144,9 +146,11 @@ def check_export(
     reader = default_program(module, options) if reader is None else reader
     report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [], reader,
                          list(manifest.get("warnings", [])))
-    if aligned and not np.allclose(capture.world, aligned["similarity"], rtol=1e-12, atol=0):
-        report.problems.append(f"the alignment in {aligned['rt_scale_dict']} is not the one the export recorded "
-                               "(the file changed since): checked against the file's")
+    if aligned:
+        assert capture.world is not None  # load_capture with `align` gives the capture its alignment
+        if not np.allclose(capture.world, aligned["similarity"], rtol=1e-12, atol=0):
+            report.problems.append(f"the alignment in {aligned['rt_scale_dict']} is not the one the export "
+                                   "recorded (the file changed since): checked against the file's")
 
     read_failed, unread = False, {}
     try:
@@ -157,10 +161,10 @@ def check_export(
         report.problems.append(f"read-back failed: {reason}")
         readback, read_failed = [], True
     by_name: dict[str, ExportedView] = {}
-    for view in readback:
-        if view.name in by_name:
-            report.problems.append(f"read-back holds '{view.name}' twice")
-        by_name[view.name] = view
+    for exported in readback:
+        if exported.name in by_name:
+            report.problems.append(f"read-back holds '{exported.name}' twice")
+        by_name[exported.name] = exported
     names = {entry["name"] for entry in manifest["views"]}
     extra = sorted(set(by_name) - names)
     if extra:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .protocol import CHECK_DIR, CHECK_PAGE, RIG
@@ -45,7 +46,8 @@ dt { color: #555; } dd { margin: 0; font-family: ui-monospace, monospace; }
 """
 
 
-def write_check_page(export_dir: str | Path, check: dict, manifest: dict, invalid: Iterable[int] = ()) -> Path:
+def write_check_page(export_dir: str | Path, check: dict[str, Any], manifest: dict[str, Any],
+                     invalid: Iterable[int] = ()) -> Path:
     """Write `check/index.html` of the export at `export_dir` from its check.json content `check` and
     its manifest; `invalid` are the ids of views exported although marked valid=false."""
     invalid = set(invalid)
@@ -82,7 +84,7 @@ def write_check_page(export_dir: str | Path, check: dict, manifest: dict, invali
     return path
 
 
-def _views_table(views: Sequence[dict], invalid: set[int]) -> str:
+def _views_table(views: Sequence[dict[str, Any]], invalid: set[int]) -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in NUMBERS)
     rows = [f"<tr><th>result</th><th>view</th><th>image</th><th>overlay</th>{head}<th>points</th>"
             "<th>render</th><th>problems</th></tr>"]
@@ -111,7 +113,7 @@ def number_cell(value: float | None, fmt: str) -> str:
     return f'<td class="num" title="{exact}" data-value="{exact}">{format(value, fmt)}</td>'
 
 
-def _export_facts(manifest: dict) -> dict:
+def _export_facts(manifest: dict[str, Any]) -> dict[str, Any]:
     source = manifest.get("source") or {}
     facts = {"format": manifest["format"], "written by": f"fsconvert {manifest.get('fsconvert', '?')}",
              "checked by": f"fsconvert {__version__}"}
@@ -125,7 +127,7 @@ def _export_facts(manifest: dict) -> dict:
     return facts
 
 
-def _flatten(d: dict, prefix: str) -> dict:
+def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out = {}
     for key, value in d.items():
         if isinstance(value, dict):
@@ -135,7 +137,7 @@ def _flatten(d: dict, prefix: str) -> dict:
     return out
 
 
-def _definitions(facts: dict) -> str:
+def _definitions(facts: dict[str, Any]) -> str:
     def show(value: object) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 

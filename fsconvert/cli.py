@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -232,7 +232,7 @@ def _convert(runs: list[Run], *, jobs: int, threads: int, quiet: bool) -> int:
     plans = [_plan(r) for r in runs]
     first = runs[0].conversion
     require(first.engine, first.address)
-    engine = dict(workers=jobs, engine=first.engine, address=first.address)
+    engine: dict[str, Any] = dict(workers=jobs, engine=first.engine, address=first.address)
     todo = [job for p in plans for job in p.jobs]
     if len(plans) == 1 and plans[0].single:
         (result,) = run_dataset(todo, progress=not quiet, threads=threads, **engine)
@@ -288,7 +288,8 @@ def _report_tuple(r: TupleResult, fmt: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(available()).parse_args(argv)
-        return args.func(args)
+        code: int = args.func(args)  # the command's exit code
+        return code
     except FsconvertError as exc:
         print(f"fsconvert: error: {exc}", file=sys.stderr)
         return exc.exit_code

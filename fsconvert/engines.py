@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -45,7 +45,7 @@ class EngineError(FsconvertError):
 
 
 def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1, threads: int = 1,
-            address: str | None = None) -> Iterator[tuple[int, TupleResult]]:
+            address: str | None = None) -> Generator[tuple[int, TupleResult], None, None]:
     """(index in `jobs`, result) of every job, in the order they finish.
 
     "local": `workers` processes of this machine of `threads` threads each (`address` must be None);
@@ -56,6 +56,7 @@ def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1, threads:
     module = require(engine, address)
     if engine == "local":
         return _local(jobs, workers, threads)
+    assert module is not None  # require imports the module of dask and of ray
     return (_dask if engine == "dask" else _ray)(module, jobs, workers, address)
 
 
@@ -77,7 +78,7 @@ def require(engine: str, address: str | None = None) -> ModuleType | None:
 # ---- local -----------------------------------------------------------------------------------------
 
 
-def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Iterator[tuple[int, TupleResult]]:
+def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Generator[tuple[int, TupleResult], None, None]:
     if workers <= 1 or len(jobs) <= 1:
         for k, job in enumerate(jobs):
             yield k, guarded(job)
@@ -87,7 +88,7 @@ def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Iterator[tup
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
                                initargs=(os.getpid(), threads))
     try:
-        futures: dict[Future, int] = {pool.submit(guarded, job): k for k, job in enumerate(jobs)}
+        futures: dict[Future[TupleResult], int] = {pool.submit(guarded, job): k for k, job in enumerate(jobs)}
         for future in as_completed(futures):
             k = futures[future]
             try:
@@ -157,7 +158,7 @@ def _lost(job: TupleJob, exc: BaseException) -> TupleResult:
 
 
 def _dask(distributed: ModuleType, jobs: Sequence[TupleJob], workers: int,
-          address: str | None) -> Iterator[tuple[int, TupleResult]]:
+          address: str | None) -> Generator[tuple[int, TupleResult], None, None]:
     cluster = None
     try:
         if address is None:
@@ -214,7 +215,7 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
-         address: str | None) -> Iterator[tuple[int, TupleResult]]:
+         address: str | None) -> Generator[tuple[int, TupleResult], None, None]:
     started = not ray.is_initialized()  # else use the caller's session, and leave it open
     if started:
         local = {"address": "local", "num_cpus": workers} if address is None else {"address": address}

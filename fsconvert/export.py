@@ -46,7 +46,7 @@ class Exported:
     """Exported view ids."""
     excluded: tuple[int, ...]
     """Views left out because params.json marks them valid=false."""
-    manifest: dict
+    manifest: dict[str, Any]
     check: CheckReport | None
     """None when the check was not run."""
 
@@ -62,7 +62,7 @@ def export(
     progress: bool = False,
     thresholds: Thresholds | None = Thresholds(),
     overlays: Overlays = "all",
-    record: dict | None = None,
+    record: dict[str, Any] | None = None,
 ) -> Exported:
     """Export `capture` in format `fmt` (a name or an exporter module) to the folder `out`.
 

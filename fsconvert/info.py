@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,11 +94,11 @@ def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | Non
              + (f", {invalid} marked valid=false" if invalid else "") + ("" if points is not None else ", no mesh"))
 
 
-def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids=None, exps=None,
-             align: str | Path | None = None, units: str = DEFAULT_UNITS) -> str:
+def describe(path: str | Path, *, mesh_root: str | Path | None = None, ids: set[int] | None = None,
+             exps: list[str] | None = None, align: str | Path | None = None, units: str = DEFAULT_UNITS) -> str:
     """Summary of a tuple folder, or of every selected tuple of a dataset (aligned with `align`)."""
     path = Path(path)
-    load = {"mesh_root": mesh_root, "require_mesh": False, "align": align, "units": units}
+    load: dict[str, Any] = {"mesh_root": mesh_root, "require_mesh": False, "align": align, "units": units}
     if is_tuple_dir(path):
         return describe_capture(load_capture(path, **load))
     refs = list(iter_dataset(path, ids=ids, exps=exps))

@@ -123,7 +123,7 @@ class TupleJob:
                            None if check is None else bool(check.passed), "" if check is None else format_check(check),
                            seconds=time.perf_counter() - start)
 
-    def _skipped(self, old: dict | None) -> TupleResult | None:
+    def _skipped(self, old: dict[str, Any] | None) -> TupleResult | None:
         if self.force or old is None or old.get("fingerprint") != self.fingerprint:
             return None
         done = old["result"]
@@ -143,7 +143,7 @@ class TupleJob:
         return Path(self.mesh) if self.mesh is not None else find_mesh(self.source, self.mesh_root)
 
     @cached_property
-    def fingerprint(self) -> dict:
+    def fingerprint(self) -> dict[str, Any]:
         """What the output's record must hold for it to be up to date (`fingerprint`). Computed once per
         tuple: `run_dataset` after `up_to_date` reuses it (pickled with the job into a worker)."""
         return fingerprint(self.source, self._mesh, self._exporter.NAME, self._options, self.include_invalid,
@@ -191,7 +191,7 @@ def convert_tuple(
 def fingerprint(
     source: Path, mesh: Path | None, fmt: str, options: Any, include_invalid: bool, thresholds: Thresholds | None,
     overlays: Overlays, align: Path | None = None, units: str = DEFAULT_UNITS,
-) -> dict:
+) -> dict[str, Any]:
     """Everything an export depends on: the settings, and the `inputs` (params.json, images, mesh).
 
     Images are fingerprinted by size and mtime_ns, not hashed: the whole fingerprint takes ~0.7 ms per
@@ -208,14 +208,15 @@ def fingerprint(
     }
     if align is not None:
         fp["alignment"] = {"path": str(align.resolve()), "stat": _stat(align), "units": units}
-    return json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+    record: dict[str, Any] = json.loads(json.dumps(fp))  # as it reads back from the record (tuples become lists)
+    return record
 
 
 INPUT_KEYS = ("source", "params_sha256", "images", "mesh")
 """The keys of `inputs` in a fingerprint; the others are the settings."""
 
 
-def inputs(source: Path, mesh: Path | None) -> dict:
+def inputs(source: Path, mesh: Path | None) -> dict[str, Any]:
     """The part of a fingerprint read from the tuple: params.json hash, image and mesh size + mtime."""
     params = source / PARAMS
     try:
@@ -238,12 +239,13 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def changed(old: dict | None, new: dict) -> str:
+def changed(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     """Which parts of a fingerprint differ, for messages ("images 3.jpg, 7.jpg changed")."""
     old = old if isinstance(old, dict) else {}
     keys = [k for k in new if old.get(k) != new[k]]
     if "images" in keys:
-        before = old.get("images") if isinstance(old.get("images"), dict) else {}
+        old_images = old.get("images")
+        before: dict[str, Any] = old_images if isinstance(old_images, dict) else {}
         names = sorted(k for k in before.keys() | new["images"].keys() if before.get(k) != new["images"].get(k))
         keys[keys.index("images")] = "images " + ", ".join(names[:3]) + (" …" if len(names) > 3 else "")
     return ", ".join(keys) + " changed"

@@ -119,7 +119,7 @@ def measure_view(
     if overlay_dir is not None and not want_color and not result.passed:  # failed on the renders: show it
         readback, want_color = distorted_render(renderer, readback_cam, view.world_to_cam), True
 
-    if want_color and not isinstance(image_size, str):
+    if want_color and overlay_dir is not None and not isinstance(image_size, str):
         path = overlay_dir / f"mv_result_{result.id}.jpg"
         try:
             _write_overlay(path, export_dir / view.name, readback, (w, h), previews.get(export_dir / view.name))
@@ -227,6 +227,7 @@ def _write_overlay(path: Path, image_path: Path, render: Render, size: tuple[int
         img = read_image(image_path, reduce)
         if img.shape[1::-1] != size:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    assert render.color is not None  # an overlay is drawn from a colour render
     mask = render.mask.astype(np.uint8)
     out = img.copy()
     blend = cv2.addWeighted(img, 1 - OVERLAY_ALPHA, cv2.cvtColor(render.color, cv2.COLOR_RGB2BGR), OVERLAY_ALPHA, 0)
@@ -243,7 +244,8 @@ def _size(size: tuple[int, int]) -> str:
 
 def _inside(uv: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pixels inside a width×height image (OpenCV convention: pixel centres at integers)."""
-    return np.all((uv >= -0.5) & (uv <= np.array(size) - 0.5), axis=1)
+    inside: np.ndarray = np.all((uv >= -0.5) & (uv <= np.array(size) - 0.5), axis=1)
+    return inside
 
 
 def _same(cam_a: Camera, w2c_a: np.ndarray, cam_b: Camera, w2c_b: np.ndarray) -> bool:

@@ -95,7 +95,7 @@ def missing(module: ModuleType) -> list[str]:
 
 
 def write_manifest(out_dir: Path, fmt: str, capture: Capture, options: Any, names: Sequence[str],
-                   extra: dict) -> dict:
+                   extra: dict[str, Any]) -> dict[str, Any]:
     """Record what was exported from what, so that `fsconvert check` can redo the comparison later."""
     manifest = {
         "fsconvert": __version__,
@@ -119,7 +119,7 @@ def write_manifest(out_dir: Path, fmt: str, capture: Capture, options: Any, name
     return manifest
 
 
-def read_manifest(export_dir: str | Path) -> dict:
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     path = Path(export_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -132,13 +132,13 @@ def read_manifest(export_dir: str | Path) -> dict:
     return manifest
 
 
-def write_record(export_dir: Path, fingerprint: dict, result: dict) -> None:
+def write_record(export_dir: Path, fingerprint: dict[str, Any], result: dict[str, Any]) -> None:
     path = export_dir / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({"fingerprint": fingerprint, "result": result}, indent=1, sort_keys=True) + "\n")
 
 
-def read_record(out_dir: Path) -> dict | None:
+def read_record(out_dir: Path) -> dict[str, Any] | None:
     """The record of an export, or None when absent or unreadable (then it is not up to date)."""
     try:
         record = json.loads((Path(out_dir) / RECORD).read_text())

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .checkpage import html_page, number_cell
@@ -51,7 +52,7 @@ def write_run_page(out_root: str | Path, results: Sequence[TupleResult], shard: 
     return path
 
 
-def worst(check: dict) -> tuple[float | None, float | None]:
+def worst(check: dict[str, Any]) -> tuple[float | None, float | None]:
     """The largest camera max px and the smallest IoU over the views of a check.json (None: none measured)."""
     cam = [v["camera_max_px"] for v in check["views"] if v["camera_max_px"] is not None]
     iou = [v["iou"] for v in check["views"] if v["iou"] is not None]
@@ -81,7 +82,7 @@ def _tuple_row(r: TupleResult, out_root: Path) -> tuple[int, str]:
     return rank, row
 
 
-def _read_check(path: Path) -> dict | None:
+def _read_check(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

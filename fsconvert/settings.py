@@ -210,7 +210,7 @@ def load_config(path: Path, exporters: dict[str, ModuleType]) -> list[Run]:
     return runs
 
 
-def _mapping(value: object, path: Path, key: str) -> dict:
+def _mapping(value: object, path: Path, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):

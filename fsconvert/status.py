@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import FsconvertError, OutputError
@@ -59,7 +60,7 @@ def write_summary(
     replace_atomically(path, (json.dumps(summary, indent=1) + "\n").encode())
 
 
-def _settings(jobs: Sequence[TupleJob]) -> dict | None:
+def _settings(jobs: Sequence[TupleJob]) -> dict[str, Any] | None:
     """The fingerprint's settings part (format, options, check, version), the same for every job of a run."""
     for job in jobs:
         try:
@@ -73,7 +74,7 @@ def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _summaries(root: Path) -> list[dict]:
+def _summaries(root: Path) -> list[dict[str, Any]]:
     """The readable summaries, oldest start first."""
     found = []
     for path in sorted((root / FOLDER).glob("summary*.json")):
@@ -101,7 +102,7 @@ def _running(out_dir: Path) -> bool:
         os.close(fd)
 
 
-def _staleness(record: dict, settings: dict | None) -> str:
+def _staleness(record: dict[str, Any], settings: dict[str, Any] | None) -> str:
     """Why a record no longer matches the tuple's current inputs and the run's settings ("" if it does)."""
     old = record["fingerprint"]
     mesh = old.get("mesh")
@@ -121,7 +122,7 @@ def status(root: str | Path) -> tuple[str, bool]:
     summaries = _summaries(root)
     shard_of: dict[str, str] = {}
     failures: dict[str, str] = {}
-    settings: dict[str, dict | None] = {}
+    settings: dict[str, dict[str, Any] | None] = {}
     for s in summaries:  # later runs win
         count = s["shard"][1] if s.get("shard") else None
         for name, index in s["selection"].items():

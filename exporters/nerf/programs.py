@@ -67,7 +67,7 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
             raise InputError(f"k4 = {k4:g} (nerfstudio's r⁸ term) cannot be represented", file=path,
                              key=f"frames[{i}]")
         check_image(image, (w, h), path, i)
-        camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), [k1, k2, p1, p2, k3])
+        camera = Camera(w, h, cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy)), np.asarray([k1, k2, p1, p2, k3]))
         views.append(ExportedView(_relative(image, out_dir), camera,
                                   source_w2c(frame, world, path, i)))
     return sorted(views, key=lambda v: v.name)
@@ -146,7 +146,7 @@ def _number(obj: dict[str, Any], key: str, path: Path, i: int | None) -> float:
 
 def _matrix(obj: dict[str, Any], key: str, path: Path, i: int | None, shape: tuple[int, ...] = (4, 4)) -> np.ndarray:
     """A finite matrix of `shape`; a 4×4 may be given as its first 3 rows (instant-ngp reads rows 0..2 only)."""
-    shapes = {shape, (3, 4)} if shape == (4, 4) else {shape}
+    shapes: set[tuple[int, ...]] = {shape, (3, 4)} if shape == (4, 4) else {shape}
     value = matrix(obj.get(key), shapes, _where(path, key, i))
     return cv.homogeneous(value) if value.shape == (3, 4) else value
 
@@ -187,10 +187,11 @@ def read_instant_ngp(folder: Path) -> Reading:
     frames: list[tuple[str, Path, dict[str, Any], dict[str, Any], int, np.ndarray]] = []
     for path in files:
         meta = read_object(path)
-        if not isinstance(meta.get("frames"), list):
+        file_frames = meta.get("frames")
+        if not isinstance(file_frames, list):
             continue  # instant-ngp skips it with a warning
         world = source_similarity(meta, path, False)
-        for i, frame in enumerate(meta["frames"]):
+        for i, frame in enumerate(file_frames):
             file_path = frame.get("file_path") if isinstance(frame, dict) else None
             if not isinstance(file_path, str):
                 raise InputError("missing or not a string", file=path, key=f"frames[{i}].file_path")
@@ -206,7 +207,7 @@ def read_instant_ngp(folder: Path) -> Reading:
             raise InputError("is_fisheye: the OpenCV fisheye model cannot be represented by k1 k2 p1 p2 k3",
                              file=path, key=f"frames[{i}]")
         K = cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy))
-        camera = Camera(W, H, K, [k1, k2, p1, p2, 0.0])
+        camera = Camera(W, H, K, np.asarray([k1, k2, p1, p2, 0.0]))
         views.append(ExportedView(Path(os.path.relpath(image, folder)).as_posix(), camera,
                                   source_w2c(frame, world, path, i)))
     return Reading(views)
@@ -224,7 +225,8 @@ def _ngp_image(base: Path, file_path: str) -> Path:
     return image
 
 
-def _ngp_focal(meta: dict, frame: dict, size: tuple[int, int], path: Path, i: int) -> tuple[float, float]:
+def _ngp_focal(meta: dict[str, Any], frame: dict[str, Any], size: tuple[int, int], path: Path,
+               i: int) -> tuple[float, float]:
     """(fx, fy) in pixels: the frame's keys if it has any focal key, else the top level's."""
     for obj in (frame, meta):
         for x_key, y_key, unit in NGP_FOCAL_KEYS:

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import trimesh
@@ -112,7 +112,7 @@ class Options:
 # ---- write -----------------------------------------------------------------------------------------
 
 
-def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict:
+def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the export (see the module docstring)."""
     mesh = capture_mesh(capture, "the NeRF export (normalization, mesh.ply, point cloud)")
     options = replace(options, image=effective_image_options(capture, options))
@@ -125,6 +125,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(view_stems, plans)]
     splits = assign_splits(len(plans), options.split or default_split(options))
     if blender:
+        assert splits is not None  # default_split gives the blender variant its split
         empty = [s for k, s in enumerate(SPLITS) if s in _needed_splits(options) and k not in splits]
         if empty:
             raise InputError(f"--variant blender --for {options.target} needs a view in every split it reads; "
@@ -139,10 +140,12 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if options.masks or options.depth:
         _write_renders(mesh, plans, names, view_stems, footprints, options, depth_step, folder, progress)
     if blender and not options.masks:  # alpha 0 where the pixel has no source data
+        assert footprints is not None  # write_images returns them when asked for
         for name, fp in zip(names, footprints):
             alpha = np.where(fp.mask(), 255, 0).astype(np.uint8)
             write_png(folder / name, np.dstack([read_image(folder / name), alpha]))
     if blender:
+        assert splits is not None  # default_split gives the blender variant its split
         _write_blender(folder, frames, splits, options, meta)
     else:
         scene = np.concatenate([cv.apply_similarity(S, mesh.vertices), cv.apply_similarity(S, centres)])
@@ -232,7 +235,7 @@ def assign_splits(n: int, fractions: tuple[float, float, float] | None) -> list[
     return out
 
 
-def _frame(plan: ViewPlan, name: str, stem: str, S: np.ndarray, options: Options) -> dict:
+def _frame(plan: ViewPlan, name: str, stem: str, S: np.ndarray, options: Options) -> dict[str, Any]:
     """One frame: pose in the normalized world, OpenGL camera→world; intrinsics in corner origin."""
     c2w = cv.w2c_cv_to_c2w_gl(cv.w2c_in_similar_world(plan.world_to_cam, S))
     if options.variant == "blender":
@@ -264,9 +267,10 @@ def aabb_scale(extent: float) -> int:
     return scale
 
 
-def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits: list[int] | None,
-                      options: Options, record: dict, depth_step: float, extent: float) -> None:
-    meta: dict = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent), "ply_file_path": POINTS}
+def _write_transforms(folder: Path, frames: list[dict[str, Any]], names: list[str], splits: list[int] | None,
+                      options: Options, record: dict[str, Any], depth_step: float, extent: float) -> None:
+    meta: dict[str, Any] = {"camera_model": CAMERA_MODEL, **record, "aabb_scale": aabb_scale(extent),
+                            "ply_file_path": POINTS}
     if options.depth:
         meta["depth_unit_scale_factor"] = depth_step
     if splits is not None:
@@ -276,7 +280,8 @@ def _write_transforms(folder: Path, frames: list[dict], names: list[str], splits
     write_json(folder / TRANSFORMS, meta, compact_numbers=True)
 
 
-def _write_blender(folder: Path, frames: list[dict], splits: list[int], options: Options, record: dict) -> None:
+def _write_blender(folder: Path, frames: list[dict[str, Any]], splits: list[int], options: Options,
+                   record: dict[str, Any]) -> None:
     """transforms_<split>.json for each split the reader opens or that holds a view."""
     for k, split in enumerate(SPLITS):
         chosen = [f for f, s in zip(frames, splits) if s == k]
@@ -299,6 +304,7 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str
             (folder / sub).mkdir()
     for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
         if options.masks:
+            assert footprints is not None  # write asks write_images for them with masks
             mask = silhouette(depth, footprints[i])
             if blender:
                 write_png(folder / names[i], np.dstack([read_image(folder / names[i]), mask]))
