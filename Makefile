@@ -15,7 +15,7 @@ TEST_APT_PACKAGES := chromium
 
 export PYOPENGL_PLATFORM := osmesa
 
-.PHONY: demo test bench deps apt clean
+.PHONY: demo test lint bench deps apt clean
 
 demo: deps
 	$(VENV)/bin/fsconvert info $(SAMPLE)
@@ -27,7 +27,13 @@ demo: deps
 	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf_tu --align $(ALIGN) --units m --depth --overwrite --quiet
 	@echo "Exports and their check reports (check/index.html, check.json, rig.png, mv_result_<view>.jpg) are in $(OUT)/"
 
-test: deps
+# The house's rules (pyproject.toml): the import contracts (layers, no circles, formats apart), ruff, strict mypy.
+lint: deps
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check fsconvert exporters tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(VENV)/bin/python -m pytest
 

@@ -356,9 +356,9 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
     triangles = v[f[faces]]
     normals = np.zeros((count, 3))
     # trimesh.triangles.normals and points_to_barycentric carry no annotations
-    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))  # type: ignore[no-untyped-call]
+    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))
     normals[valid] = unit
-    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)  # type: ignore[no-untyped-call]
+    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)
     colors = vertex_colors(mesh)[f[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
     return xyz, normals, rgb

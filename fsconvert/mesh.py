@@ -137,14 +137,14 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
         return np.asarray(visual.vertex_colors)[:, :3].astype(np.uint8)
     if isinstance(visual, trimesh.visual.TextureVisuals):  # kind "texture"
         # TextureVisuals.to_color has no annotations
-        return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)  # type: ignore[no-untyped-call]
+        return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
     return np.full((len(mesh.vertices), 3), 128, np.uint8)
 
 
 def face_areas(mesh: trimesh.Trimesh) -> np.ndarray:
     """`mesh.area_faces`, bit for bit, computed in chunks and not cached on the mesh."""
     # trimesh.triangles.area has no annotations
-    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t))  # type: ignore[no-untyped-call]
+    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t))
                            for t in _triangles(mesh)])
 
 
@@ -155,12 +155,12 @@ def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     normals, angles = [], []
     # trimesh.triangles.normals and angles and trimesh.geometry.weighted_vertex_normals have no annotations
     for t in _triangles(mesh):
-        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))  # type: ignore[no-untyped-call]
+        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))
         padded = np.zeros((len(t), 3))
         padded[valid] = unit
         normals.append(padded)
-        angles.append(trimesh.triangles.angles(t))  # type: ignore[no-untyped-call]
-    weighted: np.ndarray = trimesh.geometry.weighted_vertex_normals(  # type: ignore[no-untyped-call]
+        angles.append(trimesh.triangles.angles(t))
+    weighted: np.ndarray = trimesh.geometry.weighted_vertex_normals(
         len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals), np.concatenate(angles))
     return weighted
 

@@ -93,7 +93,7 @@ class Renderer:
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         # trimesh.bounds.corners has no annotations
-        self._corners: np.ndarray = trimesh.bounds.corners(mesh.bounds)  # type: ignore[no-untyped-call]
+        self._corners: np.ndarray = trimesh.bounds.corners(mesh.bounds)
         self._platform: OSMesaPlatform | None = None
         self._gl: pyrender.Renderer | None = None
         self._closed = False

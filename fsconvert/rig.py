@@ -108,8 +108,8 @@ def plot_rig(path: str | Path, frustums: Sequence[Frustum], points: np.ndarray |
         if handles:
             fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
         # FigureCanvasAgg.draw and buffer_rgba have no annotations
-        canvas.draw()  # type: ignore[no-untyped-call]
-    rgba = np.asarray(canvas.buffer_rgba())  # type: ignore[no-untyped-call]
+        canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
     write_png(Path(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))  # the figure is opaque: no alpha channel
 
 

@@ -132,7 +132,7 @@ def dense_scan(mesh: trimesh.Trimesh, min_faces: int, *, relief: float = 2e-4, s
     colors = np.asarray(mesh.visual.vertex_colors, np.float64)
     while len(f) < min_faces:
         # trimesh.remesh.subdivide has no annotations
-        v, f, attr = trimesh.remesh.subdivide(v, f, vertex_attributes={"c": colors})  # type: ignore[no-untyped-call]
+        v, f, attr = trimesh.remesh.subdivide(v, f, vertex_attributes={"c": colors})
         colors = attr["c"]
     smooth = trimesh.Trimesh(v, f, process=False)
     extent = float(np.ptp(v, axis=0).max())
@@ -174,7 +174,7 @@ def _head(
     # The .ply stores float32: render exactly the geometry it holds.
     vertices = (local_mm @ S[:3, :3].T + S[:3, 3]).astype(np.float32).astype(np.float64)
     # trimesh.visual.TextureVisuals.__init__ has no annotations
-    visual = trimesh.visual.TextureVisuals(uv=_uv(dirs), image=Image.fromarray(texture))  # type: ignore[no-untyped-call]
+    visual = trimesh.visual.TextureVisuals(uv=_uv(dirs), image=Image.fromarray(texture))
     return trimesh.Trimesh(vertices, np.asarray(sphere.faces), visual=visual, process=False), axes, S, rng
 
 
