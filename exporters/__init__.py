@@ -7,13 +7,15 @@ and optionally `PROGRAMS`, the programs that read its layout with their loading 
 `to-<name>` command and config keys are generated from `Options` (`fsconvert.options`); the check reaches
 a format's programs only through `program` here.
 
-The built-ins are `BUILTIN`; third parties add theirs in the `fsconvert.exporters` entry-point group.
+The built-ins are the modules and packages of this package (`builtin`); third parties add theirs in the
+`fsconvert.exporters` entry-point group.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import pkgutil
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -25,7 +27,11 @@ from fsconvert.errors import InputError
 from fsconvert.protocol import Program, Reading, missing
 
 GROUP = "fsconvert.exporters"
-BUILTIN = ("colmap", "nerf", "open3d", "facescape", "neus", "mvsnet", "llff")
+
+
+def builtin() -> list[str]:
+    """The formats that come with fsconvert: every module and package of `exporters`."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 @functools.cache
@@ -34,10 +40,10 @@ def available() -> dict[str, ModuleType]:
     (`available.cache_clear()` looks again). A module that cannot be imported or lacks part of the
     protocol is left out with one warning line on stderr."""
     found: dict[str, ModuleType] = {}
+    names = builtin()
     candidates: list[tuple[str, str, Callable[[], Any]]] = [
-        (name, f"exporters.{name}", functools.partial(importlib.import_module, f"exporters.{name}"))
-        for name in BUILTIN]
-    candidates += [(ep.name, ep.value, ep.load) for ep in entry_points(group=GROUP) if ep.name not in BUILTIN]
+        (name, f"exporters.{name}", functools.partial(importlib.import_module, f"exporters.{name}")) for name in names]
+    candidates += [(ep.name, ep.value, ep.load) for ep in entry_points(group=GROUP) if ep.name not in names]
     for name, where, load in candidates:
         try:
             module = load()

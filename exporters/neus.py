@@ -26,9 +26,12 @@ the largest distance to it, as gen_cameras.py builds it from the points of inter
 with radius `margin` × half the distance of the nearest camera, for tuples whose mesh does not bound
 the region of interest. The npz container is built by `fsconvert.writers.npz_bytes`: the same arrays are
 the same bytes, whatever the Python release.
-Images are always PNG (`--image-format` does not apply). NeuS stacks the images of a scene, so it
-needs one image size; mixed portrait and landscape views are written as they are (each camera
-exact), with a warning. IDR opens `cameras.npz` unless its dataset is given `cam_file`.
+Images are always PNG (`--image-format` does not apply). NeuS stacks the images of a scene and IDR reads
+them at one `img_res`, so every view goes into one shared frame by default (`--intrinsics shared`: one
+size, one K, portrait views turned landscape, K and R exact; `mask/` is 0 where a pixel has no source
+data); `--intrinsics per-view` writes each view at its own size, and the check then fails the export by
+the stop NeuS and IDR would hit. IDR opens `cameras.npz` unless its dataset is given `cam_file`:
+`--idr-keys` writes that file too.
 """
 
 from __future__ import annotations
@@ -42,31 +45,35 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette
+from fsconvert.depthproducts import render_depths, silhouette, subjects
 from fsconvert.errors import InputError
-from fsconvert.imageplan import ImageOptions, plan_views
-from fsconvert.imagestage import warn_mixed_sizes, write_images
+from fsconvert.imageplan import ImageOptions, frame_record, plan_views, size_warnings
+from fsconvert.imagestage import write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
-from fsconvert.protocol import ExportedView
+from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.writers import npz_bytes, write_bytes, write_png
 
 NAME = "neus"
 SUMMARY = "NeuS / IDR image/ + mask/ + cameras_sphere.npz (world_mat = K·[R|t], scale_mat = unit sphere)"
 
 IMAGES, MASKS, CAMERAS = "image", "mask", "cameras_sphere.npz"
+IDR_CAMERAS = "cameras.npz"
+"""What IDR's SceneDataset opens unless given `cam_file` (lioryariv/idr `code/datasets/scene_dataset.py`)."""
 SKEW_TOL_PX = 1e-3
 """Largest skew the reader accepts (pixels across the image); float32 world_mats decompose with ~1e-5."""
 
 
 @dataclass(frozen=True)
 class Options:
-    image: ImageOptions = field(default_factory=ImageOptions)
+    image: ImageOptions = field(default_factory=lambda: ImageOptions(intrinsics="shared"))
+    """One shared frame by default: NeuS and IDR stack every image of a scene."""
     sphere: Literal["mesh", "cameras"] = option("mesh", "the region scale_mat maps the unit sphere onto: the mesh's "
                                                 "bounding sphere, or around the point the cameras look at")
     margin: float = option(1.1, "radius factor of that sphere")
-    idr_keys: bool = option(False, "also write camera_mat_k and the *_inv_k matrices, as IDR's cameras.npz has them")
+    idr_keys: bool = option(False, "also write camera_mat_k and the *_inv_k matrices, as IDR's cameras.npz has them, "
+                            f"and the same file as {IDR_CAMERAS}, the name IDR opens")
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.margin) and self.margin > 0):
@@ -79,12 +86,11 @@ class Options:
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     mesh = capture_mesh(capture, "the NeuS export (masks, scale_mat)")
     plans = plan_views(capture.views, options.image)
-    if progress:
-        warn_mixed_sizes(NAME, plans, "NeuS")
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True)
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
     assert footprints is not None  # write_images returns them when asked for
     (folder / MASKS).mkdir()
     for i, depth in render_depths(mesh, plans, progress=progress, desc="masks"):
@@ -97,8 +103,12 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)
-    write_bytes(folder / CAMERAS, npz_bytes(arrays))
-    return {"images": names, "scale_mat": scale_mat.tolist()}
+    data = npz_bytes(arrays)
+    for name in (CAMERAS, IDR_CAMERAS) if options.idr_keys else (CAMERAS,):
+        write_bytes(folder / name, data)
+    warnings = size_warnings(plans, NAME, "NeuS and IDR")
+    return {"images": names, "scale_mat": scale_mat.tolist(), **frame_record(capture.views, options.image),
+            **({"warnings": warnings} if warnings else {})}
 
 
 def rig_sphere(w2cs: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -134,13 +144,15 @@ def camera_arrays(k: int, K: np.ndarray, w2c: np.ndarray, scale_mat: np.ndarray,
 
 
 def read(folder: str | Path) -> list[ExportedView]:
-    """NeuS's `Dataset` rules: n = the sorted image/*.png, world_mat_k and scale_mat_k for k < n in
-    float32, P = world_mat @ scale_mat decomposed (cv2), then the scale undone: cameras in the source world."""
-    folder = Path(folder)
-    images = sorted((folder / IMAGES).glob("*.png"))
-    if not images:
-        raise InputError(f"no {IMAGES}/*.png", file=folder)
-    path = folder / CAMERAS
+    """NeuS's `Dataset` rules (Totoro97/NeuS `models/dataset.py`): n = the sorted image/*.png, world_mat_k
+    and scale_mat_k for k < n in float32, P = world_mat @ scale_mat decomposed (cv2, `load_K_Rt_from_P`),
+    then the scale undone: cameras in the source world."""
+    return _read_cameras(Path(folder), CAMERAS)
+
+
+def _read_cameras(folder: Path, cameras: str) -> list[ExportedView]:
+    images = _images(folder)
+    path = folder / cameras
     try:
         data = np.load(path)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -160,6 +172,43 @@ def read(folder: str | Path) -> list[ExportedView]:
             K[0, 1] = 0.0  # float32 rounding only
             views.append(ExportedView(image.relative_to(folder).as_posix(), Camera(*size, K), w2c))
     return views
+
+
+def _images(folder: Path) -> list[Path]:
+    images = sorted((folder / IMAGES).glob("*.png"))
+    if not images:
+        raise InputError(f"no {IMAGES}/*.png", file=folder)
+    return images
+
+
+def _one_size(views: list[ExportedView], how: str) -> list[str]:
+    """The program's stop on images of several sizes (it stacks them, or has one resolution per scene)."""
+    first = views[0]
+    other = next((v for v in views if v.camera.size != first.camera.size), None)
+    if other is None:
+        return []
+    return [f"{how}: {other.name} is {other.camera.width}×{other.camera.height}, {first.name} "
+            f"{first.camera.width}×{first.camera.height}"]
+
+
+def _neus(folder: Path) -> Reading:
+    views = read(folder)
+    return Reading(views, problems=_one_size(views, "stacks every image (np.stack in models/dataset.py) and stops: "
+                                                    "ValueError: all input arrays must have the same shape"))
+
+
+def _idr(folder: Path) -> Reading:
+    """IDR's SceneDataset (and VolSDF's): `cameras.npz` unless given cam_file, the same decomposition in
+    float32, every image reshaped to the scene's one `img_res`."""
+    views = _read_cameras(folder, IDR_CAMERAS)
+    return Reading(views, problems=_one_size(views, "reads every image at the scene's one img_res and misreads or "
+                                                    "stops on another size"))
+
+
+PROGRAMS = (
+    Program("neus", f"NeuS: {IMAGES}/*.png stacked (one size), {CAMERAS} in float32", _neus),
+    Program("idr", f"IDR / VolSDF: {IDR_CAMERAS} (--idr-keys writes it), one img_res", _idr),
+)
 
 
 def _matrix(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:

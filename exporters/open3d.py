@@ -68,6 +68,8 @@ class Options:
     def __post_init__(self) -> None:
         if not self.image.undistort:
             raise InputError("Open3D has no lens distortion model: use --distortion undistort")
+        if self.image.alpha != "none":
+            raise InputError("Open3D's RGB-D images have no alpha: leave --alpha none")
         if self.voxel_size is not None and not self.fuse:
             raise InputError("voxel_size applies to fusion only: add --fuse")
         if self.voxel_size is not None and not self.voxel_size > 0:

@@ -156,6 +156,7 @@ def check_export(
     try:
         reading = program(module, reader).read(export_dir)
         readback, unread = reading.views, reading.unread
+        report.problems += [f"{reader}: {problem}" for problem in reading.problems]
     except Exception as exc:  # any reader failure is a finding of the check, not a crash
         reason = str(exc) if isinstance(exc, FsconvertError) else f"{type(exc).__name__}: {exc}"
         report.problems.append(f"read-back failed: {reason}")

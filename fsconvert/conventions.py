@@ -11,6 +11,8 @@ matrices K·[R|t] (IDR/NeuS world_mat) and LLFF's [down, right, backwards] camer
 
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 
@@ -156,11 +158,25 @@ def image_centre(width: int, height: int) -> np.ndarray:
     return np.array([(width - 1) / 2.0, (height - 1) / 2.0])
 
 
-def centred_K(K: np.ndarray, width: int, height: int) -> np.ndarray:
-    """K with the principal point at the image centre (`image_centre`)."""
+def centred_K(K: np.ndarray, width: int, height: int, rule: CentreRule = "image-centre") -> np.ndarray:
+    """K with the principal point where a program puts the centre of a width×height image (`centre_by_rule`)."""
     out = np.array(K, dtype=np.float64)
-    out[:2, 2] = image_centre(width, height)
+    out[:2, 2] = centre_by_rule(width, height, rule)
     return out
+
+
+CentreRule = Literal["image-centre", "half-size"]
+"""Where a program puts the principal point of an image it takes as centred, in OpenCV pixel coordinates:
+"image-centre" ((W−1)/2, (H−1)/2: the true centre; COLMAP's W/2 in corner origin, 3DGS's FoV-only frustum,
+mip-NeRF's `x − W/2 + 0.5`), "half-size" (W/2, H/2: nerf-pytorch and the original NeRF cast the ray of
+pixel index i at (i − W/2)/f, `run_nerf_helpers.get_rays_np` with K = [[f, 0, 0.5·W], ...])."""
+
+
+def centre_by_rule(width: int, height: int, rule: CentreRule) -> np.ndarray:
+    """The principal point (OpenCV pixel coordinates) a program assumes for a width×height image (`CentreRule`)."""
+    if rule == "half-size":
+        return np.array([width / 2.0, height / 2.0])
+    return image_centre(width, height)
 
 
 def rotate180_K(K: np.ndarray, width: int, height: int) -> np.ndarray:

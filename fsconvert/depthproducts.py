@@ -67,6 +67,17 @@ def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bo
             yield i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth
 
 
+def subjects(mesh: trimesh.Trimesh, plans: Sequence[Posed], image_alpha: str, *,
+             progress: bool = False) -> list[Footprint] | None:
+    """Each view's mesh silhouette (depth > 0) for the image option alpha "subject", else None."""
+    if image_alpha != "subject":
+        return None
+    found: list[Footprint | None] = [None] * len(plans)
+    for i, depth in render_depths(mesh, plans, progress=progress, desc="silhouettes"):
+        found[i] = Footprint.of(depth > 0)
+    return [f for f in found if f is not None]
+
+
 def depth_range(depth: np.ndarray, margin: float, view: int) -> tuple[float, float]:
     """(near, far) of a z-depth map's foreground, each moved out by `margin` × (far − near) (near stays
     above half its value): the depth of every surface point the view sees at a pixel centre, with room."""

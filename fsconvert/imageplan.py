@@ -2,8 +2,9 @@
 
 A plan composes undistortion (optional), scaling, centring, cropping or covering, a 90° turn and a 180°
 upright rotation into one map per view (`ViewPlan.maps`), run by the image stage (`fsconvert.imagestage`)
-as a single `cv2.remap`. JPEGs are decoded at 1/2, 1/4 or 1/8 size (DCT scaling) when the output is at
-least that much smaller (`ViewPlan.reduce`).
+as a single `cv2.remap`. With `intrinsics="shared"` every view gets one camera, the shared frame
+(`fsconvert.framing`): one size, one K, landscape. JPEGs are decoded at 1/2, 1/4 or 1/8 size (DCT scaling)
+when the output is at least that much smaller (`ViewPlan.reduce`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,24 @@ import numpy as np
 
 from . import conventions as cv
 from .errors import InputError
+from .framing import (
+    REDUCTIONS,
+    Orientation,
+    SharedFrame,
+    capture_up,
+    centred_frame,
+    is_rolled,
+    landscape_turn,
+    reduction_for_focal,
+    rotation,
+    shared_frame,
+)
 from .model import UNDISTORT_CRITERIA, Camera, View
 from .options import check_choices, option
 
-REDUCTIONS = (8, 4, 2, 1)
+__all__ = ["REDUCTIONS", "ImageOptions", "ViewPlan", "capture_up", "common_fov", "is_rolled", "plan_view",
+           "plan_views", "undistort_maps"]
 
-_ROTATE_180 = np.diag([-1.0, -1.0, 1.0])
 _MAP_STEP = 4
 """Undistortion maps are computed every this many source pixels (decoded) and upsampled."""
 
@@ -87,6 +100,24 @@ class ImageOptions:
     allow_corrupt_images: bool = option(
         False, "export JPEGs whose data the decoder reports as corrupt (a warning per view) instead of failing")
     """Export source JPEGs whose data the decoder reports as corrupt (a warning per view) instead of refusing."""
+    intrinsics: Literal["per-view", "shared"] = option(
+        "per-view", "shared: every view gets ONE K (fx = fy, principal point at the centre by the program's pixel "
+        "rule) and ONE landscape size, undistorted, turned if portrait, in one remap (programs that stack images: "
+        "NeuS/IDR, original NeRF, LLFF, ...); per-view: each view keeps its own")
+    """per-view: each view its own camera; shared: the shared frame (`fsconvert.framing.shared_frame`), where
+    `border` keep reads as cover and the focal is the median of the views' (`frame_focal` to choose it)."""
+    frame_size: tuple[int, int] | None = option(None, "the shared frame's size instead of covering the views' data",
+                                                parse=lambda text: _frame_size(text), metavar="WxH")
+    frame_focal: float | None = option(None, "the shared frame's focal length in output pixels (default: the median "
+                                       "of the views', times the output scale)", metavar="F")
+    size_multiple: int = option(1, "round the shared frame's size to a multiple of this (32 for loaders that resize "
+                                "to multiples of 32, e.g. CasMVSNet)", metavar="N")
+    alpha: Literal["none", "coverage", "subject"] = option(
+        "none", "PNG images as RGBA: alpha 0 (and RGB 0) where a pixel has no source data (coverage), or also outside "
+        "the mesh's silhouette (subject)")
+    centre_rule: cv.CentreRule = option("image-centre", cli=False)
+    """Where the program the export is for puts a centred principal point (`conventions.CentreRule`): set by
+    the format from its target, recorded in the manifest."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -102,12 +133,48 @@ class ImageOptions:
             raise InputError("give scale or max_size, not both")
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.border != "keep" and self.principal_point != "center":
+        if self.border != "keep" and self.principal_point != "center" and self.intrinsics != "shared":
             raise InputError(f"border '{self.border}' needs principal_point 'center'")
         if self.fov_x is not None and self.border == "crop":
             raise InputError("fov_x with border 'crop' would crop views to one FoV: use border 'cover'")
         if self.orientation == "landscape" and not self.undistort:
             raise InputError("orientation 'landscape' needs undistortion (it resamples the image)")
+        shared = self.intrinsics == "shared"
+        if shared and not self.undistort:
+            raise InputError("--intrinsics shared needs undistortion (one pinhole camera for every view)")
+        if shared and self.fov_x is not None:
+            raise InputError("fov_x sets each view's own focal: with --intrinsics shared use --frame-focal")
+        for name in ("frame_size", "frame_focal"):
+            if getattr(self, name) is not None and not shared:
+                raise InputError(f"--{name.replace('_', '-')} sets the shared frame: add --intrinsics shared")
+        if self.size_multiple != 1 and not shared:
+            raise InputError("--size-multiple rounds the shared frame: add --intrinsics shared")
+        if self.size_multiple < 1:
+            raise InputError(f"size_multiple must be at least 1, got {self.size_multiple}")
+        if self.frame_size is not None and (min(self.frame_size) < 1 or any(n % self.size_multiple
+                                                                           for n in self.frame_size)):
+            raise InputError(f"frame_size must be positive multiples of {self.size_multiple}, got {self.frame_size}")
+        if self.frame_focal is not None and not (np.isfinite(self.frame_focal) and self.frame_focal > 0):
+            raise InputError(f"frame_focal must be a positive number, got {self.frame_focal}")
+        if shared and self.frame_focal is not None and (self.scale is not None or self.max_size is not None):
+            raise InputError("--frame-focal sets the output's focal: give it or --scale/--max-size, not both")
+        if self.alpha != "none" and self.image_format != "png":
+            raise InputError(f"--alpha {self.alpha} writes RGBA PNG: add --image-format png")
+        if self.alpha != "none" and not self.undistort:
+            raise InputError(f"--alpha {self.alpha} needs undistortion (it resamples the image)")
+
+    @property
+    def shared(self) -> bool:
+        """One camera for every view (`intrinsics` "shared")."""
+        return self.intrinsics == "shared"
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    """'1600x1200' → (1600, 1200)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"expected WIDTHxHEIGHT, e.g. 1600x1200, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,10 +222,7 @@ class ViewPlan:
 
     def rectification(self) -> np.ndarray | None:
         """The rotation output camera ← source camera of an undistorted view (None: identity)."""
-        R = _ROTATE_180 if self.rotated else None
-        if self.turn:
-            R = cv.turn90(self.turn > 0) @ (np.eye(3) if R is None else R)
-        return R
+        return rotation(self.turn, self.rotated)
 
     def _scale(self) -> tuple[float, float]:
         return self.camera.width / self.view.camera.width, self.camera.height / self.view.camera.height
@@ -219,19 +283,6 @@ def output_size(width: int, height: int, options: ImageOptions) -> tuple[int, in
     return max(1, round(width * s)), max(1, round(height * s))
 
 
-def is_rolled(view: View, up: np.ndarray) -> bool:
-    """True when the camera's image-up direction points against the world `up` (roll beyond ±90°)."""
-    image_up_world = -view.R[1]  # camera −y axis in world coordinates
-    return float(image_up_world @ up) < 0
-
-
-def capture_up(views: Sequence[View]) -> np.ndarray:
-    """The world up direction the majority of cameras agree on (sum of camera −y axes)."""
-    s = np.sum([-v.R[1] for v in views], axis=0)
-    n = np.linalg.norm(s)
-    return s / n if n > 0 else np.array([0.0, -1.0, 0.0])
-
-
 def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -> ViewPlan:
     """The plan for one view. `up` (world) is needed for upright rotation and the landscape
     orientation; see `plan_views`."""
@@ -244,15 +295,16 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
     if options.undistort:
         dist = np.zeros(5)
         if options.orientation == "landscape" and h > w and up is not None:
-            turn = _landscape_turn(view, up)
+            turn = landscape_turn(view, up)
         if options.border != "keep":
-            w, h, K = _centred_frame(src, K, options, _reduction(src, K, w, h), turned=bool(turn))
+            reduce = _reduction(src, K, w, h) if options.border == "crop" else 1
+            w, h, K = centred_frame(src, K, options.border, options.fov_x, reduce, bool(turn), options.centre_rule)
         else:
             if options.fov_x is not None:  # across the output's width: the source height when turned
                 f = cv.focal_from_fov(h if turn else w, options.fov_x)
                 K = cv.K_matrix(f, f, K[0, 2], K[1, 2])
             if options.principal_point == "center":
-                K = cv.centred_K(K, w, h)
+                K = cv.centred_K(K, w, h, options.centre_rule)
     rotated = bool(options.upright and up is not None and is_rolled(view, up) and not turn)
     w2c = view.world_to_cam
     if rotated:
@@ -260,6 +312,8 @@ def plan_view(view: View, options: ImageOptions, up: np.ndarray | None = None) -
     reduce = _reduction(src, K, w, h)
     if turn:
         K, w2c, (w, h) = cv.rotate90_K(K, w, h, turn > 0), cv.rotate90_w2c(w2c, turn > 0), (h, w)
+    if options.principal_point == "center" and (turn or rotated):  # by the rule in the output's orientation
+        K = cv.centred_K(K, w, h, options.centre_rule)
     return ViewPlan(view, Camera(w, h, K, dist), w2c, rotated, reduce, options, turn)
 
 
@@ -275,65 +329,54 @@ def _reduction(src: Camera, K: np.ndarray, w: int, h: int) -> int:
                  if all(n <= m + 1e-9 for n, m in zip(need, cv.reduced_size(src.size, r)))), 1)
 
 
-def _landscape_turn(view: View, up: np.ndarray) -> int:
-    """1 (clockwise) or −1: the 90° turn after which the view's image-up is nearest the world `up`."""
-    # image-up after a turn is the camera's new −y axis: clockwise it is the old −x axis, else +x
-    return 1 if float(-view.R[0] @ up) >= float(view.R[0] @ up) else -1
-
-
-_CROP_MARGIN_PX = 0.5
-"""Kept between a cropped output's outer pixel centres and the undistorted source border."""
-
-
-def _centred_frame(src: Camera, K: np.ndarray, options: ImageOptions, reduce: int,
-                   turned: bool) -> tuple[int, int, np.ndarray]:
-    """Size and K (principal point at the centre) of the `options.border` rectangle, before any turn.
-
-    `crop`: the largest-area centred rectangle all of whose pixel centres lie inside the undistorted
-    source (the image stage's footprint for JPEGs decoded at 1/`reduce`); `cover`: the smallest one
-    holding every undistorted source pixel, at the view's focal, or with `fov_x` one focal f = fx
-    and the width giving that FoV across the output's width (the source height when `turned`).
-    """
-    x, y = src.border_rays(reduce if options.border == "crop" else 1).T
-    fx, fy = K[0, 0], K[1, 1]
-    if options.border == "crop":
-        a, b = _largest_centred_box(x, y)
-        w, h = (int(np.floor(2 * (e * f - _CROP_MARGIN_PX))) + 1 for e, f in ((a, fx), (b, fy)))
-        return w, h, cv.centred_K(K, w, h)
-    a, b = np.abs(x).max(), np.abs(y).max()
-    if options.fov_x is not None:
-        t = np.tan(options.fov_x / 2)
-        if turned:  # the output's width is the source's height
-            h = int(np.ceil(2 * fy * t - 1e-9))
-            f = h / (2 * t)
-            w = 2 * int(np.ceil(a * f))
-        else:
-            w = int(np.ceil(2 * fx * t - 1e-9))
-            f = w / (2 * t)
-            h = 2 * int(np.ceil(b * f))
-        fx = fy = f
-    else:
-        w, h = 2 * int(np.ceil(a * fx)), 2 * int(np.ceil(b * fy))
-    return w, h, cv.centred_K(cv.K_matrix(fx, fy, 0.0, 0.0), w, h)
-
-
-def _largest_centred_box(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Half-extents (a, b) of the largest-area box [−a, a]×[−b, b] with no point (x, y) strictly inside:
-    the points sampling the closed border of a region around the origin, the box lies in it."""
-    order = np.argsort(np.abs(x), kind="stable")
-    ax, ay = np.abs(x)[order], np.abs(y)[order]
-    # the box of half-width ax[k] may hold the points before k only above their |y|
-    b = np.minimum.accumulate(np.concatenate([[np.inf], ay[:-1]]))
-    area = np.where(np.isfinite(b), ax * b, 0.0)
-    k = int(np.argmax(area))
-    return float(ax[k]), float(b[k])
-
-
 def plan_views(views: Sequence[View], options: ImageOptions) -> list[ViewPlan]:
     """Plans for all views of a capture (upright rotation and the landscape turn judged against the
-    capture's up)."""
+    capture's up); with `options.shared`, every view in the shared frame."""
+    if options.shared:
+        return [_plan_in_frame(v, o, frame, options) for v, o, frame in _shared(views, options)]
     up = capture_up(views) if options.upright or options.orientation == "landscape" else None
     return [plan_view(v, options, up) for v in views]
+
+
+def frame_of(views: Sequence[View], options: ImageOptions) -> SharedFrame:
+    """The shared frame `plan_views` puts every view in (`options.shared`)."""
+    return _shared(views, options)[0][2]
+
+
+def frame_record(views: Sequence[View], options: ImageOptions) -> dict[str, object]:
+    """For the manifest: {"frame": size, focal, principal point and centre rule} of the shared frame, or {}."""
+    return {"frame": frame_of(views, options).record(options.centre_rule)} if options.shared else {}
+
+
+def size_warnings(plans: Sequence[ViewPlan], fmt: str, programs: str) -> list[str]:
+    """One line when the output images have several sizes, for a format whose `programs` stack a scene's
+    images (each camera stays exact; the check names where they stop)."""
+    sizes = sorted({p.camera.size for p in plans})
+    if len(sizes) < 2:
+        return []
+    return [f"{fmt}: images of {len(sizes)} sizes ({', '.join(f'{w}×{h}' for w, h in sizes)}): {programs} stack a "
+            "scene's images and stop on them; drop --intrinsics per-view (one shared frame)"]
+
+
+def _shared(views: Sequence[View], options: ImageOptions) -> list[tuple[View, Orientation, SharedFrame]]:
+    up = capture_up(views)
+    orientations = [Orientation.of(v, up, options.upright) for v in views]
+    frame = shared_frame(views, orientations, border="crop" if options.border == "crop" else "cover",
+                         rule=options.centre_rule, scale=options.scale, max_size=options.max_size,
+                         size=options.frame_size, focal=options.frame_focal, multiple=options.size_multiple)
+    return [(v, o, frame) for v, o in zip(views, orientations)]
+
+
+def _plan_in_frame(view: View, orientation: Orientation, frame: SharedFrame, options: ImageOptions) -> ViewPlan:
+    """One view resampled into the shared frame: turned or rolled as `orientation` says, then the frame's K."""
+    w2c = view.world_to_cam
+    if orientation.rolled:
+        w2c = cv.rotate180_w2c(w2c)
+    if orientation.turn:
+        w2c = cv.rotate90_w2c(w2c, orientation.turn > 0)
+    camera = Camera(frame.width, frame.height, frame.K)
+    reduce = reduction_for_focal(view.camera, float(frame.K[0, 0]))
+    return ViewPlan(view, camera, w2c, orientation.rolled, reduce, options, orientation.turn)
 
 
 def common_fov(views: Sequence[View], options: ImageOptions, choose: Callable[[list[float]], float]) -> ImageOptions:

@@ -126,10 +126,25 @@ class Footprint:
 
 
 
-def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = False
-             ) -> tuple[Footprint | None, np.ndarray | None]:
+@dataclass(frozen=True)
+class _Job:
+    """One output image: its plan and file; whether to return its footprint and a preview; the mesh's
+    silhouette in it for `alpha` "subject"."""
+
+    plan: ViewPlan
+    dest: Path
+    footprint: bool
+    preview: bool
+    subject: Footprint | None = None
+
+
+def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
     """Write the output image; with `footprint`, also return where it has source data, with `preview` a
-    copy at `preview_size` (none for originals placed unchanged)."""
+    copy at `preview_size` (none for originals placed unchanged). With the plan's `alpha`, an RGBA PNG
+    whose alpha is 255 where the pixel has source data (and, "subject", the mesh covers it), else 0 with
+    RGB 0."""
+    plan, dest, alpha = job.plan, job.dest, job.plan.options.alpha != "none"
+    footprint = job.footprint or alpha
     view = plan.view
     allow = plan.options.allow_corrupt_images
     if not plan.resample:
@@ -156,8 +171,19 @@ def _produce(plan: ViewPlan, dest: Path, *, footprint: bool, preview: bool = Fal
         img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
     elif plan.rotated:
         img = cv2.flip(img, -1)
+    shown = img
+    if alpha:
+        assert found is not None  # made above whenever alpha is asked for
+        inside = found.mask()
+        if plan.options.alpha == "subject":
+            if job.subject is None:
+                raise ValueError("alpha 'subject' needs the mesh's silhouette of every view (subjects)")
+            inside &= job.subject.mask()
+        img = np.dstack([img, np.where(inside, 255, 0).astype(np.uint8)])
+        img[~inside] = 0
+        shown = img[..., :3]
     write_image(dest, img, plan.options)
-    return found, shrink(img, preview_size(plan.camera.size)) if preview else None
+    return found if job.footprint else None, shrink(shown, preview_size(plan.camera.size)) if job.preview else None
 
 
 def preview_reduction(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> int:
@@ -227,11 +253,6 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _run(job: tuple[ViewPlan, Path, bool, bool]) -> tuple[Footprint | None, np.ndarray | None]:
-    plan, dest, footprint, preview = job
-    return _produce(plan, dest, footprint=footprint, preview=preview)
-
-
 def run_plans(
     jobs: Iterable[tuple[ViewPlan, Path]],
     *,
@@ -239,28 +260,31 @@ def run_plans(
     progress: bool = False,
     desc: str = "images",
     footprints: bool = False,
+    subjects: Sequence[Footprint] | None = None,
 ) -> list[Footprint] | None:
     """Run plans, `workers` processes in parallel, streaming images (one per worker in memory); with
-    `footprints`, return each output image's `Footprint` (computed from the remap it was made with)."""
+    `footprints`, return each output image's `Footprint` (computed from the remap it was made with);
+    `subjects`: the mesh's silhouette per image, for the alpha option "subject"."""
     kept = _previews
-    tasks = [(plan, dest, footprints, kept is not None) for plan, dest in jobs]
+    tasks = [_Job(plan, dest, footprints, kept is not None, None if subjects is None else subjects[k])
+             for k, (plan, dest) in enumerate(jobs)]
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, leave=False)
     pool = None
     try:
-        results: Iterable[tuple[Footprint | None, np.ndarray | None]] = map(_run, tasks)
+        results: Iterable[tuple[Footprint | None, np.ndarray | None]] = map(_produce, tasks)
         if workers > 1 and len(tasks) > 1:
             # spawn: a forked worker deadlocks in OpenCV once the parent has run a multithreaded cv2 call.
             context = multiprocessing.get_context("spawn")
             pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker)
-            results = pool.map(_run, tasks, chunksize=1)
+            results = pool.map(_produce, tasks, chunksize=1)
         out: list[Footprint] = []
-        for (_, dest, _, _), (footprint, preview) in zip(tasks, results):
+        for task, (footprint, preview) in zip(tasks, results):
             if footprints:
                 assert footprint is not None  # _produce makes one for every job that asks for it
                 out.append(footprint)
             if preview is not None:
                 assert kept is not None  # previews are asked for only while keep_previews is open
-                kept[dest] = preview
+                kept[task.dest] = preview
             bar.update()
         return out if footprints else None
     finally:
@@ -272,13 +296,16 @@ def run_plans(
 
 
 def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,
-                 progress: bool = False, footprints: bool = False) -> list[Footprint] | None:
+                 progress: bool = False, footprints: bool = False,
+                 subjects: Sequence[Footprint] | None = None) -> list[Footprint] | None:
     """Run the image stage for each plan into `folder/name` (folders created as needed); with
-    `footprints`, return where each output image has source data (for masks and alpha)."""
+    `footprints`, return where each output image has source data (for masks); `subjects`: each view's
+    mesh silhouette, for alpha "subject" (`fsconvert.depthproducts.subjects`)."""
     dests = [folder / n for n in names]
     for d in sorted({d.parent for d in dests}):
         d.mkdir(parents=True, exist_ok=True)
-    return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints)
+    return run_plans(zip(plans, dests), workers=workers, progress=progress, footprints=footprints,
+                     subjects=subjects)
 
 
 def stems(views: Sequence[View], digits: int = 3) -> list[str]:
@@ -287,9 +314,14 @@ def stems(views: Sequence[View], digits: int = 3) -> list[str]:
     return [f"{v.id:0{width}d}" for v in views]
 
 
-def warn_mixed_sizes(fmt: str, plans: Sequence[ViewPlan], reader: str) -> None:
-    """One stderr line when the output images have several sizes, for a target whose `reader` stacks a
-    scene's images (every camera stays exact)."""
-    if len({p.camera.size for p in plans}) > 1:
-        print(f"fsconvert: warning: {fmt}: images of several sizes (portrait and landscape); {reader} stacks a "
-              "scene's images and needs one size (each camera is exact)", file=sys.stderr)
+def uncovered_warnings(fmt: str, names: Sequence[str], footprints: Sequence[Footprint], readers: str) -> list[str]:
+    """One line when output images hold pixels without source data (black: the border undistortion and a
+    shared frame leave) that the format marks nowhere its `readers` look."""
+    fractions = [1.0 - float(fp.mask().mean()) for fp in footprints]
+    worst = max(range(len(fractions)), key=fractions.__getitem__, default=None)
+    if worst is None or fractions[worst] == 0:
+        return []
+    count = sum(f > 0 for f in fractions)
+    return [f"{fmt}: {count} of {len(names)} images have pixels without source data (black; up to "
+            f"{100 * fractions[worst]:.1f} % in {names[worst]}), which {readers} read as image content: "
+            "--border crop keeps only covered pixels"]

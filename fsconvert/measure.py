@@ -47,6 +47,10 @@ class Thresholds:
     """Min IoU of the silhouettes rendered from the read-back and the expected camera."""
     depth_rel: float = 1e-3
     """Max mean relative z-depth difference where both renders see the mesh."""
+    depth_range_slack: float = 10.0
+    """Max ratio of a read depth range's extent to the visible mesh's: wider, the program's depth samples
+    (MVSNet's hypotheses) fall mostly off the surface."""
+    """Max mean relative z-depth difference where both renders see the mesh."""
 
 
 @dataclass
@@ -62,6 +66,10 @@ class ViewCheck:
     iou: float | None = None
     depth_rel: float | None = None
     render_size: tuple[int, int] | None = None
+    depth_range: tuple[float, float] | None = None
+    """The depth range the program reads (MVSNet, LLFF), if any."""
+    visible_depth: tuple[float, float] | None = None
+    """The z-depths of the mesh the view sees, when a depth range is read."""
     overlay: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -100,6 +108,9 @@ def measure_view(
     r = preview_reduction(expected_size, render_max_side)
     w, h = preview_size(expected_size, render_max_side)  # the size of a JPEG decoded at 1/r
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
+    if view.depth_range is not None:
+        seen = distorted_render(renderer, expected_cam, plan.world_to_cam, depth_only=True).depth
+        _depth_range_fit(result, view.depth_range, seen, thresholds, reader)
     readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
     same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
     want_color = overlay_dir is not None and (sampled or not result.passed)
@@ -127,6 +138,25 @@ def measure_view(
             result.problems.append(f"exported image {view.name} cannot be decoded")
         else:
             result.overlay = str(path.relative_to(export_dir))
+
+
+def _depth_range_fit(result: ViewCheck, depth_range: tuple[float, float], depth: np.ndarray, thresholds: Thresholds,
+                     reader: str) -> None:
+    """The depth range a program reads must hold the mesh the view sees (z-depth rendered through the
+    expected camera), and not be so wide that its samples miss it."""
+    z = depth[depth > 0]
+    result.depth_range = (float(depth_range[0]), float(depth_range[1]))
+    if not z.size:
+        return
+    lo, hi = float(z.min()), float(z.max())
+    result.visible_depth = (lo, hi)
+    near, far = result.depth_range
+    where = f"{reader} reads the depth range {near:.6g}…{far:.6g}, the mesh it sees spans {lo:.6g}…{hi:.6g}"
+    if not (near <= lo and far >= hi):
+        result.problems.append(f"{where}: it does not hold it")
+    elif far - near > thresholds.depth_range_slack * (hi - lo):
+        result.problems.append(f"{where}: {(far - near) / (hi - lo):.3g}× wider (> {thresholds.depth_range_slack:g}×), "
+                               "its depth samples fall off the surface")
 
 
 def _camera_fidelity(
@@ -186,7 +216,9 @@ def camera_differences(expected: Camera, expected_w2c: np.ndarray, read: Camera,
         out += [f"{', '.join(lost)} dropped"] if lost else []
         out += [f"{', '.join(changed)} read differently"] if changed else []
     dR = read_w2c[:3, :3] @ expected_w2c[:3, :3].T
-    angle = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
+    # atan2(sin, cos) of the relative rotation: arccos alone loses ~1e-2° near 0 (float32 poses read back)
+    sin, cos = np.linalg.norm(dR - dR.T) / (2 * np.sqrt(2)), (np.trace(dR) - 1) / 2
+    angle = float(np.degrees(np.arctan2(sin, cos)))
     shift = float(np.linalg.norm(cv.camera_centre(read_w2c) - cv.camera_centre(expected_w2c)))
     if angle > 1e-6 or shift > _DIFFERENCE_TOL * max(1.0, float(np.linalg.norm(cv.camera_centre(expected_w2c)))):
         out.append(f"pose off by {angle:.3g}° and {shift:.3g} world units")

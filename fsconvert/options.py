@@ -262,14 +262,18 @@ def from_mapping(cls: type, mapping: Mapping[str, object], *, file: Path, prefix
 
 
 def build(cls: type[T], values: Mapping[str, Any], image: Mapping[str, Any] | None = None) -> T:
-    """`cls(**values)`, its nested `image` options made from `image` and the image defaults that
-    the chosen values imply (`image_defaults` metadata)."""
+    """`cls(**values)`, its nested `image` options made from, in order: the class's own default for the
+    field (a format's defaults, e.g. one shared frame), the image defaults that the chosen values imply
+    (`image_defaults` metadata), and `image`."""
     kwargs = dict(values)
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     for name, nested_cls in nested(cls).items():
+        field = defaults[name]
+        base = field.default_factory() if field.default_factory is not MISSING else nested_cls()
         implied: dict[str, Any] = {}
         for s in settings(cls):
             implied |= s.image_defaults.get(kwargs.get(s.field, s.default), {})
-        kwargs[name] = nested_cls(**{**implied, **(image or {})})
+        kwargs[name] = dataclasses.replace(base, **{**implied, **(image or {})})
     return cls(**kwargs)
 
 

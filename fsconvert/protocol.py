@@ -51,6 +51,9 @@ class ExportedView:
     """Image path relative to the export folder, as the target stores it."""
     camera: Camera
     world_to_cam: np.ndarray
+    depth_range: tuple[float, float] | None = None
+    """The z-depths the program samples this view between (MVSNet's depth hypotheses, LLFF's near and far),
+    in the export's world units; None where it takes none from the export."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Reading:
     views: list[ExportedView]
     unread: dict[str, str] = field(default_factory=dict)
     """Image name → why this program leaves the view out (e.g. a split file it never opens)."""
+    problems: list[str] = field(default_factory=list)
+    """Where the program stops on, or misreads, the export as a whole (it stacks images of several sizes,
+    it reads one K for all): one line each, naming the first offending view."""
 
 
 @dataclass(frozen=True)

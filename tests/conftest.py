@@ -19,10 +19,6 @@ import pytest  # noqa: E402
 
 import fsconvert  # noqa: F401, E402  (headless rendering set-up before anything imports pyrender)
 
-LOSSY_ON_SAMPLE = {"llff": ["--allow-lossy"]}
-"""Formats that cannot hold every view of a synthetic tuple (LLFF holds one image size; the tuples have portrait
-beside landscape views), with the flag that exports them anyway: their check then fails those views."""
-
 
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from conftest import LOSSY_ON_SAMPLE
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
@@ -135,7 +134,7 @@ class Data:
 
     def argv(self) -> list[str]:
         return [f"to-{self.fmt}", str(self.tuple), "-o", str(self.out), "-q", "-j", "1",
-                *LOSSY_ON_SAMPLE.get(self.fmt, []), *self.args]
+                *self.args]
 
 
 @pytest.fixture
@@ -700,11 +699,10 @@ def test_unicode_and_spaces_in_paths_work(fmt: str, base: Path, tmp_path: Path, 
     (root / "images" / SUBJECT / EXP).rename(root / "images" / SUBJECT / exp)
     (root / "models" / SUBJECT / f"{EXP}.ply").rename(root / "models" / SUBJECT / f"{exp}.ply")
     out = tmp_path / "out pût" / "résultat 1"
-    code, stdout, err = run_cli([f"to-{fmt}", str(root / "images" / SUBJECT / exp), "-o", str(out), "-q", "-j", "1",
-                                 *LOSSY_ON_SAMPLE.get(fmt, [])], capsys)
-    holds_all = fmt not in LOSSY_ON_SAMPLE
-    assert code == (0 if holds_all else 1), err
-    assert json.loads((out / CHECK_JSON).read_text())["passed"] is holds_all
+    code, stdout, err = run_cli([f"to-{fmt}", str(root / "images" / SUBJECT / exp), "-o", str(out), "-q", "-j", "1"],
+                                capsys)
+    assert code == 0, err
+    assert json.loads((out / CHECK_JSON).read_text())["passed"] is True
     manifest = read_manifest(out)
     assert manifest["source"]["expression"] == exp and len(manifest["views"]) == 2
     assert all(" " not in v["name"] for v in manifest["views"])

@@ -34,8 +34,8 @@ CASES = {
     "keep-sphere-quarter": nerf.Options(image=ImageOptions(undistort=False, scale=0.25), normalize="sphere",
                                         masks=True, depth=True),
     "undistort-cameras-quarter": nerf.Options(image=ImageOptions(scale=0.25), normalize="cameras", radius=2.0),
-    "blender-quarter": nerf.Options(image=ImageOptions(scale=0.25, image_format="png"), variant="blender",
-                                    masks=True),
+    "blender-quarter": nerf.Options(image=ImageOptions(scale=0.25, image_format="png", intrinsics="shared"),
+                                    variant="blender", masks=True),
 }
 NS_CASES = [c for c in CASES if not c.startswith("blender")]
 PX_TOL = 0.01
@@ -515,9 +515,10 @@ def test_blender_variant(export, capture, vertices):
     files = sorted(p.name for p in out.glob("*.json"))
     assert files == ["transforms_test.json", "transforms_train.json", "transforms_val.json"]
     plans = planned(out, capture)
-    seen, worst, centred_off = [], 0.0, []
+    seen, worst, centred_off, stacked = [], 0.0, [], []
     for split in layout.SPLITS:
         meta = json.loads((out / f"transforms_{split}.json").read_text())
+        split_images = []
         fov = meta["camera_angle_x"]
         A, s = np.array(meta["applied_transform"]), meta["applied_scale"]
         assert meta["frames"], split
@@ -527,6 +528,7 @@ def test_blender_variant(export, capture, vertices):
             rgba = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
             H, W = rgba.shape[:2]
             assert rgba.shape[2] == 4  # the mask is the alpha channel
+            split_images.append(rgba)
             name = image.relative_to(out).as_posix()
             plan = plans[name]
             seen.append(name)
@@ -536,12 +538,15 @@ def test_blender_variant(export, capture, vertices):
             Xf = s * (vertices[idx] @ A[:, :3].T + A[:, 3])
             c2w = np.array(frame["transform_matrix"])
             Xg = (Xf - c2w[:3, 3]) @ c2w[:3, :3]
-            uv = np.column_stack([f * Xg[:, 0] / -Xg[:, 2] + W / 2, f * Xg[:, 1] / Xg[:, 2] + H / 2]) - 0.5
+            # load_blender + run_nerf_helpers.get_rays_np: the ray of pixel index (i, j) is ((i − W/2)/f, −(j − H/2)/f, −1)
+            uv = np.column_stack([f * Xg[:, 0] / -Xg[:, 2] + W / 2, f * Xg[:, 1] / Xg[:, 2] + H / 2])
             worst = max(worst, np.abs(uv - expected).max())
             # negative control: the views' own (off-centre) principal points are not what Blender assumes
             centred_off.append(np.abs(plan.view.camera.K[:2, 2] * _scale(plan) - [W / 2, H / 2]).max())
             truth = (rgba[..., 3] > 0)
             assert truth.any() and not truth.all()
+        stacked.append(np.array(split_images))  # load_blender: np.array(imgs) per split, then one concatenation
+    assert np.concatenate(stacked, 0).shape[0] == len(seen)
     assert sorted(seen) == sorted(plans)
     assert worst <= PX_TOL
     assert max(centred_off) > 1
@@ -570,7 +575,7 @@ def test_blender_alpha_is_the_silhouette(export, capture):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"variant": "blender", "image": ImageOptions(undistort=False, image_format="png")}, "distortion"),
-    ({"variant": "blender", "image": ImageOptions(image_format="jpg")}, "png"),
+    ({"variant": "blender", "image": ImageOptions(image_format="jpg", scale=0.5)}, "png"),
     ({"variant": "blender", "image": ImageOptions(image_format="png"), "depth": True}, "depth"),
     ({"split": (0.5, 0.2, 0.2)}, "split"),
     ({"split": (0.0, 0.5, 0.5)}, "split"),

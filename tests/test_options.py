@@ -57,7 +57,8 @@ def test_unset_values_keep_the_dataclass_defaults_and_imply_image_defaults():
     assert (toy.mode, toy.image.image_format, toy.image.scale) == ("b", "png", 0.5)
     assert build(Toy, parse(["--mode", "b"]), {"image_format": "jpg"}).image.image_format == "jpg"  # given wins
     blender = build(nerf.Options, {"variant": "blender"}, {})
-    assert blender.image == ImageOptions(image_format="png")
+    assert blender.image == ImageOptions(image_format="png", intrinsics="shared")
+    assert nerf.Options(variant="blender").image == blender.image  # the same from Python
 
 
 @pytest.mark.parametrize("config, message", [

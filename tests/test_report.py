@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import LOSSY_ON_SAMPLE
 from PIL import Image
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
@@ -125,7 +124,7 @@ def facescape_export(small: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fmt", sorted(set(available()) - set(LOSSY_ON_SAMPLE)))  # LLFF: test_research_formats
+@pytest.mark.parametrize("fmt", sorted(available()))
 def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path, capsys):
     out = tmp_path / fmt
     assert main([f"to-{fmt}", str(small), "-o", str(out), "-q", "-j", "1", "--include-invalid"]) == 0

@@ -4,7 +4,6 @@ not by calling the exporters' readers) on the synthetic sample: portrait, rolled
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import replace
@@ -14,9 +13,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import expected_pixels
+from helpers import footprint
 from PIL import Image
 
 from exporters import llff, mvsnet, neus
+from exporters.mvsnet import writer as mvsnet_writer
 from fsconvert.check import check_export
 from fsconvert.cli import main
 from fsconvert.export import export
@@ -31,17 +32,22 @@ from fsconvert.render import Renderer
 PX_TOL = 0.01
 IOU_MIN = 0.99
 HALF = ImageOptions(scale=0.5)
+SHARED_HALF = ImageOptions(scale=0.5, intrinsics="shared")
 CASES = {
     "neus": ("neus", neus.Options()),
-    "neus-upright-centre-cameras": ("neus", neus.Options(image=replace(HALF, upright=True, principal_point="center"),
-                                                         sphere="cameras", idr_keys=True)),
+    "neus-upright-cameras": ("neus", neus.Options(image=replace(SHARED_HALF, upright=True), sphere="cameras",
+                                                  idr_keys=True)),
+    "neus-per-view": ("neus", neus.Options(image=HALF)),
     "mvsnet": ("mvsnet", mvsnet.Options(image=HALF, depths=True)),
     "mvsnet-upright": ("mvsnet", mvsnet.Options(image=ImageOptions(upright=True), depth_num=64, depth_margin=0.2)),
-    "llff": ("llff", llff.Options(image=HALF)),
-    "llff-upright": ("llff", llff.Options(image=ImageOptions(upright=True))),
+    "llff": ("llff", llff.Options(image=SHARED_HALF)),
+    "llff-upright": ("llff", llff.Options(image=replace(SHARED_HALF, upright=True, scale=None))),
+    "llff-mipnerf": ("llff", llff.Options(image=SHARED_HALF, target="mipnerf")),
     "llff-lossy": ("llff", llff.Options(image=HALF, allow_lossy=True)),
 }
-"""llff and llff-upright export the sample's landscape views (LLFF holds one size); llff-lossy all of them."""
+"""Every case exports the whole sample (portrait and landscape views, a rolled one, k3 ≠ 0): the
+shared frame holds them all; neus-per-view and llff-lossy keep each view's size, which their programs
+cannot load."""
 
 
 @pytest.fixture(scope="module")
@@ -50,34 +56,19 @@ def capture(sample_tuple) -> Capture:
 
 
 @pytest.fixture(scope="module")
-def landscape(sample_root, sample_tuple, capture, tmp_path_factory) -> Capture:
-    """The sample without its portrait views (their params.json keys and images removed): one image size."""
-    root = Path(shutil.copytree(sample_root, tmp_path_factory.mktemp("landscape") / "sample"))
-    tuple_dir = root / sample_tuple.relative_to(sample_root)
-    params = json.loads((tuple_dir / "params.json").read_text())
-    for v in capture.views:
-        if v.camera.is_portrait:
-            params = {k: value for k, value in params.items() if not k.startswith(f"{v.id}_")}
-            (tuple_dir / f"{v.id}.jpg").unlink()
-    (tuple_dir / "params.json").write_text(json.dumps(params))
-    return load_capture(tuple_dir)
-
-
-@pytest.fixture(scope="module")
 def vertices(capture) -> np.ndarray:
     return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
-def exported(capture, landscape, tmp_path_factory):
+def exported(capture, tmp_path_factory):
     """case → Exported (written and checked once per module, on first use)."""
     root, done = tmp_path_factory.mktemp("research"), {}
 
     def get(case: str):
         if case not in done:
             fmt, options = CASES[case]
-            source = landscape if case in ("llff", "llff-upright") else capture
-            done[case] = export(source, fmt, root / case, options, overlays=False)
+            done[case] = export(capture, fmt, root / case, options, overlays=False)
         return done[case]
 
     return get
@@ -107,11 +98,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 # ---- NeuS `models/dataset.py` rules -----------------------------------------------------------------
 
 
-def neus_load(out: Path) -> list[dict]:
-    """n = sorted image/*.png; world_mat_k, scale_mat_k as float32; P = (world_mat @ scale_mat)[:3];
-    cv2.decomposeProjectionMatrix; K / K[2,2]; pose = [Rᵀ | t[:3]/t[3]] (camera→world, normalized world)."""
+def neus_load(out: Path, cameras: str = "cameras_sphere.npz") -> list[dict]:
+    """n = sorted image/*.png, stacked (np.stack: one size, or ValueError); world_mat_k, scale_mat_k as
+    float32; P = (world_mat @ scale_mat)[:3]; cv2.decomposeProjectionMatrix; K / K[2,2]; pose = [Rᵀ | t[:3]/t[3]]
+    (camera→world, normalized world). IDR's SceneDataset reads `cameras.npz` the same way."""
     images = sorted((out / "image").glob("*.png"))
-    cams = np.load(out / "cameras_sphere.npz")
+    stacked = np.stack([cv2.imread(str(image)) for image in images])  # NeuS's own stacking: raises on two sizes
+    assert stacked.shape[0] == len(images)
+    cams = np.load(out / cameras)
     views = []
     for k, image in enumerate(images):
         world_mat = cams[f"world_mat_{k}"].astype(np.float32)
@@ -134,12 +128,12 @@ def neus_project(view: dict, X: np.ndarray) -> np.ndarray:
     return uvw[:, :2] / uvw[:, 2:]
 
 
-@pytest.mark.parametrize("case", ["neus", "neus-upright-centre-cameras"])
-def test_neus_loader_reprojects_the_mesh(case, exported, capture, vertices):
+@pytest.mark.parametrize("case, cameras", [("neus", "cameras_sphere.npz"), ("neus-upright-cameras", "cameras.npz")])
+def test_neus_and_idr_loaders_reproject_the_mesh(case, cameras, exported, capture, vertices):
     result = exported(case)
     assert result.check.passed, [v.problems for v in result.check.views]
     plans = plans_by_name(result.out_dir, capture, neus)
-    views = neus_load(result.out_dir)
+    views = neus_load(result.out_dir, cameras)
     assert [v["name"] for v in views] == list(plans)  # k-th sorted image ↔ world_mat_k ↔ k-th view
     worst = 0.0
     for view in views:
@@ -148,7 +142,18 @@ def test_neus_loader_reprojects_the_mesh(case, exported, capture, vertices):
         worst = max(worst, float(np.abs(neus_project(view, vertices[idx]) - want).max()))
         with Image.open(result.out_dir / view["name"]) as im:
             assert im.size == plan.camera.size and im.format == "PNG"
+    print(f"{case}: NeuS's float32 decomposition reads the mesh {worst:.2e} px off at worst")
     assert worst < PX_TOL
+
+
+def test_per_view_neus_stops_neus_and_the_check_names_it(exported, capture):
+    result = exported("neus-per-view")
+    with pytest.raises(ValueError, match="all input arrays must have the same shape"):
+        neus_load(result.out_dir)
+    problems = result.check.problems
+    assert len(problems) == 1 and problems[0].startswith("neus: stacks every image (np.stack")
+    assert re.search(r": image/\d+\.png is \d+×\d+, image/000\.png \d+×\d+$", problems[0]), problems[0]
+    assert all(v.passed for v in result.check.views)  # each camera is exact: the stop is the export's
 
 
 def test_neus_mesh_is_inside_the_unit_sphere_and_masks_match_a_render(exported, capture, vertices):
@@ -164,11 +169,14 @@ def test_neus_mesh_is_inside_the_unit_sphere_and_masks_match_a_render(exported, 
             mask = cv2.imread(str(result.out_dir / view["name"].replace("image/", "mask/")), cv2.IMREAD_GRAYSCALE)
             assert set(np.unique(mask)) <= {0, 255}
             render = renderer.render(plan.camera, plan.world_to_cam, depth_only=True)
-            assert iou(mask > 0, render.mask) >= IOU_MIN
+            covered = footprint(plan)  # the shared frame holds pixels without source data: never in the mask
+            assert not (mask > 0)[~covered].any()
+            assert iou(mask > 0, render.mask & covered) >= IOU_MIN
 
 
 def test_neus_cameras_sphere_is_outside_every_camera(exported, capture):
-    result = exported("neus-upright-centre-cameras")
+    result = exported("neus-upright-cameras")
+    assert (result.out_dir / "cameras.npz").read_bytes() == (result.out_dir / "cameras_sphere.npz").read_bytes()
     keys = set(np.load(result.out_dir / "cameras_sphere.npz").files)
     assert {"camera_mat_0", "camera_mat_inv_0", "world_mat_inv_0", "scale_mat_inv_0"} <= keys
     for view in neus_load(result.out_dir):
@@ -259,7 +267,7 @@ def test_view_scores_follow_colmap2mvsnet_point_by_point():
     rng = np.random.default_rng(5)
     centres, points = rng.normal(size=(5, 3)) * 10, rng.normal(size=(200, 3))
     seen = [rng.random(200) < 0.7 for _ in centres]
-    scores = mvsnet.view_scores(centres, points, seen)
+    scores = mvsnet_writer.view_scores(centres, points, seen)
     for i in range(5):
         for j in range(5):
             want = 0.0
@@ -269,7 +277,7 @@ def test_view_scores_follow_colmap2mvsnet_point_by_point():
                 sigma = 1.0 if theta <= 5.0 else 10.0
                 want += np.exp(-(theta - 5.0) ** 2 / (2 * sigma**2))
             assert scores[i, j] == pytest.approx(want, rel=1e-12, abs=1e-300)
-    text = mvsnet.pair_text([3, 8, 9, 11, 20], scores)
+    text = mvsnet_writer.pair_text([3, 8, 9, 11, 20], scores)
     assert text.splitlines()[0] == "5" and text.splitlines()[1] == "3"
     assert text.splitlines()[2].split()[0] == "4"
 
@@ -290,13 +298,15 @@ def test_mvsnet_depth_maps_are_the_rendered_depth(exported, capture):
 
 
 def llff_load(out: Path) -> list[dict]:
-    """_load_data: rows ↔ sorted images/ (JPG/jpg/png); every row's H, W := the first image's shape;
-    load_llff_data: columns [1, −0, 2] (OpenGL right, up, back); run_nerf: hwf of poses[0] for all."""
+    """_load_data: rows ↔ sorted images/ (JPG/jpg/png), stacked (np.stack: one size, or ValueError); every
+    row's H, W := the stack's; load_llff_data: columns [1, −0, 2] (OpenGL right, up, back); run_nerf: hwf of
+    poses[0] for all."""
     arr = np.load(out / "poses_bounds.npy")
     poses = arr[:, :-2].reshape([-1, 3, 5]).transpose([1, 2, 0])
     files = sorted(f for f in (out / "images").iterdir() if f.name.endswith(("JPG", "jpg", "png")))
     assert poses.shape[-1] == len(files)
-    h, w = cv2.imread(str(files[0])).shape[:2]
+    imgs = np.stack([cv2.imread(str(f)) for f in files], -1)
+    h, w = imgs.shape[:2]
     poses[:2, 4, :] = np.array([h, w]).reshape([2, 1])
     poses = np.concatenate([poses[:, 1:2, :], -poses[:, 0:1, :], poses[:, 2:, :]], 1)
     poses = np.moveaxis(poses, -1, 0)
@@ -305,41 +315,56 @@ def llff_load(out: Path) -> list[dict]:
              "bounds": arr[i, -2:]} for i, (f, p) in enumerate(zip(files, poses))]
 
 
-def llff_project(view: dict, X: np.ndarray) -> np.ndarray:
-    """OpenGL camera, focal for both axes, principal point at the image centre ((W − 1)/2 in integer pixel
-    centres; nerf-pytorch's get_rays puts it at W/2, half a pixel off: a property of that trainer)."""
+def llff_project(view: dict, X: np.ndarray, reader: str = "nerf-pytorch") -> np.ndarray:
+    """The pixel index whose ray passes X, inverting each trainer's ray rule (OpenGL camera, one focal):
+    nerf-pytorch `get_rays_np`: dirs = ((i − W/2)/f, −(j − H/2)/f, −1); mip-NeRF: ((i − W/2 + 0.5)/f, ...)."""
     c2w = view["c2w"]
     Xg = (X - c2w[:, 3]) @ c2w[:, :3]
     f = view["focal"]
-    return np.column_stack([f * Xg[:, 0] / -Xg[:, 2] + (view["W"] - 1) / 2,
-                            -f * Xg[:, 1] / -Xg[:, 2] + (view["H"] - 1) / 2])
+    half = 0.0 if reader == "nerf-pytorch" else 0.5
+    return np.column_stack([f * Xg[:, 0] / -Xg[:, 2] + view["W"] / 2 - half,
+                            -f * Xg[:, 1] / -Xg[:, 2] + view["H"] / 2 - half])
 
 
-@pytest.mark.parametrize("case", ["llff", "llff-upright"])
-def test_llff_loader_reprojects_the_mesh_and_bounds_hold_it(case, exported, landscape, vertices):
+@pytest.mark.parametrize("case, reader", [("llff", "nerf-pytorch"), ("llff-upright", "nerf-pytorch"),
+                                          ("llff-mipnerf", "mipnerf")])
+def test_llff_loaders_reproject_the_mesh_and_bounds_hold_it(case, reader, exported, capture, vertices):
     result = exported(case)
     assert result.check.passed, [v.problems for v in result.check.views]
-    plans = plans_by_name(result.out_dir, landscape, llff)
-    assert len(plans) == len(landscape.views) and not any(p.camera.is_portrait for p in plans.values())
+    plans = plans_by_name(result.out_dir, capture, llff)
+    assert len(plans) == len(capture.views) and not any(p.camera.is_portrait for p in plans.values())
     views = llff_load(result.out_dir)
     assert [v["name"] for v in views] == list(plans)
-    worst = 0.0
-    with Renderer(load_mesh(landscape.mesh)) as renderer:
+    worst, other = 0.0, 0.0
+    wrong = "mipnerf" if reader == "nerf-pytorch" else "nerf-pytorch"
+    with Renderer(load_mesh(capture.mesh)) as renderer:
         for view in views:
             plan = plans[view["name"]]
             assert plan.camera.fx == plan.camera.fy == view["focal"]
             idx, want = output_pixels(plan, vertices)
-            worst = max(worst, float(np.abs(llff_project(view, vertices[idx]) - want).max()))
+            worst = max(worst, float(np.abs(llff_project(view, vertices[idx], reader) - want).max()))
+            other = max(other, float(np.abs(llff_project(view, vertices[idx], wrong) - want).max()))
             z = visible_depths(renderer, plan, vertices)
             near, far = view["bounds"]
             assert len(z) > 100 and 0 < near <= z.min() and z.max() <= far
-    assert worst < PX_TOL
+    assert worst < PX_TOL and other == pytest.approx(0.5, abs=1e-6)  # the other trainer: half a pixel off
+
+
+def test_llff_for_mipnerf_read_by_nerf_pytorch_fails_the_check(exported, tmp_path, capsys):
+    out = exported("llff-mipnerf").out_dir
+    assert main(["check", str(out), "--reader", "nerf-pytorch", "--overlays", "none"]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
+    assert lines and all("nerf-pytorch reads this view 0.7071 px off" in line for line in lines[:-1])
 
 
 def test_llff_refuses_mixed_sizes_and_measures_the_loss_when_allowed(exported, capture, tmp_path, capsys):
-    code = main(["to-llff", str(capture.root), "-o", str(tmp_path / "out"), "-q", "-j", "1"])
+    code = main(["to-llff", str(capture.root), "-o", str(tmp_path / "out"), "-q", "-j", "1", "--intrinsics", "per-view"])
     assert code == 2 and "--allow-lossy" in capsys.readouterr().err and not (tmp_path / "out").exists()
-    report = exported("llff-lossy").check
+    result = exported("llff-lossy")
+    with pytest.raises(ValueError, match="all input arrays must have the same shape"):
+        llff_load(result.out_dir)
+    report = result.check
+    assert [p.split(":")[0] for p in report.problems] == ["nerf-pytorch"] and "np.stack" in report.problems[0]
     portrait = {v.id for v in capture.views if v.camera.is_portrait}
     assert portrait and not report.passed
     for v in report.views:
@@ -363,7 +388,7 @@ def test_c2w_in_cam_txt_fails_the_check(exported, tmp_path):
     out = copy_export(exported("mvsnet").out_dir, tmp_path)
     for path in (out / "cams").glob("*_cam.txt"):
         cam = mvsnet_cam(path)
-        path.write_text(mvsnet.cam_text(np.linalg.inv(cam["E"]), cam["K"], cam["depth"][0], cam["depth"][3],
+        path.write_text(mvsnet_writer.cam_text(np.linalg.inv(cam["E"]), cam["K"], cam["depth"][0], cam["depth"][3],
                                         int(cam["depth"][2])))
     assert_check_fails(out)
 

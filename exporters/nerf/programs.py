@@ -73,10 +73,12 @@ def read_transforms(path: Path, out_dir: Path) -> list[ExportedView]:
     return sorted(views, key=lambda v: v.name)
 
 
-def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: bool = False) -> list[ExportedView]:
+def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: bool = False,
+                 rule: cv.CentreRule = "half-size") -> list[ExportedView]:
     """Blender rules: `transforms_{split}.json` of `splits` (each one `required`, else skipped when
     absent), image = file_path + '.png' ('./' dropped), focal = 0.5·W/tan(0.5·camera_angle_x) from
-    the image width, principal point (W/2, H/2) corner origin."""
+    the image width, the principal point at the centre by `rule` (the original NeRF: W/2, its rays at
+    (i − W/2)/f; 3DGS's FoV-only frustum: (W − 1)/2)."""
     views = []
     for split in splits:
         path = out_dir / f"transforms_{split}.json"
@@ -94,7 +96,7 @@ def read_blender(out_dir: Path, splits: tuple[str, ...] = SPLITS, *, required: b
             image = out_dir / (_string(frame, "file_path", path, i).replace("./", "") + ".png")
             W, H = check_image(image, None, path, i)
             f = cv.focal_from_fov(W, fov)
-            K = cv.K_from_corner_origin(cv.K_matrix(f, f, W / 2, H / 2))
+            K = cv.centred_K(cv.K_matrix(f, f, 0.0, 0.0), W, H, rule)
             views.append(ExportedView(_relative(image, out_dir), Camera(W, H, K), source_w2c(frame, world, path, i)))
     return views
 
@@ -258,7 +260,7 @@ def _read_3dgs(folder: Path) -> Reading:
     """3D Gaussian Splatting's Blender scene loading (graphdeco-inria `scene/dataset_readers.py`,
     `readNerfSyntheticInfo`): transforms_train.json and transforms_test.json (both required; val is never
     read), camera_angle_x only, fy = fx, image = file_path + '.png'."""
-    views = read_blender(folder, GAUSSIAN_SPLITS, required=True)
+    views = read_blender(folder, GAUSSIAN_SPLITS, required=True, rule="image-centre")
     unread = {v.name: "3DGS reads transforms_train.json and transforms_test.json only, not transforms_val.json"
               for v in read_blender(folder, tuple(s for s in SPLITS if s not in GAUSSIAN_SPLITS))}
     return Reading(views, unread)
@@ -269,7 +271,18 @@ def _read_nerfstudio(folder: Path) -> Reading:
 
 
 def _read_blender(folder: Path) -> Reading:
-    return Reading(read_blender(folder))
+    """The original NeRF's `load_blender` (nerf-pytorch `load_blender.py`, bmild/nerf alike): `np.array(imgs)`
+    per split and one concatenation, so ONE size; H, W of the first image and focal from camera_angle_x for
+    every view; `get_rays_np` puts the principal point at (W/2, H/2)."""
+    views = read_blender(folder)
+    if not views:
+        return Reading(views)
+    first = views[0].camera
+    other = next((v for v in views if v.camera.size != first.size), None)
+    problems = [] if other is None else [
+        f"stacks every image (np.array(imgs) in load_blender.py) and stops: ValueError: inhomogeneous shape: "
+        f"{other.name} is {other.camera.width}×{other.camera.height}, {views[0].name} {first.width}×{first.height}"]
+    return Reading(views, problems=problems)
 
 
 PROGRAMS = (

@@ -13,10 +13,10 @@ import numpy as np
 import trimesh
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette
+from fsconvert.depthproducts import render_depths, silhouette, subjects
 from fsconvert.errors import InputError
-from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, plan_views
-from fsconvert.imagestage import Footprint, read_image, stems, write_images
+from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
+from fsconvert.imagestage import Footprint, stems, write_images
 from fsconvert.mesh import capture_mesh, vertex_colors, vertex_normals
 from fsconvert.model import Capture
 from fsconvert.options import check_choices, option
@@ -50,13 +50,20 @@ DEPTH_MAX = 65535
 PLY_COMMENT = f"fsconvert {NAME}: normalized frame"
 
 
+BLENDER_IMAGE: dict[str, object] = {"image_format": "png", "intrinsics": "shared"}
+"""The blender variant's image defaults: RGBA PNG (readers append '.png'), one shared frame (the original
+NeRF stacks its images: one size, one focal)."""
+
+
 @dataclass(frozen=True)
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
+    """The blender variant takes `BLENDER_IMAGE` over the defaults (from the command line, and in Python when
+    `image` is left at its default)."""
     variant: Literal["nerfstudio", "blender"] = option(
         "nerfstudio", "nerfstudio: transforms.json for nerfstudio and instant-ngp (default); blender: "
         "transforms_{train,val,test}.json, png, one centred FoV (original NeRF, 3DGS)",
-        aliases=("--format",), image_defaults={"blender": {"image_format": "png"}})
+        aliases=("--format",), image_defaults={"blender": BLENDER_IMAGE})
     normalize: Literal["none", "sphere", "cameras"] = option(
         "none", "world similarity recorded as applied_transform/applied_scale: none keeps the SfM world (default; "
         "best for nerfstudio), sphere fits the mesh's bounding sphere, cameras the camera centres, in --radius "
@@ -100,6 +107,8 @@ class Options:
             raise InputError(f"--for {self.target} needs --variant blender (the COLMAP route to 3DGS is "
                              "`fsconvert to-colmap --for 3dgs`)")
         if self.variant == "blender":
+            if self.image == ImageOptions():
+                object.__setattr__(self, "image", replace(self.image, **BLENDER_IMAGE))  # type: ignore[arg-type]
             if not self.image.undistort:
                 raise InputError("--variant blender holds no lens distortion (NeRF/3DGS Blender readers): "
                                  "use --distortion undistort")
@@ -135,18 +144,14 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     record = {"applied_transform": A.tolist(), "applied_scale": scale}
     meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
     depth_step = depth_unit(capture, options)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress,
-                              footprints=options.masks or blender)
-    if options.masks or options.depth:
-        _write_renders(mesh, plans, names, view_stems, footprints, options, depth_step, folder, progress)
-    if blender and not options.masks:  # alpha 0 where the pixel has no source data
-        assert footprints is not None  # write_images returns them when asked for
-        for name, fp in zip(names, footprints):
-            alpha = np.where(fp.mask(), 255, 0).astype(np.uint8)
-            write_png(folder / name, np.dstack([read_image(folder / name), alpha]))
+    masks = options.masks and not blender  # blender's go into the images' alpha
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
+                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
+    if masks or options.depth:
+        _write_renders(mesh, plans, view_stems, footprints, options, depth_step, folder, progress)
     if blender:
         assert splits is not None  # default_split gives the blender variant its split
-        _write_blender(folder, frames, splits, options, meta)
+        _write_blender(folder, frames, splits, options, meta, plans)
     else:
         scene = np.concatenate([cv.apply_similarity(S, mesh.vertices), cv.apply_similarity(S, centres)])
         extent = float(np.abs(scene).max())
@@ -156,7 +161,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     warnings = reader_warnings(options, plans, splits)
     return {"images": names, "options": options,
             "normalization": {"method": options.normalize, "similarity": S.tolist(), **record},
-            **({"warnings": warnings} if warnings else {})}
+            **frame_record(capture.views, options.image), **({"warnings": warnings} if warnings else {})}
 
 
 def depth_unit(capture: Capture, options: Options) -> float:
@@ -165,13 +170,21 @@ def depth_unit(capture: Capture, options: Options) -> float:
     return options.depth_unit * (capture.alignment.units_per_metre if capture.alignment else 1.0)
 
 
+CENTRE_RULES: dict[str, cv.CentreRule] = {"blender": "half-size", "3dgs": "image-centre"}
+"""Where each Blender reader puts the principal point: the original NeRF casts pixel i's ray at (i − W/2)/f
+(`run_nerf_helpers.get_rays_np`); 3DGS's FoV-only frustum is centred at (W − 1)/2."""
+
+
 def effective_image_options(capture: Capture, options: Options) -> ImageOptions:
-    """The image options used: for blender, every view turned landscape, principal point centred and
-    one horizontal FoV (the given fov_x, else the widest of the views' undistorted FoVs), each view at
-    its own focal and as large as it needs to hold all its source pixels: nothing is cut off; what
-    has no source data is transparent (alpha 0)."""
+    """The image options used. For blender: the reader's pixel rule; RGBA, alpha 0 where a pixel has no
+    source data (with --masks also outside the mesh); with --intrinsics per-view every view turned
+    landscape, principal point centred and one horizontal FoV (the given fov_x, else the widest of the
+    views'), each view at its own focal and as large as it needs to hold all its source pixels."""
     image = options.image
     if options.variant != "blender":
+        return image
+    image = replace(image, centre_rule=CENTRE_RULES[options.target], alpha="subject" if options.masks else "coverage")
+    if image.shared:
         return image
     return common_fov(capture.views, replace(image, principal_point="center", border="cover", orientation="landscape"),
                       max)
@@ -281,35 +294,32 @@ def _write_transforms(folder: Path, frames: list[dict[str, Any]], names: list[st
 
 
 def _write_blender(folder: Path, frames: list[dict[str, Any]], splits: list[int], options: Options,
-                   record: dict[str, Any]) -> None:
-    """transforms_<split>.json for each split the reader opens or that holds a view."""
+                   record: dict[str, Any], plans: list[ViewPlan]) -> None:
+    """transforms_<split>.json for each split the reader opens or that holds a view; camera_angle_x is the
+    one horizontal FoV every view has (fov_x, or the shared frame's)."""
+    fov = options.image.fov_x
+    if fov is None:
+        fov = cv.fov_from_focal(plans[0].camera.width, plans[0].camera.fx)
     for k, split in enumerate(SPLITS):
         chosen = [f for f, s in zip(frames, splits) if s == k]
         if chosen or split in _needed_splits(options):
-            meta = {"camera_angle_x": options.image.fov_x, **record, "frames": chosen}
+            meta = {"camera_angle_x": fov, **record, "frames": chosen}
             write_json(folder / f"transforms_{split}.json", meta, compact_numbers=True)
 
 
 # ---- masks and depth -------------------------------------------------------------------------------
 
 
-def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], names: list[str], stems: list[str],
-                   footprints: list[Footprint] | None, options: Options, depth_step: float, folder: Path,
-                   progress: bool) -> None:
-    """Masks (masks/ PNGs, or the alpha channel of blender's PNG images) and depths/ PNGs of every
-    output camera (source world, lens model included)."""
-    blender = options.variant == "blender"
-    for wanted, sub in ((options.masks and not blender, MASKS), (options.depth, DEPTHS)):
+def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], footprints: list[Footprint] | None,
+                   options: Options, depth_step: float, folder: Path, progress: bool) -> None:
+    """masks/ and depths/ PNGs of every output camera (source world, lens model included)."""
+    for wanted, sub in ((options.masks, MASKS), (options.depth, DEPTHS)):
         if wanted:
             (folder / sub).mkdir()
     for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
         if options.masks:
             assert footprints is not None  # write asks write_images for them with masks
-            mask = silhouette(depth, footprints[i])
-            if blender:
-                write_png(folder / names[i], np.dstack([read_image(folder / names[i]), mask]))
-            else:
-                write_png(folder / MASKS / f"{stems[i]}.png", mask)
+            write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
         if options.depth:
             write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, depth_step, plans[i].view.id))
 
