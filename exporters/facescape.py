@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fsconvert.errors import InputError
-from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imageplan import ImageOptions, frame_record, plan_views
 from fsconvert.imagestage import write_images
 from fsconvert.loader import PARAMS, load_capture
 from fsconvert.model import Capture
@@ -52,7 +52,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         }
     write_images(plans, names, folder, workers=workers, progress=progress)
     write_text(folder / PARAMS, json.dumps(params, indent=1) + "\n")
-    return {"images": names}
+    return {"images": names, **frame_record(capture.views, options.image)}
 
 
 def read(out_dir: str | Path) -> list[ExportedView]:

@@ -32,7 +32,7 @@ import trimesh
 from fsconvert.depthproducts import render_depths
 from fsconvert.errors import InputError, OutputError
 from fsconvert.fuse import RGBDFrame, integrate
-from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import stems, write_images
 from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
@@ -96,7 +96,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     write_json(folder / RGBD, rgbd)
     if options.fuse:
         fuse(folder, options.voxel_size, progress=progress)
-    return {"images": names}
+    return {"images": names, **frame_record(capture.views, options.image)}
 
 
 def depth_scale(max_depth: float) -> float:

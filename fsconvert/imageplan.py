@@ -9,6 +9,7 @@ when the output is at least that much smaller (`ViewPlan.reduce`).
 
 from __future__ import annotations
 
+import argparse
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,14 @@ SCRATCH = Scratch()
 """This thread's reusable map and image arrays (the image stage releases them after a run)."""
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """'1600x1200' → (1600, 1200): the command line's and configs' form of `ImageOptions.frame_size`."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1600x1200, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 @dataclass(frozen=True)
 class ImageOptions:
     """How exported images are made from the source JPEGs (the "images" options of every format)."""
@@ -107,7 +116,7 @@ class ImageOptions:
     """per-view: each view its own camera; shared: the shared frame (`fsconvert.framing.shared_frame`), where
     `border` keep reads as cover and the focal is the median of the views' (`frame_focal` to choose it)."""
     frame_size: tuple[int, int] | None = option(None, "the shared frame's size instead of covering the views' data",
-                                                parse=lambda text: _frame_size(text), metavar="WxH")
+                                                parse=frame_size, metavar="WxH")
     frame_focal: float | None = option(None, "the shared frame's focal length in output pixels (default: the median "
                                        "of the views', times the output scale)", metavar="F")
     size_multiple: int = option(1, "round the shared frame's size to a multiple of this (32 for loaders that resize "
@@ -169,12 +178,6 @@ class ImageOptions:
         return self.intrinsics == "shared"
 
 
-def _frame_size(text: str) -> tuple[int, int]:
-    """'1600x1200' → (1600, 1200)."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"expected WIDTHxHEIGHT, e.g. 1600x1200, got {text!r}")
-    return int(parts[0]), int(parts[1])
 
 
 @dataclass(frozen=True, eq=False)
