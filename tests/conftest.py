@@ -19,6 +19,10 @@ import pytest  # noqa: E402
 
 import fsconvert  # noqa: F401, E402  (headless rendering set-up before anything imports pyrender)
 
+METRIC_ARGS = {"nersemble": ["--assume-metric-scale", "0.04"]}
+"""What formats that need a metric world (VHAP: FLAME works in metres) are given to export the sample's SfM
+units: metres per SfM unit (the sample's heads are ~5 units across)."""
+
 
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

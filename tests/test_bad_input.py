@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from conftest import METRIC_ARGS
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
@@ -134,7 +135,7 @@ class Data:
 
     def argv(self) -> list[str]:
         return [f"to-{self.fmt}", str(self.tuple), "-o", str(self.out), "-q", "-j", "1",
-                *self.args]
+                *METRIC_ARGS.get(self.fmt, []), *self.args]
 
 
 @pytest.fixture
@@ -699,8 +700,8 @@ def test_unicode_and_spaces_in_paths_work(fmt: str, base: Path, tmp_path: Path, 
     (root / "images" / SUBJECT / EXP).rename(root / "images" / SUBJECT / exp)
     (root / "models" / SUBJECT / f"{EXP}.ply").rename(root / "models" / SUBJECT / f"{exp}.ply")
     out = tmp_path / "out pût" / "résultat 1"
-    code, stdout, err = run_cli([f"to-{fmt}", str(root / "images" / SUBJECT / exp), "-o", str(out), "-q", "-j", "1"],
-                                capsys)
+    code, stdout, err = run_cli([f"to-{fmt}", str(root / "images" / SUBJECT / exp), "-o", str(out), "-q", "-j", "1",
+                                 *METRIC_ARGS.get(fmt, [])], capsys)
     assert code == 0, err
     assert json.loads((out / CHECK_JSON).read_text())["passed"] is True
     manifest = read_manifest(out)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import METRIC_ARGS
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available, facescape
@@ -360,7 +361,7 @@ def test_a_bug_in_one_tuple_does_not_stop_the_others(dataset: Path, tmp_path: Pa
 @pytest.mark.parametrize("fmt", sorted(set(available()) - {"facescape"}))
 def test_every_exporter_in_parallel_is_deterministic_and_resumable(fmt: str, dataset: Path, tmp_path: Path, capsys):
     pooled, serial = tmp_path / "pooled", tmp_path / "serial"
-    base = [f"to-{fmt}", str(dataset), "--ids", "1", "-q"]
+    base = [f"to-{fmt}", str(dataset), "--ids", "1", "-q", *METRIC_ARGS.get(fmt, [])]
     assert main(base + ["-o", str(pooled), "-j", "2"]) == 0
     assert "converted 2 (6 images), skipped 0 (up to date), failed 0" in capsys.readouterr().out
     assert main(base + ["-o", str(serial), "-j", "1"]) == 0

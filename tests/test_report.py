@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import METRIC_ARGS
 from PIL import Image
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
@@ -127,7 +128,8 @@ def facescape_export(small: Path, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("fmt", sorted(available()))
 def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path, capsys):
     out = tmp_path / fmt
-    assert main([f"to-{fmt}", str(small), "-o", str(out), "-q", "-j", "1", "--include-invalid"]) == 0
+    assert main([f"to-{fmt}", str(small), "-o", str(out), "-q", "-j", "1", "--include-invalid",
+                 *METRIC_ARGS.get(fmt, [])]) == 0
     rows = assert_page_matches_check(out)
     assert len(rows) == 6 and all(r["attrs"]["class"] == "pass" for r in rows)
     assert sum("(valid=false)" in r["cells"][2]["text"] for r in rows) == 1  # the view exported with --include-invalid

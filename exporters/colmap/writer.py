@@ -1,24 +1,8 @@
-"""COLMAP workspace: `images/<name>` + `sparse/0/{cameras,images,points3D}.{bin|txt}` + `points3D.ply`.
-
-One COLMAP camera per view (corner-origin principal point); PINHOLE after undistortion, OPENCV or
-FULL_OPENCV (k3 ≠ 0) when the lens model is kept. points3D are mesh surface samples with real
-tracks: each point is observed by the views whose rendered depth agrees with it, at its projection
-through the full output camera. The model is built with pycolmap ≥ 4.0 and written as the legacy
-three files (no rigs/frames: every COLMAP reader since 3.x, and read_write_model-style parsers, load
-those and any ≥ 3.12 reader recreates the same trivial rigs and frames). `points3D.ply` beside them
-(x y z nx ny nz red green blue) initialises 3D Gaussian Splatting.
-
-`--for 3dgs` writes what 3DGS's reader (PINHOLE only, principal point assumed at the centre) reads
-without loss: centred principal points and, by default, each view cropped to the largest centred
-rectangle with source data in every pixel (`--border crop`; K exact); with `--border keep|cover`
-the frame stays and `masks/<image name>.png` (COLMAP's mask naming, 0 = no source data) is written.
-"""
+"""Writing the COLMAP workspace: images, the model (`--model-format`), points3D with tracks, and with
+`--for 3dgs --depths` 3DGS's depth priors (see the package docstring)."""
 
 from __future__ import annotations
 
-import os
-import re
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,41 +13,48 @@ import numpy as np
 import trimesh
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import point_visibility
+from fsconvert.depthproducts import point_visibility, subjects
 from fsconvert.errors import InputError
-from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import read_image, stems, write_images
 from fsconvert.mesh import capture_mesh, face_areas, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
-from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.writers import ply_vertices, write_ply, write_png
+
+from .depths import write_depth_priors
+from .layout import (
+    DEPTH_PARAMS,
+    DEPTHS,
+    FOR_3DGS,
+    IMAGES,
+    MASKS,
+    MAX_DEPTH_TOLERANCE,
+    MODEL_FORMATS,
+    NAME,
+    PLY,
+    SAMPLE_SEED,
+    SPARSE,
+    require_pycolmap,
+)
 
 if TYPE_CHECKING:  # pycolmap's own stubs; at run time the module comes from require_pycolmap
     from pycolmap import Camera as ColmapCamera
     from pycolmap import Reconstruction
 
-NAME = "colmap"
 SUMMARY = "COLMAP workspace (images/ + sparse/0 cameras, images, points3D with tracks); --for 3dgs: for 3DGS"
-
-IMAGES = Path("images")
-SPARSE = Path("sparse") / "0"
-PLY = "points3D.ply"
-MASKS = Path("masks")
-FOR_3DGS = "`fsconvert to-colmap --for 3dgs`"
-MIN_PYCOLMAP_READ = (3, 12)
-"""`Image.cam_from_world()` became a method (poses on frames) in 3.12."""
-WRITE_API = ("add_camera_with_trivial_rig", "add_image_with_trivial_frame")
-"""Reconstruction methods added in pycolmap 4.0 that `write` builds the model with."""
-SAMPLE_SEED = 0
-MAX_DEPTH_TOLERANCE = 0.05
-"""Looser depth tests let hidden surfaces in (and could out-vote the visible ones on normal orientation)."""
 
 
 @dataclass(frozen=True)
 class Options:
     image: ImageOptions = field(default_factory=ImageOptions)
-    text: bool = option(False, "write the text model (.txt) instead of binary (.bin)")
+    text: bool = option(False, "write the text model (.txt) instead of binary (.bin): --model-format txt",
+                        exclusive="model format")
+    """Kept as it always was: the same as `model_format="txt"` (`__post_init__` sets it)."""
+    model_format: Literal["bin", "txt", "both"] = option(
+        "bin", "the model files sparse/0/{cameras,images,points3D}: bin, txt (COLMAP's text model: OpenMVS's "
+        "InterfaceCOLMAP and text-only tools) or both (COLMAP, pycolmap and 3DGS read the .bin, OpenMVS the .txt)",
+        name="model_format", exclusive="model format")
     points: int = option(20000, "mesh surface samples to triangulate into points3D (0 = none, no points3D.ply)")
     point_colors: Literal["mesh", "image"] = option(
         "mesh", "points3D colour: the mesh vertex colours (default), or the mean of the observed image pixels")
@@ -75,9 +66,16 @@ class Options:
         "keep|cover, masks/ instead)", name="for",
         image_defaults={"3dgs": {"principal_point": "center", "border": "crop"}})
     """Also the reader the check reads the export by."""
+    depths: bool = option(
+        False, f"with --for 3dgs: 3DGS's depth priors (train.py -d depths): {DEPTHS}/<image stem>.png, the mesh's "
+        f"16-bit inverse depth, and {SPARSE.as_posix()}/{DEPTH_PARAMS} (scale per image, offset 0)")
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.text:  # the flags exclude each other; "bin" is the default, i.e. not given
+            if self.model_format == "both":
+                raise InputError("text means model_format txt: give model_format both without text")
+            object.__setattr__(self, "model_format", "txt")
         if self.points < 0:
             raise InputError(f"points must be ≥ 0, got {self.points}")
         if not 0 < self.depth_tolerance <= MAX_DEPTH_TOLERANCE:
@@ -85,18 +83,28 @@ class Options:
         if self.target == "3dgs" and self.image.principal_point != "center":
             raise InputError("--for 3dgs: 3D Gaussian Splatting ignores cx, cy and reads PINHOLE cameras only: "
                              "keep --distortion undistort and --principal-point center")
+        if self.depths and self.target != "3dgs":
+            raise InputError("--depths writes 3D Gaussian Splatting's depth priors (train.py -d depths): "
+                             "add --for 3dgs")
+        if self.depths and not self.points:
+            raise InputError("--depths: 3DGS starts from points3D.ply and the check proves the priors against the "
+                             "points3D the views observe: keep --points above 0")
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the COLMAP workspace (see the module docstring)."""
+    """Write the COLMAP workspace (see the package docstring)."""
     pycolmap = require_pycolmap(write=True)
     if options.points and capture.mesh is None:
         raise InputError("points3D need the tuple's mesh: give --mesh, or --points 0", file=capture.root)
+    if options.depths and capture.mesh is None:
+        raise InputError("--depths renders the tuple's mesh: give --mesh", file=capture.root)
     plans = plan_views(capture.views, options.image)
     names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
-    masks = options.target == "3dgs" and options.image.border != "crop"
+    masks = options.target == "3dgs" and options.image.border != "crop" and options.image.alpha == "none"
+    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, "--alpha subject"), plans,
+                                                                   "subject", progress=progress)
     footprints = write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress,
-                              footprints=masks)
+                              footprints=masks, subjects=alpha)
     if masks:  # COLMAP's mask naming: masks/<image name>.png, 0 where the pixel has no source data
         (folder / MASKS).mkdir()
         assert footprints is not None  # write_images returns them when asked for
@@ -118,20 +126,23 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         rec.update_point_3d_errors()
     sparse = folder / SPARSE
     sparse.mkdir(parents=True)
-    if options.text:
-        rec.write_text(str(sparse))
-    else:
-        rec.write_binary(str(sparse))
-    for extra in ("rigs", "frames"):
-        (sparse / f"{extra}.{'txt' if options.text else 'bin'}").unlink(missing_ok=True)
+    for ext in MODEL_FORMATS[options.model_format]:
+        (rec.write_binary if ext == "bin" else rec.write_text)(str(sparse))
+        for extra in ("rigs", "frames"):  # the legacy three files: every reader's (layout.MODEL_FILES)
+            (sparse / f"{extra}.{ext}").unlink(missing_ok=True)
     if options.points:
         write_ply(sparse / PLY, ply_vertices(cloud.xyz, cloud.normals, cloud.rgb))
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
     warnings = reader_warnings(pycolmap, plans, options)
-    return {"images": [str(IMAGES / n) for n in names], "points3D": stats,
-            **({"warnings": warnings} if warnings else {})}
+    depths: dict[str, Any] = {}
+    if options.depths:
+        depths, more = write_depth_priors(capture_mesh(capture, "--depths"), plans, names,
+                                          [p.view.id for p in plans], folder, progress=progress)
+        warnings += more
+    return {"images": [str(IMAGES / n) for n in names], "points3D": stats, **frame_record(capture.views, options.image),
+            **({"depths": depths} if depths else {}), **({"warnings": warnings} if warnings else {})}
 
 
 def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Options) -> list[str]:
@@ -139,10 +150,15 @@ def reader_warnings(pycolmap: ModuleType, plans: list[ViewPlan], options: Option
     out = []
     image = options.image
     if options.target == "3dgs":
-        if image.border != "crop":
+        if image.border != "crop" and image.alpha == "none":
             out.append(f"{NAME}: the border without source data is masked in {MASKS}/ (255 = data): 3DGS's own "
                        "train.py does not read masks and trains on that border; use a trainer that takes masks, "
                        "or --border crop")
+        if options.depths and image.alpha != "subject":
+            out.append(f"{NAME}: 3DGS's depth loss has no per-pixel mask: where the mesh is not seen (hair, body, "
+                       f"backdrop) {DEPTHS}/ holds inverse depth 0 (nothing there) and pulls the Gaussians the image "
+                       "shows there away; add --image-format png --alpha subject, so that its image loss ignores "
+                       "those pixels too")
     elif image.principal_point == "center" and image.border == "keep":
         out.append(f"{NAME}: 3DGS reads these centred PINHOLE cameras exactly, but the strip that centring uncovers "
                    f"has no source data and no mask: for 3DGS use {FOR_3DGS} (crops it, or masks it)")
@@ -172,121 +188,6 @@ def default_reader(options: Options) -> str:
     return options.target
 
 
-def read(out_dir: str | Path) -> list[ExportedView]:
-    """Read `out_dir/sparse/0` with pycolmap; cameras back in the internal convention, in image-id order."""
-    rec = load_model(out_dir)
-    sparse = Path(out_dir) / SPARSE
-    views = []
-    for image_id in sorted(rec.images):
-        image = rec.images[image_id]
-        camera = internal_camera(rec.cameras[image.camera_id], sparse)
-        views.append(ExportedView(str(IMAGES / image.name), camera, cv.homogeneous(image.cam_from_world().matrix())))
-    return views
-
-
-GAUSSIAN_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
-"""The only COLMAP models 3DGS's reader accepts ("only undistorted datasets ... supported")."""
-
-
-def read_3dgs(folder: Path) -> Reading:
-    """3D Gaussian Splatting's COLMAP scene loading (graphdeco-inria `scene/dataset_readers.py`,
-    `readColmapSceneInfo`): `sparse/0` (bin, else txt), PINHOLE / SIMPLE_PINHOLE only, FovX = 2·atan(W/2fx),
-    FovY = 2·atan(H/2fy), the principal point at the image centre whatever the file says, image
-    `images/<basename(name)>`, cameras sorted by name."""
-    rec = load_model(folder)
-    views = []
-    for image in sorted(rec.images.values(), key=lambda im: im.name):
-        camera = rec.cameras[image.camera_id]
-        if camera.model.name not in GAUSSIAN_MODELS:
-            raise InputError(f"camera {camera.camera_id} is {camera.model.name}: 3DGS's reader accepts only "
-                             f"{' / '.join(GAUSSIAN_MODELS)} (\"Colmap camera model not handled\")",
-                             file=folder / SPARSE)
-        p = [float(x) for x in camera.params]
-        fx, fy = (p[0], p[0]) if camera.model.name == "SIMPLE_PINHOLE" else (p[0], p[1])
-        W, H = int(camera.width), int(camera.height)
-        K = cv.K_from_corner_origin(cv.K_matrix(fx, fy, W / 2, H / 2))  # FoV only: a symmetric frustum
-        name = (IMAGES / os.path.basename(image.name)).as_posix()
-        views.append(ExportedView(name, Camera(W, H, K), cv.homogeneous(image.cam_from_world().matrix())))
-    return Reading(views)
-
-
-PROGRAMS = (
-    Program("colmap", "COLMAP (and pycolmap): sparse/0 as it is, every camera model", lambda f: Reading(read(f))),
-    Program("3dgs", "3D Gaussian Splatting: sparse/0, PINHOLE / SIMPLE_PINHOLE only, cx, cy ignored", read_3dgs),
-)
-
-
-def load_model(out_dir: str | Path) -> Reconstruction:
-    """The pycolmap Reconstruction of `out_dir/sparse/0` (bin, else txt); one-line InputErrors."""
-    pycolmap = require_pycolmap(write=False)
-    sparse = Path(out_dir) / SPARSE
-    if not sparse.is_dir():
-        raise InputError(f"no COLMAP model folder {SPARSE}", file=out_dir)
-    _check_binary_layout(pycolmap, sparse)
-    try:
-        rec: Reconstruction = pycolmap.Reconstruction(str(sparse))
-        return rec
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with COLMAP's check message
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise InputError(f"not a readable COLMAP model: {reason}", file=sparse) from None
-
-
-def _check_binary_layout(pycolmap: ModuleType, sparse: Path) -> None:
-    """Walk the records of a binary model (formats.md §1.3): they must end exactly at each file's end.
-
-    COLMAP trusts the counts it reads, so a truncated or corrupt file costs minutes and gigabytes
-    before a bad_alloc; here it is a one-line error.
-    """
-    models = [m for m in pycolmap.CameraModelId.__members__.values() if m.name != "INVALID"]
-    n_params = {int(m): len(pycolmap.Camera.create_from_model_id(1, m, 1.0, 1, 1).params) for m in models}
-
-    def camera(data: bytes, off: int) -> int:
-        return off + 24 + 8 * n_params[struct.unpack_from("<i", data, off + 4)[0]]
-
-    def image(data: bytes, off: int) -> int:
-        off = data.index(b"\0", off + 64) + 1
-        return off + 8 + 24 * int(struct.unpack_from("<Q", data, off)[0])
-
-    def point(data: bytes, off: int) -> int:
-        return off + 51 + 8 * int(struct.unpack_from("<Q", data, off + 43)[0])
-
-    walks = (("cameras.bin", camera), ("images.bin", image), ("points3D.bin", point))
-    if not all((sparse / name).is_file() for name, _ in walks):
-        return  # COLMAP reads the text model then
-    for name, record in walks:
-        path = sparse / name
-        data = path.read_bytes()
-        try:
-            (count,), off = struct.unpack_from("<Q", data), 8
-            for _ in range(count):
-                if off >= len(data):  # records missing
-                    off = -1
-                    break
-                off = record(data, off)
-        except (struct.error, ValueError, KeyError):
-            off = -1
-        if off != len(data):
-            raise InputError("truncated or corrupt: its records do not end at the end of the file", file=path)
-
-
-def require_pycolmap(*, write: bool, module: ModuleType | None = None) -> ModuleType:
-    """The pycolmap module (or `module`, for tests), or a one-line InputError naming found vs needed."""
-    if module is None:
-        try:
-            import pycolmap
-        except ImportError:
-            raise InputError("pycolmap is not installed (pip install 'pycolmap>=4.0')") from None
-        module = pycolmap
-    found = getattr(module, "__version__", "unknown")
-    numbers = tuple(int(n) for n in re.findall(r"\d+", found)[:2])
-    missing = [f for f in WRITE_API if not hasattr(module.Reconstruction, f)] if write else []
-    if numbers < MIN_PYCOLMAP_READ or missing:
-        need = "4.0 (Reconstruction." + " / ".join(WRITE_API) + ")" if write else "3.12"
-        role = "exporter" if write else "reader"
-        raise InputError(f"pycolmap {found} found; the COLMAP {role} needs pycolmap ≥ {need}")
-    return module
-
-
 # ---- cameras ---------------------------------------------------------------------------------------
 
 
@@ -302,23 +203,6 @@ def _colmap_camera(pycolmap: ModuleType, camera_id: int, camera: Camera) -> Colm
     colmap_camera: ColmapCamera = pycolmap.Camera(camera_id=camera_id, model=model, width=camera.width,
                                                   height=camera.height, params=params)
     return colmap_camera
-
-
-def internal_camera(camera: ColmapCamera, where: Path | None = None) -> Camera:
-    """A pycolmap camera as an internal Camera; InputError for models k1 k2 p1 p2 k3 cannot hold."""
-    model, p = camera.model.name, [float(x) for x in camera.params]
-    if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):  # f cx cy [k1 [k2]]
-        (fx, cx, cy), fy, coeffs = p[:3], p[0], p[3:]
-    elif model in ("PINHOLE", "OPENCV", "FULL_OPENCV"):  # fx fy cx cy [k1 k2 p1 p2 [k3 k4 k5 k6]]
-        (fx, fy, cx, cy), coeffs = p[:4], p[4:9]
-        if any(p[9:]):
-            raise InputError(f"camera {camera.camera_id}: FULL_OPENCV k4..k6 = {p[9:]} cannot be represented "
-                             "(internal model is k1 k2 p1 p2 k3)", file=where)
-    else:
-        raise InputError(f"camera {camera.camera_id}: COLMAP model {model} cannot be represented by "
-                         "k1 k2 p1 p2 k3", file=where)
-    K = cv.K_from_corner_origin(cv.K_matrix(fx, fy, cx, cy))
-    return Camera(int(camera.width), int(camera.height), K, np.asarray((coeffs + [0.0] * 5)[:5]))
 
 
 # ---- points3D --------------------------------------------------------------------------------------
