@@ -25,6 +25,12 @@ demo: deps
 	$(VENV)/bin/fsconvert to-open3d $(SAMPLE) -o $(OUT)/open3d --fuse --overwrite --quiet
 	$(VENV)/bin/fsconvert info $(SAMPLE) --align $(ALIGN)
 	$(VENV)/bin/fsconvert to-nerf $(SAMPLE) -o $(OUT)/nerf_tu --align $(ALIGN) --units m --depth --overwrite --quiet
+	$(VENV)/bin/fsconvert to-neus $(SAMPLE) -o $(OUT)/neus --overwrite --quiet
+	$(VENV)/bin/fsconvert to-llff $(SAMPLE) -o $(OUT)/llff --overwrite --quiet
+	$(VENV)/bin/fsconvert to-colmap $(SAMPLE) -o $(OUT)/3dgs_depth --for 3dgs --depths --image-format png --alpha subject --overwrite --quiet
+	$(VENV)/bin/fsconvert to-neus2 $(SAMPLE) -o $(OUT)/neus2 --overwrite --quiet
+	$(VENV)/bin/fsconvert to-sdfstudio $(SAMPLE) -o $(OUT)/sdfstudio --masks --depth --overwrite --quiet
+	$(VENV)/bin/fsconvert to-nersemble $(SAMPLE) -o $(OUT)/nersemble --align $(ALIGN) --units m --overwrite --quiet
 	@echo "Exports and their check reports (check/index.html, check.json, rig.png, mv_result_<view>.jpg) are in $(OUT)/"
 
 # The house's rules (pyproject.toml): the import contracts (layers, no circles, formats apart), ruff, strict mypy.

@@ -32,7 +32,6 @@ pose: a world similarity of its own, not in the file.
 
 from __future__ import annotations
 
-import io
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,7 +49,7 @@ from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
-from fsconvert.writers import write_bytes
+from fsconvert.writers import npy_bytes, write_bytes
 
 NAME = "llff"
 SUMMARY = "LLFF images/ + poses_bounds.npy (NeRF forward-facing: one focal, centred principal point)"
@@ -102,9 +101,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     for i, depth in render_depths(mesh, plans, progress=progress):
         bounds = depth_range(depth, options.depth_margin, plans[i].view.id)
         rows[i] = poses_bounds_row(plans[i].world_to_cam, plans[i].camera, bounds)
-    buf = io.BytesIO()
-    np.save(buf, rows)
-    write_bytes(folder / POSES, buf.getvalue())
+    write_bytes(folder / POSES, npy_bytes(rows))
     warnings = [] if options.image.alpha != "none" else uncovered_warnings(NAME, names, footprints,
                                                                           "LLFF readers (no mask)")
     return {"images": names, "options": options, **frame_record(capture.views, options.image),

@@ -64,7 +64,6 @@ it, missing alpha maps or colour corrections.
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,7 @@ from fsconvert.mesh import capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
-from fsconvert.writers import ply_vertices, write_bytes, write_encoded, write_json, write_ply
+from fsconvert.writers import npy_bytes, ply_vertices, write_bytes, write_encoded, write_json, write_ply
 
 NAME = "nersemble"
 SUMMARY = "VHAP's NeRSemble layout: camera_params.json (one K, OpenCV world_2_cam, metres) + images/ + alpha_maps/"
@@ -160,7 +159,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     write_json(folder / CAMERA_PARAMS / subject / CAMERA_PARAMS_JSON, camera_params(plans, ids, S, world),
                compact_numbers=True)
     (folder / COLOR_CORRECTION / subject).mkdir(parents=True)
-    identity = _npy_bytes(np.eye(4))
+    identity = npy_bytes(np.eye(4))
     for i in ids:
         write_bytes(folder / COLOR_CORRECTION / subject / f"{i}.npy", identity)
     _write_mesh(sequence_dir / MESH, mesh, S)
@@ -210,12 +209,6 @@ def camera_params(plans: list[ViewPlan], ids: list[str], S: np.ndarray, world: d
     return {"intrinsics": K.tolist(), "height": height, "width": width,
             "world_2_cam": {i: cv.w2c_in_similar_world(p.world_to_cam, S).tolist() for i, p in zip(ids, plans)},
             WORLD_KEY: world}
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:

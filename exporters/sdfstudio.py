@@ -43,7 +43,6 @@ parser's metadata), and reads no foreground mask, no sensor depth, only `scene_b
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +60,7 @@ from fsconvert.mesh import capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
-from fsconvert.writers import write_bytes, write_json, write_png
+from fsconvert.writers import npy_bytes, write_bytes, write_json, write_png
 
 NAME = "sdfstudio"
 SUMMARY = ("sdfstudio meta_data.json + NNNNNN_rgb.png (OpenCV camtoworld, 4×4 intrinsics with +0.5 pixel centres, "
@@ -151,12 +150,6 @@ def file_depth(depth: np.ndarray, scale: float) -> np.ndarray:
     """A source-world z-depth map (0 = none) in the file's world, X_file = (X − c) / `scale`: float32 z / scale."""
     out: np.ndarray = (depth.astype(np.float64) / scale).astype(np.float32)
     return out
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 def scene_box_for(centres: list[np.ndarray], collider: str) -> tuple[dict[str, Any], list[str]]:

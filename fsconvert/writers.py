@@ -111,6 +111,13 @@ def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray | None = None,
     write_bytes(path, (header + "end_header\n").encode("ascii") + body)
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """One array as a .npy file (`np.lib.format`, what np.save writes; no pickled objects)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """An uncompressed .npz: one `<key>.npy` per array (`np.lib.format`, as np.savez writes them) in a ZIP
     built here with fixed fields (version 2.0, stored, DOS date 1980-01-01, no extra fields), so that the
@@ -118,9 +125,7 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     between Python patch releases (3.11.2 writes version 20 where 3.11.7 writes 45)."""
     entries, directory, offset = [], [], 0
     for key, value in arrays.items():
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
-        data, name = buf.getvalue(), f"{key}.npy".encode()
+        data, name = npy_bytes(value), f"{key}.npy".encode()
         crc = zlib.crc32(data)
         local = struct.pack("<4s5H3I2H", b"PK\x03\x04", _ZIP_VERSION, 0, 0, 0, _ZIP_DOS_DATE, crc, len(data),
                             len(data), len(name), 0)
