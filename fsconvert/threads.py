@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import cv2
 
@@ -19,3 +21,19 @@ def limit_threads(threads: int, *, override: bool = True) -> None:
     for name in RENDER_AND_OPENMP:
         if override or name not in os.environ:
             os.environ[name] = str(threads)
+
+
+@contextmanager
+def opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV's thread count set to `threads` while open, then put back as it was.
+
+    The setting is process-wide (OpenCV holds one, `cv::setNumThreads`), not per calling thread: a pool of
+    N Python threads each calling OpenCV opens this with 1 around the whole pool, so that N threads use N
+    cores instead of each cv2 call also fanning out over every core (fsconvert.imagestage.run_plans).
+    """
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
