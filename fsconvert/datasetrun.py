@@ -36,7 +36,7 @@ def run_dataset(
     use `threads` threads each in OpenCV, llvmpipe and Open3D unless the environment (LP_NUM_THREADS,
     OMP_NUM_THREADS) says otherwise (Dask and Ray tasks: one core each); jobs run in this process leave
     its settings alone (`fsconvert.threads.limit_threads` sets them). A single job on the local engine
-    runs in this process with `workers` image processes and the exporter's own progress.
+    runs in this process with `workers` image threads and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
     reported as failed, with the traceback on stderr; the others go on.
     """
