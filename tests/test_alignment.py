@@ -31,7 +31,7 @@ from fsconvert.synthetic import HEAD_AXES_MM, RT_SCALE_DICT, make_sample
 FORMATS = sorted(available())
 """Every registered format: a new one is held to the same alignment."""
 REL = 1e-9
-READ_PRECISION = {"neus": 1e-6, "nersemble": 1e-6}
+READ_PRECISION = {"neus": 1e-6, "nersemble": 1e-6, "sdfstudio": 1e-6}
 """Formats whose reader cannot give REL: NeuS's loader decomposes K·[R|t] (cv2.decomposeProjectionMatrix),
 ~1e-7 relative on camera centres in the SfM frame as in the aligned one."""
 
