@@ -109,7 +109,8 @@ class Conversion(AlignTo, Selection):
     overwrite: bool = option(False, "replace existing outputs that are not up to date (up-to-date ones are skipped)")
     force: bool = option(False, "convert again even outputs that are up to date")
     jobs: int = option(default_factory=lambda: os.cpu_count() or 1, flags=("-j", "--jobs"), parse=positive_int,
-                       help="worker processes (default: the number of cores); a dataset runs one tuple per process")
+                       help="cores to use (default: all): one tuple's images on N threads; a dataset's tuples on N "
+                            "processes, one tuple each")
     threads: int = option(1, "threads per process for OpenCV, rendering (llvmpipe) and Open3D: -j N uses N cores",
                           parse=positive_int)
     no_check: bool = option(False, "skip the projection check after export")
