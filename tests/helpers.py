@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
+from conftest import expected_pixels
 
 import exporters
 from fsconvert import conventions as cv
-from fsconvert.imageplan import ViewPlan
+from fsconvert.imageplan import ViewPlan, plan_views
 from fsconvert.imagestage import write_images
-from fsconvert.protocol import Reading
+from fsconvert.model import Capture
+from fsconvert.options import from_dict
+from fsconvert.protocol import Reading, read_manifest
 from fsconvert.render import _pixels, _sample, undistortion_map
 
 
@@ -61,3 +65,20 @@ def read_as(program: str, folder: Path) -> Reading:
     """A hand-written export folder read by `program`'s rules: a COLMAP layout if it has sparse/, else NeRF's."""
     fmt = "colmap" if (folder / "sparse").is_dir() else "nerf"
     return exporters.program(exporters.get(fmt), program).read(folder)
+
+
+def plans_by_name(out: Path, capture: Capture, module: ModuleType) -> dict[str, ViewPlan]:
+    """Manifest name → the image plan rebuilt from the manifest's options, as the check does."""
+    manifest = read_manifest(out)
+    options = from_dict(module.Options, manifest["options"])
+    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
+    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
+
+
+def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`expected_pixels` (the source projection carried through the plan) kept inside the exported image."""
+    idx, out = expected_pixels(plan, X)
+    w, h = plan.camera.size
+    keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
+    assert keep.sum() > 100
+    return idx[keep], out[keep]

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import expected_pixels
+from helpers import output_pixels, plans_by_name
 
 from exporters import mvsnet
 from fsconvert.check import check_export
 from fsconvert.cli import main
-from fsconvert.imageplan import ViewPlan, plan_views
+from fsconvert.imageplan import ViewPlan
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
-from fsconvert.options import from_dict
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
@@ -168,21 +167,8 @@ def cam_path(out: Path, name: str) -> Path:
     return out / "cams" / f"{Path(name).stem}_cam.txt"
 
 
-def plans_by_name(out: Path, capture: Capture) -> dict[str, ViewPlan]:
-    """Manifest name → the image plan rebuilt from the manifest's options, as the check does."""
-    manifest = read_manifest(out)
-    options = from_dict(mvsnet.Options, manifest["options"])
-    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
 
-def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The source projection of X carried into the exported image (kept inside it)."""
-    idx, out = expected_pixels(plan, X)
-    w, h = plan.camera.size
-    keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
-    assert keep.sum() > 100
-    return idx[keep], out[keep]
 
 
 def project(K: np.ndarray, E: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -229,7 +215,7 @@ def check_cli(out: Path, reader: str, capsys) -> tuple[int, str]:
 def test_mvsnet_load_cam_reads_the_default_export_exactly(exported, capture, vertices, renderer, capsys):
     out = exported("default")
     worst = 0.0
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         cam = load_cam(cam_path(out, name))
         assert cam["tokens"] == 31
         idx, want = output_pixels(plan, vertices)
@@ -242,7 +228,7 @@ def test_mvsnet_load_cam_reads_the_default_export_exactly(exported, capture, ver
 
 def test_casmvsnet_depth_hypotheses_hold_the_mesh_of_the_default_export(exported, capture, vertices, renderer):
     out = exported("default")
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         cas = cas_read(out, name, plan.camera.size)
         z = visible_depths(renderer, plan, vertices)
         assert holds(cas["range"], z), (name, cas["range"], z.min(), z.max())
@@ -251,7 +237,7 @@ def test_casmvsnet_depth_hypotheses_hold_the_mesh_of_the_default_export(exported
 def test_patchmatchnet_reads_its_form_right(exported, capture, vertices, renderer, capsys):
     out = exported("pmnet")
     worst = 0.0
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         K, E, depth_params = pmnet_read_cam_file(cam_path(out, name))
         assert len(depth_params) == 2 and len(_lines(cam_path(out, name))[11].split()) == 2
         idx, want = output_pixels(plan, vertices)
@@ -268,7 +254,7 @@ def test_patchmatchnet_reads_its_form_right(exported, capture, vertices, rendere
 def test_casmvsnet_reads_a_multiple_of_32_within_its_limits_exactly(exported, capture, vertices, renderer, capsys):
     out = exported("shared32-1152")
     worst = 0.0
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         cas = cas_read(out, name, plan.camera.size)
         assert cas["scale"] == (1.0, 1.0) and cas["size"][0] <= CAS_MAX_W and cas["size"][1] <= CAS_MAX_H
         idx, want = output_pixels(plan, vertices)
@@ -288,7 +274,7 @@ def test_casmvsnet_reads_the_default_sizes_off_by_its_resize(exported, capture, 
     864-pixel limit) and scales K without the half-pixel term. Measured in exported pixels, as the check does."""
     out = exported("default")
     measured = {}
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         cas = cas_read(out, name, plan.camera.size)
         s = np.array(cas["scale"])
         idx, want = output_pixels(plan, vertices)
@@ -297,7 +283,7 @@ def test_casmvsnet_reads_the_default_sizes_off_by_its_resize(exported, capture, 
         measured[name] = float(err.max())
         assert err.max() == pytest.approx(casmvsnet_shift(plan.camera.size), abs=F32_PX)
         assert err.min() == pytest.approx(casmvsnet_shift(plan.camera.size), abs=F32_PX)  # a constant shift
-    sizes = {plans_by_name(out, capture)[n].camera.size: e for n, e in measured.items()}
+    sizes = {plans_by_name(out, capture, mvsnet)[n].camera.size: e for n, e in measured.items()}
     assert sizes[(1086, 724)] == pytest.approx(0.0201, abs=2e-4) and sizes[(724, 1086)] == pytest.approx(0.1817, abs=2e-4)
     warning = next(w for w in read_manifest(out)["warnings"] if "CasMVSNet" in w)
     assert "1086×724: 0.02 px" in warning and "724×1086: 0.18 px" in warning
@@ -315,7 +301,7 @@ def test_a_multiple_of_32_beyond_casmvsnets_limits_is_read_off(exported, capture
     """--intrinsics shared --size-multiple 32 alone gives the sample a 1184×832 frame, wider than test.py's
     1152: CasMVSNet scales it down to 1152×800 (floor to 32), and the camera is off again."""
     out = exported("shared32")
-    (size,) = {p.camera.size for p in plans_by_name(out, capture).values()}
+    (size,) = {p.camera.size for p in plans_by_name(out, capture, mvsnet).values()}
     assert size[0] % 32 == 0 and size[1] % 32 == 0 and size[0] > CAS_MAX_W
     assert check_cli(out, "casmvsnet", capsys)[0] == 1
     for v in check_export(out, overlays="none", reader="casmvsnet").views:
@@ -324,7 +310,7 @@ def test_a_multiple_of_32_beyond_casmvsnets_limits_is_read_off(exported, capture
 
 def test_patchmatchnet_misreads_the_4_token_line(exported, capture, vertices, renderer, capsys):
     out = exported("default")
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         _, _, depth_params = pmnet_read_cam_file(cam_path(out, name))
         assert len(depth_params) == 4 and depth_params[1] < depth_params[0]  # depth_max = the interval
         assert not holds((float(depth_params[0]), float(depth_params[1])), visible_depths(renderer, plan, vertices))
@@ -340,7 +326,7 @@ def test_patchmatchnet_misreads_the_4_token_line(exported, capture, vertices, re
 @pytest.mark.parametrize("reader", ["casmvsnet", "mvsnet"])
 def test_the_2_token_line_is_misread_by_the_4_token_readers(reader, exported, capture, vertices, renderer, capsys):
     out = exported("pmnet")
-    for name, plan in plans_by_name(out, capture).items():
+    for name, plan in plans_by_name(out, capture, mvsnet).items():
         z = visible_depths(renderer, plan, vertices)
         read = cas_read(out, name, plan.camera.size) if reader == "casmvsnet" else load_cam(cam_path(out, name))
         assert read["range"][1] - read["range"][0] > SLACK * (z.max() - z.min())  # MAX read as the interval

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import expected_pixels
-from helpers import footprint
+from helpers import footprint, output_pixels, plans_by_name
 from PIL import Image
 
 import exporters
@@ -22,12 +21,10 @@ from exporters import neus2
 from fsconvert.check import check_export
 from fsconvert.cli import main
 from fsconvert.export import export
-from fsconvert.imageplan import ImageOptions, ViewPlan, capture_up, is_rolled, plan_views
+from fsconvert.imageplan import ImageOptions, capture_up, is_rolled
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
-from fsconvert.options import from_dict
-from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
 PX_TOL = 0.01
@@ -64,21 +61,8 @@ def exported(capture, tmp_path_factory):
     return get
 
 
-def plans_by_name(out: Path, capture: Capture) -> dict[str, ViewPlan]:
-    """Manifest name → the image-stage plan rebuilt from the manifest's options, as the check does."""
-    manifest = read_manifest(out)
-    options = from_dict(neus2.Options, manifest["options"])
-    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
 
-def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`expected_pixels` (source projection carried through the plan) kept inside the exported image too."""
-    idx, out = expected_pixels(plan, X)
-    w, h = plan.camera.size
-    keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
-    assert keep.sum() > 100
-    return idx[keep], out[keep]
 
 
 def copy_export(src: Path, tmp_path: Path) -> Path:
@@ -149,7 +133,7 @@ def ray_error_px(view: dict, X: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 def test_neus2_rays_pass_the_mesh_where_the_source_cameras_see_it(case, exported, capture, vertices):
     result = exported(case)
     assert result.check.passed, (result.check.problems, [v.problems for v in result.check.views])
-    plans = plans_by_name(result.out_dir, capture)
+    plans = plans_by_name(result.out_dir, capture, neus2)
     views = neus2_load(result.out_dir)
     assert [v["name"] for v in views] == list(plans)  # every view, in view order
     up = capture_up(capture.views)
@@ -182,7 +166,7 @@ def test_the_mesh_lies_inside_neus2s_unit_cube(exported, vertices):
 @pytest.mark.parametrize("case", ["default", "upright-half"])
 def test_alpha_is_the_rendered_silhouette_within_the_source_data(case, exported, capture):
     result = exported(case)
-    plans = plans_by_name(result.out_dir, capture)
+    plans = plans_by_name(result.out_dir, capture, neus2)
     with Renderer(load_mesh(capture.mesh)) as renderer:
         for name, plan in plans.items():
             rgba = np.asarray(Image.open(result.out_dir / name))
@@ -206,7 +190,7 @@ def test_per_view_sizes_fail_the_check_by_neus2s_one_size(exported, capture, ver
     assert re.search(r": images/\d+\.png is \d+×\d+$", problems[0]), problems[0]
     assert all(v.passed for v in result.check.views)  # each camera is exact: its own w, h, cx, cy
     assert any("NeuS2 does not support several image sizes" in w for w in result.check.warnings)
-    plans = plans_by_name(result.out_dir, capture)
+    plans = plans_by_name(result.out_dir, capture, neus2)
     for view in neus2_load(result.out_dir):
         idx, want = output_pixels(plans[view["name"]], vertices)
         assert ray_error_px(view, vertices[idx], want).max() < PX_TOL

@@ -12,8 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import expected_pixels
-from helpers import footprint
+from helpers import footprint, output_pixels, plans_by_name
 from PIL import Image
 
 from exporters import llff, mvsnet, neus
@@ -21,11 +20,10 @@ from exporters.mvsnet import writer as mvsnet_writer
 from fsconvert.check import check_export
 from fsconvert.cli import main
 from fsconvert.export import export
-from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions, ViewPlan
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
-from fsconvert.options import from_dict
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
@@ -74,21 +72,8 @@ def exported(capture, tmp_path_factory):
     return get
 
 
-def plans_by_name(out: Path, capture: Capture, module) -> dict[str, ViewPlan]:
-    """Manifest name → the image-stage plan rebuilt from the manifest's options, as the check does."""
-    manifest = read_manifest(out)
-    options = from_dict(module.Options, manifest["options"])
-    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
 
-def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`expected_pixels` kept inside the exported image too."""
-    idx, out = expected_pixels(plan, X)
-    w, h = plan.camera.size
-    keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
-    assert keep.sum() > 100
-    return idx[keep], out[keep]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

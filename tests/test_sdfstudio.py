@@ -14,19 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import expected_pixels
-from helpers import footprint
+from helpers import footprint, plans_by_name
 from PIL import Image
 
 from exporters import sdfstudio
 from fsconvert.cli import main
 from fsconvert.export import export
 from fsconvert.framing import capture_up, is_rolled
-from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
+from fsconvert.imageplan import ImageOptions
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
-from fsconvert.options import from_dict
-from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
 PX_TOL = 0.01
@@ -63,12 +61,6 @@ def exported(capture, tmp_path_factory):
     return get
 
 
-def plans_by_name(out: Path, capture: Capture) -> dict[str, ViewPlan]:
-    """Manifest name → the image-stage plan rebuilt from the manifest's options, as the check does."""
-    manifest = read_manifest(out)
-    options = from_dict(sdfstudio.Options, manifest["options"])
-    plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
-    return {v["name"]: plans[v["id"]] for v in manifest["views"]}
 
 
 # ---- sdfstudio's parser, re-implemented ----------------------------------------------------------------
@@ -109,7 +101,7 @@ def to_file_world(meta: dict, X: np.ndarray) -> np.ndarray:
 def worst_px(out: Path, capture: Capture, vertices: np.ndarray) -> float:
     """The largest distance, over every view, between sdfstudio's projection of the mesh vertices and the
     source camera's (carried into the exported image)."""
-    cams, plans = parse(out), plans_by_name(out, capture)
+    cams, plans = parse(out), plans_by_name(out, capture, sdfstudio)
     X = to_file_world(cams["meta"], vertices)
     worst = 0.0
     for k, name in enumerate(cams["names"]):
@@ -140,7 +132,7 @@ def test_sdfstudio_parser_reprojects_the_mesh_in_every_view(case, exported, capt
 
 def test_worldtogt_maps_the_file_world_back_to_the_source(exported, capture, vertices):
     result = exported("shared")
-    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture)
+    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture, sdfstudio)
     S = np.array(cams["meta"]["worldtogt"], dtype=np.float64)
     X = to_file_world(cams["meta"], vertices)
     back = X @ S[:3, :3].T + S[:3, 3]
@@ -172,7 +164,7 @@ def test_foreground_masks_and_sensor_depth_are_the_rendered_mesh(exported, captu
     `np.load` gives it, bit for bit the float32 of the rendered z-depth divided by worldtogt's scale (the
     file's units; a rounding of ≤ 0.5 ulp, 3e-8 relative)."""
     result = exported("shared")
-    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture)
+    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture, sdfstudio)
     meta = cams["meta"]
     assert meta["has_foreground_mask"] is True and meta["has_sensor_depth"] is True
     scale = float(np.array(meta["worldtogt"])[0, 0])
@@ -200,7 +192,7 @@ def test_sensor_depth_places_the_surface_on_the_file_cameras_rays(exported, capt
     pixel; the others are behind that surface (occluded), but for a few at silhouettes where rounding to the
     nearest pixel falls off the mesh's edge."""
     result = exported("shared")
-    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture)
+    cams, plans = parse(result.out_dir), plans_by_name(result.out_dir, capture, sdfstudio)
     X = to_file_world(cams["meta"], vertices)
     for k, frame in enumerate(cams["meta"]["frames"]):
         depth = np.load(result.out_dir / frame["sensor_depth_path"]).astype(np.float64)
