@@ -60,6 +60,9 @@ export is refused.
 convention in the source capture's frame; its problems name where VHAP would misread: images that are not
 height×width or not all one size, cameras not at head-sized distances in metres from the origin or not seeing
 it, missing alpha maps or colour corrections.
+
+Writing and VHAP's reading rule stay in one module (~410 lines): the rule undoes exactly what `write` records
+(`fsconvert_world`, the alignment to VHAP's axes), and both sides of that pairing read best side by side.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ pixel centres. Distorted cameras are rendered as a pinhole image on a canvas tha
 undistorted footprint, then resampled: for every distorted pixel, its exactly undistorted ray.
 Where that ray falls between pinhole samples across a depth discontinuity (silhouettes, occlusion
 edges), its depth is ray-cast exactly (open3d, imported on first use).
+
+One module of ~420 lines on purpose: the context, pyrender's colour pass, the depth pass and the distorted
+renders share the renderer's GL state and its buffer-growth rules.
 """
 
 from __future__ import annotations
