@@ -18,6 +18,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fsconvert  # noqa: F401, E402  (headless rendering set-up before anything imports pyrender)
+from fsconvert.loader import load_capture  # noqa: E402
+from fsconvert.mesh import load_mesh  # noqa: E402
+from fsconvert.model import Capture  # noqa: E402
 
 METRIC_ARGS = {"nersemble": ["--assume-metric-scale", "0.04"]}
 """What formats that need a metric world (VHAP: FLAME works in metres) are given to export the sample's SfM
@@ -52,3 +55,15 @@ def expected_pixels(plan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     W, H = src.camera.size
     inside = np.all((uv >= 0) & (uv <= [W - 1, H - 1]) & (uv_pin >= 0) & (uv_pin <= [W - 1, H - 1]), axis=1)
     return idx[inside], plan.src_to_out(uv[inside])
+
+
+@pytest.fixture(scope="session")
+def capture(sample_tuple: Path) -> Capture:
+    """The sample tuple loaded (modules that need another capture define their own)."""
+    return load_capture(sample_tuple)
+
+
+@pytest.fixture(scope="session")
+def vertices(capture) -> np.ndarray:
+    """The sample mesh's vertices, float64."""
+    return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)

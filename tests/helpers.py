@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -11,6 +13,7 @@ from conftest import expected_pixels
 
 import exporters
 from fsconvert import conventions as cv
+from fsconvert.export import Exported, export
 from fsconvert.imageplan import ViewPlan, plan_views
 from fsconvert.imagestage import write_images
 from fsconvert.model import Capture
@@ -82,3 +85,17 @@ def output_pixels(plan: ViewPlan, X: np.ndarray) -> tuple[np.ndarray, np.ndarray
     keep = np.all((out >= 0) & (out <= [w - 1, h - 1]), axis=1)
     assert keep.sum() > 100
     return idx[keep], out[keep]
+
+
+def exported_once(capture: Capture, root: Path, cases: Mapping[str, tuple[str, Any]]) -> Callable[[str], Exported]:
+    """case → the export of `capture` by `cases[case]` (format, options) into root/case, written and checked on
+    first use only."""
+    done: dict[str, Exported] = {}
+
+    def get(case: str) -> Exported:
+        if case not in done:
+            fmt, options = cases[case]
+            done[case] = export(capture, fmt, root / case, options, overlays=False)
+        return done[case]
+
+    return get

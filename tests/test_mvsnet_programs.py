@@ -21,9 +21,7 @@ from exporters import mvsnet
 from fsconvert.check import check_export
 from fsconvert.cli import main
 from fsconvert.imageplan import ViewPlan
-from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
-from fsconvert.model import Capture
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
@@ -47,9 +45,6 @@ EXPORTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def capture(sample_tuple) -> Capture:
-    return load_capture(sample_tuple)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import footprint, output_pixels, plans_by_name
+from helpers import exported_once, footprint, output_pixels, plans_by_name
 from PIL import Image
 
 import exporters
@@ -24,7 +24,6 @@ from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, capture_up, is_rolled
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
-from fsconvert.model import Capture
 from fsconvert.render import Renderer
 
 PX_TOL = 0.01
@@ -38,31 +37,17 @@ CASES = {
 and each view at its own size, which NeuS2 does not support."""
 
 
-@pytest.fixture(scope="module")
-def capture(sample_tuple) -> Capture:
-    return load_capture(sample_tuple)
 
 
-@pytest.fixture(scope="module")
-def vertices(capture) -> np.ndarray:
-    return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)
+
+
+
 
 
 @pytest.fixture(scope="module")
 def exported(capture, tmp_path_factory):
     """case → Exported (written and checked once per module, on first use)."""
-    root, done = tmp_path_factory.mktemp("neus2"), {}
-
-    def get(case: str):
-        if case not in done:
-            done[case] = export(capture, "neus2", root / case, CASES[case], overlays=False)
-        return done[case]
-
-    return get
-
-
-
-
+    return exported_once(capture, tmp_path_factory.mktemp("neus2"), {c: ("neus2", o) for c, o in CASES.items()})
 
 
 def copy_export(src: Path, tmp_path: Path) -> Path:

@@ -12,18 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import footprint, output_pixels, plans_by_name
+from helpers import exported_once, footprint, output_pixels, plans_by_name
 from PIL import Image
 
 from exporters import llff, mvsnet, neus
 from exporters.mvsnet import writer as mvsnet_writer
 from fsconvert.check import check_export
 from fsconvert.cli import main
-from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, ViewPlan
-from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
-from fsconvert.model import Capture
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
 
@@ -48,32 +45,20 @@ shared frame holds them all; neus-per-view and llff-lossy keep each view's size,
 cannot load."""
 
 
-@pytest.fixture(scope="module")
-def capture(sample_tuple) -> Capture:
-    return load_capture(sample_tuple)
 
 
-@pytest.fixture(scope="module")
-def vertices(capture) -> np.ndarray:
-    return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)
+
+
+
+
+
+
 
 
 @pytest.fixture(scope="module")
 def exported(capture, tmp_path_factory):
     """case → Exported (written and checked once per module, on first use)."""
-    root, done = tmp_path_factory.mktemp("research"), {}
-
-    def get(case: str):
-        if case not in done:
-            fmt, options = CASES[case]
-            done[case] = export(capture, fmt, root / case, options, overlays=False)
-        return done[case]
-
-    return get
-
-
-
-
+    return exported_once(capture, tmp_path_factory.mktemp("research"), CASES)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import expected_pixels
-from helpers import footprint, plans_by_name
+from helpers import exported_once, footprint, plans_by_name
 from PIL import Image
 
 from exporters import sdfstudio
 from fsconvert.cli import main
-from fsconvert.export import export
 from fsconvert.framing import capture_up, is_rolled
 from fsconvert.imageplan import ImageOptions
-from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
 from fsconvert.render import Renderer
@@ -38,32 +36,19 @@ CASES = {
 """Every case exports the whole sample (landscape and portrait views, a rolled one, k3 ≠ 0)."""
 
 
-@pytest.fixture(scope="module")
-def capture(sample_tuple) -> Capture:
-    return load_capture(sample_tuple)
 
 
-@pytest.fixture(scope="module")
-def vertices(capture) -> np.ndarray:
-    return np.asarray(load_mesh(capture.mesh).vertices, dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def exported(capture, tmp_path_factory):
-    """case → Exported (written and checked once per module, on first use)."""
-    root, done = tmp_path_factory.mktemp("sdfstudio"), {}
-
-    def get(case: str):
-        if case not in done:
-            done[case] = export(capture, "sdfstudio", root / case, CASES[case], overlays=False)
-        return done[case]
-
-    return get
 
 
 
 
 # ---- sdfstudio's parser, re-implemented ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(capture, tmp_path_factory):
+    """case → Exported (written and checked once per module, on first use)."""
+    return exported_once(capture, tmp_path_factory.mktemp("sdfstudio"), {c: ("sdfstudio", o) for c, o in CASES.items()})
 
 
 def parse(out: Path) -> dict:
