@@ -257,13 +257,14 @@ def nerf_matrix_to_ngp(M: np.ndarray, scale: float, offset: np.ndarray, from_na:
     """`NerfDataset::nerf_matrix_to_ngp` (nerf_loader.h) on a 3×4 camera→world, in M's precision: columns 1
     and 2 negated, translation·scale + offset, then columns 1 and 2 negated again with from_na (an OpenCV
     camera→world), else the rows cycled xyz ← yzx (instant-ngp's OpenGL convention)."""
-    out = np.array(M[:3, :4])
-    out[:, 1:3] *= -1
+    flip = cv.CV_TO_GL.astype(M.dtype)  # its columns 1 and 2 negated
+    out = np.asarray(M[:3, :4]) @ flip
     out[:, 3] = out[:, 3] * out.dtype.type(scale) + offset.astype(out.dtype)
     if from_na:
-        out[:, 1:3] *= -1
-        return out
-    return out[[1, 2, 0]]
+        flipped: np.ndarray = out @ flip
+        return flipped
+    cycled: np.ndarray = out[[1, 2, 0]]
+    return cycled
 
 
 def _mapping(meta: dict[str, Any], path: Path, dtype: type[np.floating[Any]]) -> tuple[float, np.ndarray]:

@@ -229,10 +229,10 @@ def _cameras(m: _Meta, c2w_gl: np.ndarray, file_to_source: list[np.ndarray]) -> 
 
 
 def _flip_to_gl(c2w_cv: np.ndarray) -> np.ndarray:
-    """The parsers' `camera_to_worlds[:, 0:3, 1:3] *= -1`: OpenCV camera axes → nerfstudio's (OpenGL)."""
-    c2w_gl = np.array(c2w_cv)
-    c2w_gl[:, 0:3, 1:3] *= -1
-    return c2w_gl
+    """The parsers' `camera_to_worlds[:, 0:3, 1:3] *= -1`: OpenCV camera axes → nerfstudio's (OpenGL), in the
+    poses' own precision."""
+    flipped: np.ndarray = c2w_cv @ cv.CV_TO_GL.astype(c2w_cv.dtype)
+    return flipped
 
 
 def _read_sdfstudio(folder: Path) -> Reading:

@@ -19,7 +19,7 @@ from fsconvert.imagestage import write_images
 from fsconvert.model import Capture
 from fsconvert.options import from_dict
 from fsconvert.protocol import Reading, read_manifest
-from fsconvert.render import _pixels, _sample, undistortion_map
+from fsconvert.render import Renderer, _pixels, _sample, undistortion_map
 
 
 def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
@@ -99,3 +99,17 @@ def exported_once(capture: Capture, root: Path, cases: Mapping[str, tuple[str, A
         return done[case]
 
     return get
+
+
+def visible_depths(renderer: Renderer, plan: ViewPlan, X: np.ndarray) -> np.ndarray:
+    """z of the vertices the exported camera sees: at their nearest pixel centre, the rendered surface is within
+    0.2 % of their depth (an occluded vertex is farther: the near side of a head is > 2 % of its distance away)."""
+    depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
+    Xc = X @ plan.world_to_cam[:3, :3].T + plan.world_to_cam[:3, 3]
+    uv = np.rint(plan.camera.project(Xc)).astype(int)
+    w, h = plan.camera.size
+    inside = (Xc[:, 2] > 0) & np.all((uv >= 0) & (uv < [w, h]), axis=1)
+    z, d = Xc[inside, 2], depth[uv[inside, 1], uv[inside, 0]]
+    seen: np.ndarray = z[(d > 0) & (np.abs(z - d) < 0.002 * d)]
+    assert len(seen) > 100  # a depth test on a handful of vertices proves nothing
+    return seen

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import output_pixels, plans_by_name
+from helpers import output_pixels, plans_by_name, visible_depths
 
 from exporters import mvsnet
 from fsconvert.check import check_export
 from fsconvert.cli import main
-from fsconvert.imageplan import ViewPlan
 from fsconvert.mesh import load_mesh
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
@@ -171,17 +170,6 @@ def project(K: np.ndarray, E: np.ndarray, X: np.ndarray) -> np.ndarray:
     return uvw[:, :2] / uvw[:, 2:]
 
 
-def visible_depths(renderer: Renderer, plan: ViewPlan, X: np.ndarray) -> np.ndarray:
-    """z of the vertices the exported camera sees (the rendered surface within 0.2 % of their depth)."""
-    depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
-    Xc = X @ plan.world_to_cam[:3, :3].T + plan.world_to_cam[:3, 3]
-    uv = np.rint(plan.camera.project(Xc)).astype(int)
-    w, h = plan.camera.size
-    inside = (Xc[:, 2] > 0) & np.all((uv >= 0) & (uv < [w, h]), axis=1)
-    z, d = Xc[inside, 2], depth[uv[inside, 1], uv[inside, 0]]
-    z = z[(d > 0) & (np.abs(z - d) < 0.002 * d)]
-    assert len(z) > 100
-    return z
 
 
 def holds(depth_range: tuple[float, float], z: np.ndarray) -> bool:

@@ -12,14 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import exported_once, footprint, output_pixels, plans_by_name
+from helpers import exported_once, footprint, output_pixels, plans_by_name, visible_depths
 from PIL import Image
 
 from exporters import llff, mvsnet, neus
 from exporters.mvsnet import writer as mvsnet_writer
 from fsconvert.check import check_export
 from fsconvert.cli import main
-from fsconvert.imageplan import ImageOptions, ViewPlan
+from fsconvert.imageplan import ImageOptions
 from fsconvert.mesh import load_mesh
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
@@ -182,16 +182,6 @@ def read_pfm(path: Path) -> np.ndarray:
     return np.flipud(np.frombuffer(data[header.end():], "<f4" if scale < 0 else ">f4").reshape(h, w))
 
 
-def visible_depths(renderer: Renderer, plan: ViewPlan, X: np.ndarray) -> np.ndarray:
-    """z of the vertices the exported camera sees: at their nearest pixel centre, the rendered surface is within
-    0.2 % of their depth (an occluded vertex is farther: the near side of a head is > 2 % of its distance away)."""
-    depth = renderer.render(plan.camera, plan.world_to_cam, depth_only=True).depth
-    Xc = X @ plan.world_to_cam[:3, :3].T + plan.world_to_cam[:3, 3]
-    uv = np.rint(plan.camera.project(Xc)).astype(int)
-    w, h = plan.camera.size
-    inside = (Xc[:, 2] > 0) & np.all((uv >= 0) & (uv < [w, h]), axis=1)
-    z, d = Xc[inside, 2], depth[uv[inside, 1], uv[inside, 0]]
-    return z[(d > 0) & (np.abs(z - d) < 0.002 * d)]
 
 
 @pytest.mark.parametrize("case", ["mvsnet", "mvsnet-upright"])

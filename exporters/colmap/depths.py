@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 import trimesh
 
+from fsconvert import conventions as cv
 from fsconvert.depthproducts import Posed, render_depths
 from fsconvert.errors import InputError
 from fsconvert.jsonvalues import number, read_json
@@ -209,7 +210,7 @@ def _prior_error(inv: np.ndarray, image: ColmapImage, rec: Reconstruction) -> fl
     T = image.cam_from_world().matrix()
     z = X @ T[2, :3] + T[2, 3]
     s = inv.shape[0] / rec.cameras[image.camera_id].height
-    px = (xy * s - 0.5).astype(np.float32).reshape(-1, 1, 2)
+    px = cv.resize_points(xy - cv.PIXEL_CENTRE_SHIFT, s, s).astype(np.float32).reshape(-1, 1, 2)
     prior = cv2.remap(inv, px[..., 0], px[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1)
     return float(np.median(np.abs(prior.astype(np.float64) * z - 1.0)))
 
