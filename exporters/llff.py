@@ -45,7 +45,7 @@ from fsconvert.depthproducts import depth_range, render_depths, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, common_fov, frame_record, plan_views
 from fsconvert.imagestage import stems, uncovered_warnings, write_images
-from fsconvert.mesh import capture_mesh
+from fsconvert.mesh import capture_mesh, capture_mesh_path
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -55,6 +55,7 @@ NAME = "llff"
 SUMMARY = "LLFF images/ + poses_bounds.npy (NeRF forward-facing: one focal, centred principal point)"
 
 IMAGES, POSES = "images", "poses_bounds.npy"
+MESH_USE = "the LLFF export (near/far bounds)"
 IMAGE_SUFFIXES = ("JPG", "jpg", "png")
 """What nerf-pytorch's `_load_data` lists in images/ (by `str.endswith`)."""
 
@@ -80,7 +81,9 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    mesh = capture_mesh(capture, "the LLFF export (near/far bounds)")
+    """Write the export (see the module docstring): the near/far bounds from the mesh's Trimesh (import and parse
+    ~1 s) after the images (before them only for alpha "subject")."""
+    capture_mesh_path(capture, MESH_USE)  # refused before the images without one
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
     other = [p.view.id for p in plans if p.camera.size != plans[0].camera.size]
@@ -94,11 +97,13 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         if progress:
             print(f"fsconvert: warning: {NAME}: {message} (their check fails by that loss)", file=sys.stderr)
     names = [f"{IMAGES}/{s}{p.suffix}" for s, p in zip(stems(capture.views), plans)]
+    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
+                                                                    "subject", progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
+                              subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     rows = np.zeros((len(plans), 17))
-    for i, depth in render_depths(mesh, plans, progress=progress):
+    for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress):
         bounds = depth_range(depth, options.depth_margin, plans[i].view.id)
         rows[i] = poses_bounds_row(plans[i].world_to_cam, plans[i].camera, bounds)
     write_bytes(folder / POSES, npy_bytes(rows))

@@ -70,11 +70,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import trimesh
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
@@ -83,11 +82,14 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import stems, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, rigid
-from fsconvert.mesh import capture_mesh, vertex_colors
+from fsconvert.mesh import capture_geometry, capture_mesh, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.writers import npy_bytes, ply_vertices, write_bytes, write_encoded, write_json, write_ply
+
+if TYPE_CHECKING:
+    import trimesh
 
 NAME = "nersemble"
 SUMMARY = "VHAP's NeRSemble layout: camera_params.json (one K, OpenCV world_2_cam, metres) + images/ + alpha_maps/"
@@ -102,6 +104,7 @@ CAM_PREFIX = "cam_"
 """NeRSembleDataset.define_properties' cam_id_prefix."""
 TIMESTEP = "000000"
 MESH = "mesh.ply"
+MESH_USE = "the NeRSemble export (alpha maps, mesh.ply)"
 ALPHA_JPEG_QUALITY = 100
 """Alpha maps: a binary mask at quality 100 decodes within 1 level of 0/255."""
 WORLD_KEY = "fsconvert_world"
@@ -143,8 +146,7 @@ class Options:
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     how = metric_source(capture, options.assume_metric_scale)  # the refusal comes before any work
-    mesh = capture_mesh(capture, "the NeRSemble export (alpha maps, mesh.ply)")
-    S = metric_world(capture, options.assume_metric_scale, np.asarray(mesh.vertices))
+    S = metric_world(capture, options.assume_metric_scale, capture_geometry(capture, MESH_USE).vertices)
     plans = plan_views(capture.views, options.image)
     subject, sequence = safe_name(capture.subject), safe_name(capture.expression)
     ids = stems(capture.views)
@@ -153,6 +155,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{subject}/{sequence}/{IMAGES}/{stem}.{SUFFIX}" for stem in stems_]
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True)
     assert footprints is not None  # write_images returns them when asked for
+    mesh = capture_mesh(capture, MESH_USE)
     (sequence_dir / ALPHA_MAPS).mkdir()
     for k, depth in render_depths(mesh, plans, progress=progress, desc="alpha maps"):
         write_encoded(sequence_dir / ALPHA_MAPS / f"{stems_[k]}.{SUFFIX}", silhouette(depth, footprints[k]),

@@ -49,7 +49,7 @@ from fsconvert.depthproducts import render_depths, silhouette, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import write_images
-from fsconvert.mesh import capture_mesh
+from fsconvert.mesh import capture_geometry, capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -61,6 +61,7 @@ SUMMARY = "NeuS / IDR image/ + mask/ + cameras_sphere.npz (world_mat = K·[R|t],
 IMAGES, MASKS, CAMERAS = "image", "mask", "cameras_sphere.npz"
 IDR_CAMERAS = "cameras.npz"
 """What IDR's SceneDataset opens unless given `cam_file` (lioryariv/idr `code/datasets/scene_dataset.py`)."""
+MESH_USE = "the NeuS export (masks, scale_mat)"
 SKEW_TOL_PX = 1e-3
 """Largest skew the reader accepts (pixels across the image); float32 world_mats decompose with ~1e-5."""
 
@@ -84,22 +85,26 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    mesh = capture_mesh(capture, "the NeuS export (masks, scale_mat)")
+    """Write the export (see the module docstring): scale_mat from the mesh's vertices (numpy alone) before the
+    images, the masks from its Trimesh (import and parse ~1 s) after them."""
+    geometry = capture_geometry(capture, MESH_USE)  # also refuses a capture without a mesh before any work
     plans = plan_views(capture.views, options.image)
-    digits = max(3, len(str(len(plans) - 1)))
-    stems = [f"{k:0{digits}d}" for k in range(len(plans))]
-    names = [f"{IMAGES}/{s}.png" for s in stems]
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
-    assert footprints is not None  # write_images returns them when asked for
-    (folder / MASKS).mkdir()
-    for i, depth in render_depths(mesh, plans, progress=progress, desc="masks"):
-        write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
     if options.sphere == "mesh":
-        centre, radius = cv.bounding_sphere(mesh.vertices)
+        centre, radius = cv.bounding_sphere(geometry.vertices)
     else:
         centre, radius = rig_sphere([p.world_to_cam for p in plans])
     scale_mat = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
+    digits = max(3, len(str(len(plans) - 1)))
+    stems = [f"{k:0{digits}d}" for k in range(len(plans))]
+    names = [f"{IMAGES}/{s}.png" for s in stems]
+    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
+                                                                    "subject", progress=progress)
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                              subjects=alpha)
+    assert footprints is not None  # write_images returns them when asked for
+    (folder / MASKS).mkdir()
+    for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress, desc="masks"):
+        write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)

@@ -64,7 +64,7 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, text
-from fsconvert.mesh import capture_mesh
+from fsconvert.mesh import capture_geometry, capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -74,6 +74,7 @@ NAME = "neus2"
 SUMMARY = "NeuS2 transforms.json (from_na: OpenCV camera→world, intrinsic_matrix, scale/offset into [0,1]³), RGBA"
 
 IMAGES, TRANSFORMS = "images", "transforms.json"
+MESH_USE = "the NeuS2 export (scale/offset, alpha)"
 BOUNDS_KEY = "fsconvert_mesh_bounds"
 """The mesh's axis-aligned bounds [[min x, y, z], [max x, y, z]] in the file's world; NeuS2 never reads it."""
 AABB_SCALE = 1
@@ -113,12 +114,14 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    mesh = capture_mesh(capture, "the NeuS2 export (scale/offset, alpha)")
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    """Write the export (see the module docstring): scale and offset from the mesh's vertices (numpy alone); its
+    Trimesh (import and parse ~1 s) only for the silhouettes of alpha "subject" (the default), before the images."""
+    vertices = capture_geometry(capture, MESH_USE).vertices
     scale, offset = cube_mapping(vertices, options.margin)
     plans = plan_views(capture.views, options.image)
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
-    silhouettes = subjects(mesh, plans, options.image.alpha, progress=progress)
+    silhouettes = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
+                                                                          "subject", progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=silhouettes)
     assert footprints is not None  # write_images returns them when asked for

@@ -56,7 +56,7 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import uncovered_warnings, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, show, text
-from fsconvert.mesh import capture_mesh
+from fsconvert.mesh import capture_geometry, capture_mesh
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -68,6 +68,7 @@ SUMMARY = ("sdfstudio meta_data.json + NNNNNN_rgb.png (OpenCV camtoworld, 4×4 i
 
 META = "meta_data.json"
 RGB, MASK, DEPTH = "_rgb", "_foreground_mask.png", "_sensor_depth.npy"
+MESH_USE = "the sdfstudio export (the unit sphere, masks, depth)"
 AABB = [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
 """The scene box of sdfstudio's object scenes (`process_nerfstudio_to_sdfstudio.py`, scene_type "object")."""
 RADIUS = 1.0
@@ -104,20 +105,24 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    mesh = capture_mesh(capture, "the sdfstudio export (the unit sphere, masks, depth)")
+    """Write the export (see the module docstring): the unit sphere from the mesh's vertices (numpy alone) before
+    the images, masks and depth from its Trimesh (import and parse ~1 s) after them."""
+    centre, radius = cv.bounding_sphere(capture_geometry(capture, MESH_USE).vertices)
+    worldtogt = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
     plans = plan_views(capture.views, options.image)
     stems = [f"{k:06d}" for k in range(len(plans))]
     names = [f"{s}{RGB}{p.suffix}" for s, p in zip(stems, plans)]
+    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
+                                                                    "subject", progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
+                              subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
-    centre, radius = cv.bounding_sphere(mesh.vertices)
-    worldtogt = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
     to_file = cv.invert_similarity(worldtogt)
     frames: list[dict[str, Any]] = [frame_entry(name, plan, to_file) for name, plan in zip(names, plans)]
     if options.masks or options.depth:
         scale = float(worldtogt[0, 0])
-        for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
+        for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress,
+                                      desc="masks/depth"):
             if options.masks:
                 mask = silhouette(depth, footprints[i])
                 write_png(folder / f"{stems[i]}{MASK}", np.repeat(mask[:, :, None], 3, axis=2))

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
-import trimesh
 from tqdm import tqdm
 
 from . import conventions as cv
 from .errors import InputError
 from .imagestage import Footprint
 from .model import UNDISTORT_CRITERIA, Camera
+
+if TYPE_CHECKING:
+    import trimesh
 
 VISIBILITY_MAX_SIDE = 480
 """Default long side of the depth maps point visibility is tested on (observations stay exact)."""
@@ -128,6 +129,8 @@ def _observe(camera: Camera, world_to_cam: np.ndarray, canvas: Camera, depth: np
     uv = corner.project(X)
     visible &= (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
     if camera.has_distortion and visible.any():
+        import cv2  # ~0.1 s to import: only distorted cameras' observations need it
+
         back = cv2.undistortPoints(uv[visible].reshape(-1, 1, 2), corner.K, corner.dist,
                                    criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
         off = np.abs(back - X[visible, :2] / X[visible, 2:]).max(axis=1) * max(camera.fx, camera.fy)

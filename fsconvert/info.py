@@ -1,4 +1,8 @@
-"""`fsconvert info`: a readable summary of a tuple or a dataset."""
+"""`fsconvert info`: a readable summary of a tuple or a dataset.
+
+It reads the mesh's vertices and faces alone (`mesh.capture_geometry`: no trimesh for a binary PLY), and
+the rig plot imports matplotlib only for `--plot`: a summary answers within a few tenths of a second.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from .alignment import DEFAULT_UNITS, UNITS
 from .errors import InputError
 from .imageplan import capture_up, is_rolled
 from .loader import is_tuple_dir, iter_dataset, load_capture
-from .mesh import capture_mesh
+from .mesh import capture_geometry
 from .model import Capture
 from .rig import Frustum, plot_rig
 
@@ -57,8 +61,9 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
     if capture.mesh is None:
         lines.append("  mesh: not found")
     elif with_mesh:
-        mesh = capture_mesh(capture, "the mesh summary")
-        centre = mesh.bounds.mean(axis=0)
+        mesh = capture_geometry(capture, "the mesh summary")
+        bounds = mesh.bounds
+        centre = bounds.mean(axis=0)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
         d = np.array([np.linalg.norm(v.centre - centre) for v in views])
         lines += [
@@ -68,7 +73,7 @@ def describe_capture(capture: Capture, with_mesh: bool = True) -> str:
             f" ({d.min() / radius:.1f}…{d.max() / radius:.1f} × radius)",
         ]
         if a is not None:
-            size = mesh.extents / UNITS[a.units]
+            size = np.ptp(bounds, axis=0) / UNITS[a.units]
             lines.append(f"  head size: {' × '.join(f'{x:.0f}' for x in size)} mm "
                          "(bounding box; a face is ~150–250 mm)")
             if not HEAD_MM[0] <= size.max() <= HEAD_MM[1]:
@@ -88,7 +93,7 @@ def plot_tuple(path: str | Path, png: str | Path, *, mesh_root: str | Path | Non
                            units=units)
     frustums = [Frustum(str(v.id), v.camera, v.world_to_cam, "ok" if v.valid else "invalid")
                 for v in sorted(capture.views, key=lambda v: not v.valid)]
-    points = None if capture.mesh is None else capture_mesh(capture, "the rig plot").vertices
+    points = None if capture.mesh is None else capture_geometry(capture, "the rig plot").vertices
     invalid = len(frustums) - sum(v.valid for v in capture.views)
     plot_rig(png, frustums, points, f"tuple {capture.name}: {len(frustums)} source cameras"
              + (f", {invalid} marked valid=false" if invalid else "") + ("" if points is not None else ", no mesh"))

@@ -16,7 +16,7 @@ from . import conventions as cv
 from .alignment import DEFAULT_UNITS, align_tuple
 from .errors import InputError, Where
 from .jsonvalues import matrix, read_json, reason, rigid, show
-from .mesh import load_mesh
+from .mesh import read_geometry
 from .model import Camera, Capture, View
 
 PARAMS = "params.json"
@@ -50,7 +50,8 @@ def load_capture(
     """Load one tuple `IMGS_ROOT/<id>/<exp>/` with its cameras, images and mesh path.
 
     Views marked valid=false are left out (listed in `Capture.excluded`) unless `include_invalid`.
-    With `require_mesh`, the mesh is loaded once to prove it readable (faces, finite vertices).
+    With `require_mesh`, the mesh is read once to prove it readable (faces, finite vertices; without
+    trimesh for a binary PLY: `fsconvert.mesh.read_geometry`).
     With `align` (a FaceScape Rt_scale_dict.json), the poses are in the tuple's TU frame, in `units`
     (`fsconvert.mesh.capture_mesh` aligns the mesh alike).
     """
@@ -77,7 +78,7 @@ def load_capture(
                 "give --mesh or --mesh-root",
                 file=tuple_dir,
             )
-        load_mesh(mesh_path)
+        read_geometry(mesh_path)
     where = layout_path(tuple_dir)
     return Capture(
         subject=where.parent.name,

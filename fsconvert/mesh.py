@@ -1,4 +1,10 @@
-"""Load and validate the tuple's mesh (SfM units, the cameras' world frame), and its light render proxy."""
+"""Load and validate the tuple's mesh (SfM units, the cameras' world frame), and its light render proxy.
+
+trimesh takes ~1 s to import (scipy, networkx): the functions that parse or build a Trimesh import it.
+`read_geometry` reads a binary PLY of triangles (FaceScape's meshes) with numpy alone, so that loading
+a tuple (which proves its mesh readable) and `fsconvert info` start without it: an export's first view
+does not wait for trimesh.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ import functools
 import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import trimesh
 
 from . import conventions as cv
 from .errors import InputError
 from .model import Capture
+
+if TYPE_CHECKING:
+    import trimesh
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
@@ -23,6 +32,97 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     is ~50 MB per million faces).
     """
     return _parse(*_key(path))
+
+
+class Geometry(NamedTuple):
+    """A mesh file's vertices (N×3 float64, as trimesh holds them) and triangles (M×3 vertex indices)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """[min, max] corners of the vertices that faces use: `Trimesh.bounds`, bit for bit."""
+        used = np.zeros(len(self.vertices), bool)
+        used[self.faces] = True
+        return np.array([self.vertices[used].min(axis=0), self.vertices[used].max(axis=0)])
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The vertices and faces `load_mesh` gives for the file at `path`, validated alike (the same one-line
+    InputErrors). A binary PLY whose elements are vertex and face and whose faces are all triangles is
+    read with numpy (~25 ms for a 1.3 M-face scan, no trimesh); any other file, or one that does not match
+    its own header, goes through `load_mesh`, whose messages then say what is wrong."""
+    key = _key(path)
+    read = _binary_triangle_ply(key[0]) if key[0].suffix.lower() == ".ply" else None
+    if read is None:
+        mesh = _parse(*key)
+        return Geometry(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+    _validate(read.vertices, read.faces, key[0])
+    return read
+
+
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_PLY_ENDIAN = {"binary_little_endian": "<", "binary_big_endian": ">"}
+_PLY_MAX_HEADER_LINES = 1000
+
+
+def _binary_triangle_ply(path: Path) -> Geometry | None:
+    """`read_geometry`'s numpy path (not validated); None where the file is not such a PLY or cannot be read
+    (trimesh's reader then says why)."""
+    header: list[list[str]] = []
+    try:
+        with path.open("rb") as file:
+            if file.readline().rstrip() != b"ply":
+                return None
+            while (line := file.readline()).rstrip() != b"end_header":
+                if not line or len(header) == _PLY_MAX_HEADER_LINES:
+                    return None
+                header.append(line.decode("ascii", "replace").split())
+            data = file.read()
+        vertex, n_vertices, face, n_faces = _ply_layout(header)
+    except (OSError, KeyError, ValueError):
+        return None
+    if len(data) != vertex.itemsize * n_vertices + face.itemsize * n_faces:
+        return None
+    v = np.frombuffer(data, vertex, count=n_vertices)
+    f = np.frombuffer(data, face, count=n_faces, offset=vertex.itemsize * n_vertices)
+    if not (f["n"] == 3).all():
+        return None
+    return Geometry(np.column_stack([v["x"], v["y"], v["z"]]).astype(np.float64), f["i"])
+
+
+def _ply_layout(header: list[list[str]]) -> tuple[np.dtype, int, np.dtype, int]:
+    """The record type and count of the vertex and of the face element of a binary PLY header with exactly
+    these two elements, the faces one list of vertex indices; KeyError or ValueError for any other."""
+    endian = ""
+    elements: list[tuple[str, int, list[list[str]]]] = []  # name, count, properties
+    for words in header:
+        match words:
+            case ["format", name, _]:
+                endian = _PLY_ENDIAN[name]
+            case ["element", name, count]:
+                elements.append((name, int(count), []))
+            case ["property", *prop] if elements:
+                elements[-1][2].append(prop)
+            case ["comment" | "obj_info", *_] | []:
+                pass
+            case _:
+                raise ValueError(words)
+    if not endian or [name for name, _, _ in elements] != ["vertex", "face"]:
+        raise ValueError("not a binary PLY of vertices and faces")
+    (_, n_vertices, vertex_props), (_, n_faces, face_props) = elements
+    vertex = np.dtype([(name, endian + _PLY_TYPES[kind]) for kind, name in vertex_props])
+    match face_props:
+        case [["list", count, index, "vertex_indices" | "vertex_index"]]:
+            face = np.dtype([("n", endian + _PLY_TYPES[count]), ("i", endian + _PLY_TYPES[index], 3)])
+        case _:
+            raise ValueError(face_props)
+    if vertex.names is None or not {"x", "y", "z"} <= set(vertex.names):
+        raise ValueError("vertices without x, y, z")
+    return vertex, n_vertices, face, n_faces
 
 
 PROXY_MAX_FACES = 100_000
@@ -49,6 +149,8 @@ def render_proxy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 
 def _cluster(mesh: trimesh.Trimesh, cells: int) -> trimesh.Trimesh:
+    import trimesh
+
     v = np.asarray(mesh.vertices, np.float64)
     lo = v.min(axis=0)
     cell = float(np.ptp(v, axis=0).max()) / cells or 1.0
@@ -73,6 +175,8 @@ def _key(path: str | Path) -> tuple[Path, int, int]:
 def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray | None = None) -> trimesh.Trimesh:
     """A copy whose arrays the caller may change, with `vertices` instead of the mesh's if given
     (trimesh's own copy derives face colours: ~0.8 s at 1 M faces)."""
+    import trimesh
+
     visual = mesh.visual
     assert visual is not None  # trimesh gives every Trimesh one (ColorVisuals when none is set)
     if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
@@ -105,6 +209,8 @@ _kept: tuple[tuple[Path, int, int], trimesh.Trimesh] | None = None
 
 
 def _read(path: Path) -> trimesh.Trimesh:
+    import trimesh
+
     try:
         mesh = trimesh.load(path, process=False)
         if isinstance(mesh, trimesh.Scene):  # several geometries; a single one comes as itself (force="mesh"
@@ -114,13 +220,19 @@ def _read(path: Path) -> trimesh.Trimesh:
     except Exception as exc:  # a parser tripping over damaged content (IndexError, KeyError, ...)
         reason = f"damaged or unsupported content: {type(exc).__name__}"
         raise InputError(f"not a readable mesh ({reason})", file=path) from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+    if not isinstance(mesh, trimesh.Trimesh):
         raise InputError("mesh has no faces", file=path)
-    if not np.isfinite(mesh.vertices).all():
-        raise InputError("mesh has NaN or infinite vertices", file=path)
-    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
-        raise InputError(f"mesh faces index vertices outside 0..{len(mesh.vertices) - 1}", file=path)
+    _validate(mesh.vertices, mesh.faces, path)
     return mesh
+
+
+def _validate(vertices: np.ndarray, faces: np.ndarray, path: Path) -> None:
+    if len(faces) == 0 or len(vertices) == 0:
+        raise InputError("mesh has no faces", file=path)
+    if not np.isfinite(vertices).all():
+        raise InputError("mesh has NaN or infinite vertices", file=path)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise InputError(f"mesh faces index vertices outside 0..{len(vertices) - 1}", file=path)
 
 
 def subsample(points: np.ndarray, n: int) -> np.ndarray:
@@ -132,6 +244,8 @@ def subsample(points: np.ndarray, n: int) -> np.ndarray:
 
 def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     """N×3 uint8 vertex colours (mid grey where the mesh has none)."""
+    import trimesh
+
     visual = mesh.visual
     if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
         return np.asarray(visual.vertex_colors)[:, :3].astype(np.uint8)
@@ -143,6 +257,8 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
 
 def face_areas(mesh: trimesh.Trimesh) -> np.ndarray:
     """`mesh.area_faces`, bit for bit, computed in chunks and not cached on the mesh."""
+    import trimesh
+
     # trimesh.triangles.area has no annotations
     return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t))
                            for t in _triangles(mesh)])
@@ -152,6 +268,8 @@ def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     """`mesh.vertex_normals` (angle-weighted, trimesh's own sum), bit for bit, from face normals and angles
     computed in chunks: trimesh's properties build and cache the triangles, cross products, normals and
     angles of every face (~1.5 s and ~300 MB at 1.3 M faces)."""
+    import trimesh
+
     normals, angles = [], []
     # trimesh.triangles.normals and angles and trimesh.geometry.weighted_vertex_normals have no annotations
     for t in _triangles(mesh):
@@ -174,14 +292,31 @@ def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarr
 def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
     """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
     saying what needs it; with `proxy`, its render proxy (`render_proxy`, made once per file version: for
-    renders that test cameras or visibility, not for products). Every use of a capture's mesh goes through here.
+    renders that test cameras or visibility, not for products). Every use of a capture's mesh goes through here
+    or, for its vertices and faces alone, through `capture_geometry`.
 
     Without a `Capture.world` it is the process's kept mesh itself (no ~50 MB copy per million faces
     and per use): callers read it and must not change it.
     """
-    if capture.mesh is None:
-        raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
-    mesh = _proxy(*_key(capture.mesh)) if proxy else load_mesh(capture.mesh)
+    path = capture_mesh_path(capture, needed_for)
+    mesh = _proxy(*_key(path)) if proxy else load_mesh(path)
     if capture.world is None:
         return mesh
     return _copy(mesh, vertices=cv.apply_similarity(capture.world, mesh.vertices))
+
+
+def capture_geometry(capture: Capture, needed_for: str) -> Geometry:
+    """The vertices (in the capture's frame) and faces of `capture_mesh(capture, needed_for)`, by
+    `read_geometry` (no trimesh for a binary PLY)."""
+    geometry = read_geometry(capture_mesh_path(capture, needed_for))
+    if capture.world is None:
+        return geometry
+    return geometry._replace(vertices=cv.apply_similarity(capture.world, geometry.vertices))
+
+
+def capture_mesh_path(capture: Capture, needed_for: str) -> Path:
+    """The capture's mesh file, or a one-line InputError saying what needs it (formats that read the mesh
+    after their images ask first, so that a capture without one is refused before any image is made)."""
+    if capture.mesh is None:
+        raise InputError(f"{needed_for} needs the tuple's mesh: give --mesh or --mesh-root", file=capture.root)
+    return capture.mesh

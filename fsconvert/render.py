@@ -8,6 +8,10 @@ undistorted footprint, then resampled: for every distorted pixel, its exactly un
 Where that ray falls between pinhole samples across a depth discontinuity (silhouettes, occlusion
 edges), its depth is ray-cast exactly (open3d, imported on first use).
 
+pyrender and PyOpenGL (with trimesh and scipy ~1 s to import) are imported by the functions that draw, the
+first time a context is made: importing this module (the check and its settings, hence every command's
+start-up) does not load them.
+
 One module of ~420 lines on purpose: the context, pyrender's colour pass, the depth pass and the distorted
 renders share the renderer's GL state and its buffer-growth rules.
 """
@@ -18,18 +22,18 @@ import ctypes
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import pyrender
-import trimesh
-from OpenGL import GL
-from OpenGL.GL import shaders
-from pyrender.platforms.osmesa import OSMesaPlatform
 
 from . import conventions as cv
 from .model import UNDISTORT_CRITERIA, Camera
+
+if TYPE_CHECKING:
+    import pyrender
+    import trimesh
+    from pyrender.platforms.osmesa import OSMesaPlatform
 
 UNDISTORT_TOLERANCE_PX = 1e-6
 """Largest allowed re-projection error of an undistorted pixel coordinate."""
@@ -64,9 +68,6 @@ def _compare_gl_contexts_by_address() -> None:
         _opaque._opaque_pointer.__hash__ = hash_by_address
 
 
-_compare_gl_contexts_by_address()
-
-
 @dataclass(frozen=True)
 class Render:
     """Colour (H×W×3 uint8, None for depth-only renders) and z-depth (H×W float32, 0 = background)."""
@@ -95,6 +96,8 @@ class Renderer:
         self._depth_pass: _DepthPass | None = None
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
+        import trimesh  # loaded already: `mesh` is a Trimesh
+
         # trimesh.bounds.corners has no annotations
         self._corners: np.ndarray = trimesh.bounds.corners(mesh.bounds)
         self._platform: OSMesaPlatform | None = None
@@ -120,6 +123,8 @@ class Renderer:
             raise ValueError("pyrender cannot render a camera with skew")
         if self._closed:
             raise RuntimeError("Renderer is closed")
+        import pyrender
+
         w2c = cv.homogeneous(world_to_cam)
         z = self._corners @ w2c[2, :3] + w2c[2, 3]
         if z.max() <= 0:  # the whole mesh is behind the camera
@@ -173,8 +178,12 @@ class Renderer:
         beyond, it fits the request: a square buffer for 12.6 MP views of both orientations would hold
         ~70 MB more (render such views grouped by orientation).
         """
+        import pyrender
+        from pyrender.platforms.osmesa import OSMesaPlatform
+
         old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
         if width > old[0] or height > old[1]:
+            _compare_gl_contexts_by_address()  # before pyrender keys its first shader on this context
             grown = [_buffer_side(max(n, o)) for n, o in zip((width, height), old)]
             if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
                 grown = [_buffer_side(n) for n in (width, height)]
@@ -207,6 +216,8 @@ def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarra
     buffer value d < 1. Read into one array and converted and flipped in place (a 12.6 MP view is
     50 MB per array). pyrender's read_depth_buf computes the same through NDC with masked indexing,
     ~3× slower (70 ms for a 12.6 MP view)."""
+    from OpenGL import GL
+
     GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
     GL.glReadBuffer(GL.GL_FRONT)
     z = np.empty((height, width), np.float32)
@@ -240,6 +251,9 @@ void main() {}
 """
 
     def __init__(self, mesh: trimesh.Trimesh) -> None:
+        from OpenGL import GL
+        from OpenGL.GL import shaders
+
         self._program = shaders.compileProgram(shaders.compileShader(self._VERTEX, GL.GL_VERTEX_SHADER),
                                                shaders.compileShader(self._FRAGMENT, GL.GL_FRAGMENT_SHADER),
                                                validate=False)
@@ -260,6 +274,8 @@ void main() {}
 
     def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> None:
         """Draw into the lower-left `width`×`height` of the default framebuffer (depth cleared to 1)."""
+        from OpenGL import GL
+
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, 0)
         GL.glViewport(0, 0, width, height)
         GL.glEnable(GL.GL_DEPTH_TEST)
@@ -281,6 +297,9 @@ void main() {}
 
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
+    import pyrender
+    import trimesh
+
     visual = mesh.visual
     assert visual is not None  # trimesh gives every Trimesh one (ColorVisuals when none is set)
     if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:  # kind "texture"
@@ -298,12 +317,16 @@ def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
 
 
 def _plain_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
+    import pyrender
+
     return _unlit_mesh(mesh, pyrender.MetallicRoughnessMaterial(baseColorFactor=_GREY))
 
 
 def _unlit_mesh(mesh: trimesh.Trimesh, material: pyrender.Material, **attributes: np.ndarray) -> pyrender.Mesh:
     """The mesh for FLAT (unlit) renders: positions, indices and colour attributes, no normals (which
     pyrender.Mesh.from_trimesh computes: ~2 s per million faces, for a shading FLAT never does)."""
+    import pyrender
+
     return pyrender.Mesh([pyrender.Primitive(positions=np.asarray(mesh.vertices), indices=np.asarray(mesh.faces),
                                              material=material, **attributes)])
 

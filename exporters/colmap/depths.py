@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import trimesh
 
 from fsconvert import conventions as cv
 from fsconvert.depthproducts import Posed, render_depths
@@ -50,6 +49,7 @@ from fsconvert.writers import write_json, write_png
 from .layout import DEPTH_PARAMS, DEPTHS, INVDEPTH_MAX, INVDEPTH_STEPS, NAME, RELIABLE_SCALE, SPARSE, depth_key
 
 if TYPE_CHECKING:
+    import trimesh
     from pycolmap import Image as ColmapImage
     from pycolmap import Reconstruction
 

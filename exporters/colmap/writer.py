@@ -10,7 +10,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import trimesh
 
 from fsconvert import conventions as cv
 from fsconvert.depthproducts import point_visibility, subjects
@@ -39,6 +38,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:  # pycolmap's own stubs; at run time the module comes from require_pycolmap
+    import trimesh
     from pycolmap import Camera as ColmapCamera
     from pycolmap import Reconstruction
 
@@ -229,6 +229,8 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
     only face areas computed for every face (in chunks): trimesh's own pass builds and caches the
     triangles, edge vectors and normals of all faces (~290 MB at 1.3 M faces, for 20 000 points).
     """
+    import trimesh  # loaded already: `mesh` is a Trimesh
+
     v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces)
     weight_cum = np.cumsum(face_areas(mesh))
     random = np.random.default_rng(SAMPLE_SEED).random

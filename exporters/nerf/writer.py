@@ -7,17 +7,16 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import trimesh
 
 from fsconvert import conventions as cv
 from fsconvert.depthproducts import render_depths, silhouette, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
-from fsconvert.mesh import capture_mesh, vertex_colors, vertex_normals
+from fsconvert.mesh import capture_geometry, capture_mesh, vertex_colors, vertex_normals
 from fsconvert.model import Capture
 from fsconvert.options import check_choices, option
 from fsconvert.writers import ply_vertices, write_json, write_ply, write_png
@@ -37,6 +36,9 @@ from .layout import (
     TRANSFORMS,
 )
 
+if TYPE_CHECKING:
+    import trimesh
+
 SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_*.json (NeRF, 3DGS)"
 
 BLENDER_SPLIT = (0.8, 0.1, 0.1)
@@ -48,6 +50,7 @@ NGP_SCALE = 0.33
 AABB_SCALE_MAX = 128
 DEPTH_MAX = 65535
 PLY_COMMENT = f"fsconvert {NAME}: normalized frame"
+MESH_USE = "the NeRF export (normalization, mesh.ply, point cloud)"
 
 
 BLENDER_IMAGE: dict[str, object] = {"image_format": "png", "intrinsics": "shared"}
@@ -122,12 +125,13 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the export (see the module docstring)."""
-    mesh = capture_mesh(capture, "the NeRF export (normalization, mesh.ply, point cloud)")
+    """Write the export (see the module docstring). The mesh's vertices (numpy alone) normalize the world before
+    the images; its Trimesh (import and parse ~1 s) comes after them, or before them for alpha "subject"."""
+    vertices = capture_geometry(capture, MESH_USE).vertices
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
     centres = np.array([p.view.centre for p in plans])
-    similarity = normalization(options, mesh.vertices, centres)
+    similarity = normalization(options, vertices, centres)
     S = cv.similarity_matrix(*similarity)
     blender = options.variant == "blender"
     view_stems = stems(capture.views)
@@ -145,15 +149,18 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
     depth_step = depth_unit(capture, options)
     masks = options.masks and not blender  # blender's go into the images' alpha
+    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
+                                                                    "subject", progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
-                              subjects=subjects(mesh, plans, options.image.alpha, progress=progress))
+                              subjects=alpha)
+    mesh = capture_mesh(capture, MESH_USE)
     if masks or options.depth:
         _write_renders(mesh, plans, view_stems, footprints, options, depth_step, folder, progress)
     if blender:
         assert splits is not None  # default_split gives the blender variant its split
         _write_blender(folder, frames, splits, options, meta, plans)
     else:
-        scene = np.concatenate([cv.apply_similarity(S, mesh.vertices), cv.apply_similarity(S, centres)])
+        scene = np.concatenate([cv.apply_similarity(S, vertices), cv.apply_similarity(S, centres)])
         extent = float(np.abs(scene).max())
         _write_transforms(folder, frames, names, splits, options, meta, depth_step, extent)
     _write_mesh(folder / MESH, mesh, S)

@@ -1,0 +1,7 @@
+"""`python -m fsconvert`: the `fsconvert` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
