@@ -4,6 +4,18 @@ JPEG, binary PLY and .npz. Failures become one-line OutputErrors naming the file
 Output bytes depend on the content alone, never on the Python release, the CPU or the time: the .npz
 container is built here (zipfile's headers change between Python patch releases), and JSON is written
 with a fixed layout.
+
+PNG: 8-bit colour (RGB, RGBA) is encoded by fpng (`fpng` on PyPI, py-fpng-nb: Richard Geldreich's fpng, its
+commit f614589 of 2024-08, in a nanobind module), grey and 16-bit images by OpenCV (libpng). For a 4344×2896
+view on one core: fpng 0.078 s CPU and 12.0 MB, OpenCV's default (libpng at level 1, sub filter, RLE) 0.25 s
+and 11.4 MB; Pillow at level 1, imagecodecs' libpng and libspng took 0.84, 0.40 and 0.73 s (benchmarks/README.md).
+fpng is one pass of the `up` filter and its own deflate (RLE matches, pre-trained Huffman tables), one
+thread, no zlib: its bytes depend on the pixels alone (its SIMD paths compute what its scalar ones do), where
+libpng's depend on the system's libz.so.1 too (OpenCV's and Pillow's wheels link it: a zlib-ng-compat libz
+writes other bytes). Its files carry fpng's private ancillary chunk `fdEC`, which readers skip. Its binding
+holds the GIL while it encodes, so the image stage's threads encode PNGs one at a time (measured: 2 threads
+decoding, remapping and encoding 4344×2896 views ran 1.01× one thread's rate, 2.04× with OpenCV's PNG; per
+view, one thread with fpng still beat two with OpenCV on 2 cores).
 """
 
 from __future__ import annotations
@@ -17,12 +29,11 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import OutputError
 
-_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
 _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 _ZIP_VERSION = 20
@@ -65,17 +76,53 @@ def replace_atomically(path: Path, data: bytes) -> None:
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
-    """Lossless PNG (16-bit images, i.e. depth maps: `up` filter, zlib level 1; for a 12.6 MP depth map
-    0.11 s and 1.8 MB, against 0.16 s and 2.5 MB with `up` and RLE, 0.18 s and 3.7 MB by default)."""
-    write_encoded(path, img, ".png", _UINT16_PNG if img.dtype == np.uint16 else ())
+    """Lossless PNG of an OpenCV-ordered image (grey, BGR, BGRA; uint8 or uint16), as `png_bytes` encodes it."""
+    write_bytes(path, png_bytes(img, path))
+
+
+def png_bytes(img: np.ndarray, path: Path | None = None) -> bytes:
+    """A PNG of `img` (grey H×W or H×W×1, BGR H×W×3 or BGRA H×W×4, as OpenCV holds images; uint8 or uint16),
+    decoded by PIL, OpenCV and imageio to the same pixels: 8-bit BGR(A) through fpng (see the module's notes),
+    anything else through OpenCV, 16-bit with the `up` filter at zlib level 1 (a 12.6 MP depth map: 0.11 s and
+    2.1 MB, against 0.14 s and 3.6 MB with `up` and RLE, 0.15 s and 5.2 MB by default). `path` names the file
+    in errors."""
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
+        return _fpng(img, path)
+    import cv2  # ~0.1 s to import: the writers serve processes that write no image too
+
+    params = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
+    return encoded(img, ".png", params if img.dtype == np.uint16 else (), path)
+
+
+def _fpng(img: np.ndarray, path: Path | None) -> bytes:
+    """fpng's PNG of 8-bit BGR or BGRA pixels (it takes RGB(A): channels swapped into a new array first)."""
+    import cv2  # ~0.1 s to import: see png_bytes
+    import fpng  # 16 ms to import (with PIL): only PNG writers load it
+
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    # fpng's binding returns empty bytes where fpng fails (its error is constructed, never thrown)
+    data: bytes = fpng.fpng_ext.encode_ndarray(rgb)
+    if not data.startswith(_PNG_SIGNATURE):
+        raise OutputError(f"{path or 'PNG'}: fpng cannot encode a {img.shape[1]}×{img.shape[0]} image")
+    return data
 
 
 def write_encoded(path: Path, img: np.ndarray, ext: str, params: Sequence[int] = ()) -> None:
     """cv2.imencode to `ext` (BGR order, as OpenCV holds images) and write."""
-    ok, buf = cv2.imencode(ext, img, list(params))
+    write_bytes(path, encoded(img, ext, params, path))
+
+
+def encoded(img: np.ndarray, ext: str, params: Sequence[int] = (), path: Path | None = None) -> bytes:
+    """cv2.imencode's bytes of `img` as `ext` with `params`; `path` names the file in errors."""
+    import cv2  # ~0.1 s to import: see png_bytes
+
+    try:
+        ok, buf = cv2.imencode(ext, img, list(params))
+    except cv2.error:  # what it cannot hold (dtype, channels) it asserts rather than returns
+        ok = False
     if not ok:
-        raise OutputError(f"{path}: cannot encode image")
-    write_bytes(path, buf.tobytes())
+        raise OutputError(f"{path or ext}: cannot encode a {img.dtype} image of shape {img.shape} as {ext}")
+    return bytes(buf)
 
 
 def ply_vertices(xyz: np.ndarray, normals: np.ndarray | None = None, rgb: np.ndarray | None = None, *,
