@@ -10,13 +10,19 @@ thread as the command line sets it (`--threads 1`):
 - stage 1 / stage N: `write_images` for colmap's default plans (`plan_views` with its default image options),
   workers=1 and workers=os.cpu_count(): maps computed per view, files written;
 - command 1 / command N: `fsconvert to-colmap TUPLE -o OUT -j 1` and `-j N` with `--no-check`, end to end
-  (a new process: imports, loading, the image stage, points3D, the model files).
+  (a new process: imports, loading, the image stage, points3D, the model files);
+- dataset N: `fsconvert to-colmap DATASET -o OUT -j N --no-check` on a dataset of `--dataset` copies of the tuple
+  (hard links; 3 by default: with 2 cores an odd count leaves the last tuple alone), end to end, as a ratio to the
+  all-core bound of its views (every core busy to the last view: the last tuple's views take the cores the
+  finished workers gave back), and the seconds the last tuple ran alone (from the second-to-last record to the
+  last); `--against DIR` also runs another checkout's package (`git archive REV | tar -x -C DIR`) in each round.
 
-Each round runs all six in turn (a shared machine's load falls on all of them alike) and prints the load average;
+Each round runs them all in turn (a shared machine's load falls on all of them alike) and prints the load average;
 the end prints the medians of the rounds, each stage as a ratio to the all-core bound (views/s over views/s, target
 ≥ 0.85) and the N-worker runs against their own one-worker runs (target ≥ 1.7 on 2 cores).
 
-    .venv/bin/python benchmarks/bench_tuple.py [--views 23] [--repeat 5] [--cache DIR] [--no-command]
+    .venv/bin/python benchmarks/bench_tuple.py [--views 23] [--repeat 5] [--cache DIR] [--no-command] [--dataset 3]
+        [--against DIR]
 """
 
 from __future__ import annotations
@@ -113,6 +119,29 @@ def command(tuple_dir: Path, out: Path, jobs: int) -> None:
                     "-q", "--overwrite", "--force"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
+def make_dataset(tuple_dir: Path, tuples: int, root: Path) -> Path:
+    """A dataset of `tuples` copies of the tuple and its mesh, hard-linked (decoding does not depend on the view)."""
+    source = tuple_dir.parent.parent.parent
+    for i in range(1, tuples + 1):
+        (root / "images" / str(i) / tuple_dir.name).mkdir(parents=True)
+        for f in tuple_dir.iterdir():
+            os.link(f, root / "images" / str(i) / tuple_dir.name / f.name)
+        (root / "models" / str(i)).mkdir(parents=True)
+        mesh = f"{tuple_dir.name}.ply"
+        os.link(source / "models" / tuple_dir.parent.name / mesh, root / "models" / str(i) / mesh)
+    return root
+
+
+def dataset_command(root: Path, out: Path, jobs: int, checkout: Path = REPO) -> float:
+    """The dataset run, in a new process of `checkout`'s package; the seconds its last tuple ran alone."""
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "fsconvert.cli", "to-colmap", str(root), "-o", str(out), "-j", str(jobs),
+                    "--no-check", "-q"], check=True, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+                   stdout=subprocess.DEVNULL)
+    done = sorted(p.stat().st_mtime for p in out.glob("*/*/fsconvert/record.json"))
+    return done[-1] - done[-2] if len(done) > 1 else 0.0
+
+
 def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -123,6 +152,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fsconvert-bench-tuple")
     parser.add_argument("--no-command", action="store_true", help="skip the end-to-end command")
+    parser.add_argument("--dataset", type=int, default=3, metavar="TUPLES",
+                        help="tuples in the dataset run (copies of the tuple; 0 skips it)")
+    parser.add_argument("--against", type=Path, metavar="DIR", help="also the dataset run of the checkout in DIR")
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
@@ -151,6 +183,14 @@ def main() -> None:
     if not args.no_command:
         runs["command -j 1"] = lambda: command(tuple_dir, work / "cmd-1", 1)
         runs[f"command -j {cores}"] = lambda: command(tuple_dir, work / f"cmd-{cores}", cores)
+    alone: dict[str, list[float]] = {}
+    if args.dataset:
+        root = make_dataset(tuple_dir, args.dataset, work / "dataset")
+        for name, checkout in [(f"dataset -j {cores}", REPO)] + ([(f"against -j {cores}", args.against)]
+                                                                  if args.against else []):
+            alone[name] = []
+            runs[name] = lambda name=name, checkout=checkout: alone[name].append(
+                dataset_command(root, work / "dataset-out", cores, checkout))
     times: dict[str, list[float]] = {name: [] for name in runs}
     loads = []
     try:
@@ -168,15 +208,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     n = len(plans)
+    counts = {name: n * (args.dataset if name in alone else 1) for name in med}
     print(f"\nmedian of {args.repeat} rounds (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f}); stage output identical at 1 and {cores} workers: {same}")
-    print(f"{'':16}{'seconds':>9}{'views/s':>9}{'÷ bound ' + str(cores):>11}{'÷ own 1':>9}")
+    print(f"{'':16}{'seconds':>9}{'views/s':>9}{'÷ bound ' + str(cores):>11}{'÷ own 1':>9}{'last alone s':>14}")
+    bound_rate = n / med[f"bound {cores}"]
     for name, t in med.items():
         own = name.replace(f" {cores}", " 1") if name.endswith(f" {cores}") and cores > 1 else None
-        ratio = f"{med[f'bound {cores}'] / t:11.2f}" if not name.startswith("command") else f"{'':11}"
-        speedup = f"{med[own] / t:9.2f}" if own else ""
-        print(f"{name:16}{t:9.2f}{n / t:9.2f}{ratio}{speedup}")
-    print(f"targets: stage {cores} ÷ bound {cores} ≥ 0.85; stage {cores} ÷ stage 1 ≥ {0.85 * cores:.2f}")
+        ratio = f"{counts[name] / t / bound_rate:11.2f}" if not name.startswith("command") else f"{'':11}"
+        speedup = f"{med[own] / t:9.2f}" if own in med else f"{'':9}"
+        last = f"{statistics.median(alone[name]):14.2f}" if name in alone else ""
+        print(f"{name:16}{t:9.2f}{counts[name] / t:9.2f}{ratio}{speedup}{last}")
+    print(f"targets: stage {cores} ÷ bound {cores} ≥ 0.85; stage {cores} ÷ stage 1 ≥ {0.85 * cores:.2f}"
+          + (f"; dataset -j {cores} ÷ bound {cores} ≥ 0.85 (end to end: imports, meshes and models included)"
+             if args.dataset else ""))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,8 +46,7 @@ from .settings import (
 )
 from .shards import assignment, describe_shards
 from .status import now, status, write_summary
-from .synthetic import make_sample
-from .threads import limit_threads
+from .threads import limit_threads, stop_on_signals, stop_signal
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser, name: str, module: ModuleType) -> None:
@@ -142,6 +142,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from .synthetic import make_sample  # trimesh and pyrender: ~1 s that the other commands do not pay
+
     with staging(args.out, args.overwrite) as tmp:
         make_sample(tmp, subjects=tuple(str(i + 1) for i in range(args.subjects)), expressions=tuple(args.exps),
                     n_views=args.views, long_side=args.long_side, seed=args.seed)
@@ -286,19 +288,21 @@ def _report_tuple(r: TupleResult, fmt: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser(available()).parse_args(argv)
-        code: int = args.func(args)  # the command's exit code
-        return code
-    except FsconvertError as exc:
-        print(f"fsconvert: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("fsconvert: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    with stop_on_signals():  # SIGINT and SIGTERM stop a run cleanly: exit 130 and 143
+        try:
+            args = build_parser(available()).parse_args(argv)
+            code: int = args.func(args)  # the command's exit code
+            return code
+        except FsconvertError as exc:
+            print(f"fsconvert: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            signum = stop_signal() or signal.SIGINT
+            print("fsconvert: interrupted" if signum == signal.SIGINT else "fsconvert: terminated", file=sys.stderr)
+            return 128 + signum
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The dataset run: tuples spread over processes, skipped when up to date, summarised in one text.
 
 `run_dataset` runs `TupleJob`s (`fsconvert.job`) on an engine (`fsconvert.engines`: a local pool, Dask
-or Ray), one tuple per process at a time with its images sequential inside (memory stays bounded to one
-image per worker); the run page (`fsconvert.runpage`) shows the results.
+or Ray), one tuple per process at a time; on the local engine a tuple's views run on the cores the
+others leave spare (one image in memory per busy core); the run page (`fsconvert.runpage`) shows the
+results. A run stopped by an exception (Ctrl-C; SIGTERM, which the command line raises as one) ends its
+workers first, then removes the staging folders and locks of the tuples it did not finish: what is
+visible is whole tuples, each with its record, and the same command continues from there.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from tqdm import tqdm
 from .engines import results as engine_results
 from .errors import FsconvertError
 from .export import leftovers, remove_leftovers
-from .job import TupleJob, TupleResult, counts, tuple_lock
+from .job import TupleJob, TupleResult, counts, lock_path, tuple_lock
 from .protocol import CHECK_JSON
+from .threads import check_stop
 
 
 def run_dataset(
@@ -33,10 +37,11 @@ def run_dataset(
 
     `engine` is where the processes are (`fsconvert.engines`): "local" (this machine), "dask" or
     "ray", on the cluster at `address` or on a local one of `workers` processes. Local worker processes
-    use `threads` threads each in OpenCV, llvmpipe and Open3D unless the environment (LP_NUM_THREADS,
-    OMP_NUM_THREADS) says otherwise (Dask and Ray tasks: one core each); jobs run in this process leave
-    its settings alone (`fsconvert.threads.limit_threads` sets them). A single job on the local engine
-    runs in this process with `workers` image threads and the exporter's own progress.
+    share `workers` cores: each runs its tuple's views on up to `workers` threads, as many at once as
+    cores are spare, and uses `threads` threads in OpenCV, llvmpipe and Open3D unless the environment
+    (LP_NUM_THREADS, OMP_NUM_THREADS) says otherwise (Dask and Ray tasks: one core each); jobs run in
+    this process leave its settings alone (`fsconvert.threads.limit_threads` sets them). A single job
+    on the local engine runs in this process with `workers` image threads and the exporter's own progress.
     A job that raises something other than an FsconvertError (a bug) or whose worker process dies is
     reported as failed, with the traceback on stderr; the others go on.
     """
@@ -73,15 +78,32 @@ def run_dataset(
                         remove_leftovers(job.out_dir)
             done(i, skipped)
         if todo:
+            unfinished = set(todo)
             stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, threads=threads,
                                     address=address)
-            with closing(stream):
-                for k, result in stream:
-                    done(todo[k], result)
+            try:
+                with closing(stream):  # closing it ends the engine's workers
+                    for k, result in stream:
+                        unfinished.discard(todo[k])
+                        done(todo[k], result)
+                        check_stop()
+            except BaseException:
+                tidy([jobs[i] for i in sorted(unfinished)])
+                raise
     finally:
         for bar in bars:
             bar.close()
     return [r for r in results if r is not None]
+
+
+def tidy(jobs: Sequence[TupleJob]) -> None:
+    """Remove the staging folders and the lock files that stopped conversions of `jobs` left, where no other
+    process holds the tuple's lock (a task still running on a remote cluster keeps its own)."""
+    for job in jobs:
+        if leftovers(job.out_dir) or lock_path(job.out_dir).exists():
+            with tuple_lock(job.out_dir, wait=False) as held:
+                if held:
+                    remove_leftovers(job.out_dir)
 
 
 def summary_text(results: Sequence[TupleResult], seconds: float) -> str:

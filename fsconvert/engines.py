@@ -1,10 +1,23 @@
 """Where tuples are converted: a local process pool, a Dask cluster or a Ray cluster.
 
 Each engine runs `TupleJob.convert` (the same per-tuple unit of work: export, check, record, under the
-tuple's lock) as one task per tuple on one core, and yields the results as they finish. Tasks are
-never started twice speculatively. A worker that dies gives a "failed" result for its tuple (Dask
-first re-runs it elsewhere, up to its `allowed-failures`): its staging folder stays hidden, and the
-next attempt removes it and converts the tuple again.
+tuple's lock) as one task per tuple, and yields the results as they finish. Tasks are never started
+twice speculatively. A worker that dies gives a "failed" result for its tuple (Dask first re-runs it
+elsewhere, up to its `allowed-failures`): its staging folder stays hidden, and the next attempt (or the
+dataset run, when it is stopped) removes it and converts the tuple again.
+
+Threads. The local engine's N processes (`-j N`) share a budget of N cores (`fsconvert.threads`): a job
+holds one core, and its image stage runs up to N views at once on N threads, on its own core and on the
+ones that are spare at that moment. So each worker process has its main thread and up to N image
+threads (plus `threads` OpenCV / llvmpipe / OpenMP threads outside the image stage), at most N of them
+busy machine-wide, and the last tuple of a run gets every core the finished ones gave back. Dask and
+Ray tasks use one core each, with their views in sequence: their schedulers place tasks by declared
+cores (`num_cpus=1`, one thread per Dask worker), and a task taking more than it declared would slow
+the tasks placed beside it; a cluster fills its cores with more tasks instead.
+
+Stopping. An exception in the consumer (KeyboardInterrupt: the command line turns SIGINT and SIGTERM
+into one) kills the local workers at once (both signals are blocked in them: the main process decides)
+and waits for them to end, cancels Dask and Ray tasks and closes the clusters started here.
 
 Dask and Ray are optional (`pip install 'fsconvert[dask]'` / `'fsconvert[ray]'`), imported only here.
 """
@@ -33,7 +46,7 @@ from tqdm import tqdm
 
 from .errors import FsconvertError
 from .job import TupleJob, TupleResult
-from .threads import limit_threads
+from .threads import STOP_SIGNALS, CoreBudget, core, limit_threads, share_cores
 
 Engine = Literal["local", "dask", "ray"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -48,8 +61,9 @@ def results(engine: str, jobs: Sequence[TupleJob], *, workers: int = 1, threads:
             address: str | None = None) -> Generator[tuple[int, TupleResult], None, None]:
     """(index in `jobs`, result) of every job, in the order they finish.
 
-    "local": `workers` processes of this machine of `threads` threads each (`address` must be None);
-    Dask and Ray tasks use one core each. "dask": the scheduler at
+    "local": `workers` processes of this machine sharing `workers` cores, each running its tuple's views
+    on up to `workers` threads, with `threads` OpenCV, llvmpipe and OpenMP threads (`address` must be
+    None); Dask and Ray tasks use one core each. "dask": the scheduler at
     `address` (tcp://host:port), or a LocalCluster of `workers` processes. "ray": the cluster at
     `address` ("auto", host:port or ray://host:port), or a new local one with `workers` CPUs.
     """
@@ -79,16 +93,19 @@ def require(engine: str, address: str | None = None) -> ModuleType | None:
 
 
 def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Generator[tuple[int, TupleResult], None, None]:
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1:  # in this process, its views on `workers` threads
         for k, job in enumerate(jobs):
-            yield k, guarded(job)
+            yield k, guarded(job, workers)
         return
     # spawn: workers start clean (no inherited locks, threads or GL state of the parent).
     context = multiprocessing.get_context("spawn")
+    budget = CoreBudget(context, workers)
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                               initargs=(os.getpid(), threads))
+                               initargs=(os.getpid(), threads, budget))
     try:
-        futures: dict[Future[TupleResult], int] = {pool.submit(guarded, job): k for k, job in enumerate(jobs)}
+        with _stops_blocked():  # the workers are spawned by submit
+            futures: dict[Future[TupleResult], int] = {pool.submit(guarded, job, workers): k
+                                                       for k, job in enumerate(jobs)}
         for future in as_completed(futures):
             k = futures[future]
             try:
@@ -97,8 +114,9 @@ def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Generator[tu
                 result = failed(jobs[k], LOST)
             yield k, result
     except BaseException:
-        # Ctrl-C: stop now, not after the running tuples (the next run removes their staging folders).
-        # shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
+        # Ctrl-C, SIGTERM: stop now, not after the running tuples (the dataset run then removes their staging
+        # folders). shutdown() alone would wait for them, even without `wait`; Python 3.14 has kill_workers().
+        # shutdown() returns once the killed processes have ended (their tuples' locks are free).
         for process in list((pool._processes or {}).values()):
             process.kill()
         pool.shutdown(cancel_futures=True)
@@ -106,13 +124,27 @@ def _local(jobs: Sequence[TupleJob], workers: int, threads: int) -> Generator[tu
     pool.shutdown()
 
 
+@contextmanager
+def _stops_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread meanwhile (then delivered): processes spawned now inherit them
+    blocked, in every thread they start, whatever handler a library they load installs (pycolmap's glog answers
+    SIGTERM with a stack dump). A terminal or Slurm signals every process of the run: the parent alone acts
+    on it, killing the workers and removing their staging folders."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 _PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(parent: int, threads: int) -> None:
-    """A local pool worker: `threads` threads; die with the parent; leave Ctrl-C to it."""
+def _init_worker(parent: int, threads: int, budget: CoreBudget) -> None:
+    """A local pool worker: `threads` library threads; its jobs and views on the run's core `budget`; die
+    with the parent (SIGINT and SIGTERM it inherits blocked: `_stops_blocked`)."""
     _worker_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    share_cores(budget)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
@@ -129,10 +161,12 @@ def _worker_threads(threads: int) -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def guarded(job: TupleJob) -> TupleResult:
-    """`job.convert()`, with a bug (any other exception than an FsconvertError) made a failed result."""
+def guarded(job: TupleJob, workers: int = 1) -> TupleResult:
+    """`job.convert(workers)` on one core of this process's budget (`fsconvert.threads.core`), with a bug
+    (any other exception than an FsconvertError) made a failed result."""
     try:
-        return job.convert()
+        with core():
+            return job.convert(workers)
     except Exception as exc:  # a bug: report it with its traceback, keep converting the others
         traceback.print_exc()
         return failed(job, f"internal error: {type(exc).__name__}: {exc}")
@@ -220,7 +254,8 @@ def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
     if started:
         local = {"address": "local", "num_cpus": workers} if address is None else {"address": address}
         try:
-            ray.init(**local, include_dashboard=False, logging_level=logging.WARNING)
+            with _sigterm_kept():
+                ray.init(**local, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise EngineError(f"ray: cannot connect to the cluster at {address}: {exc}") from None
     try:
@@ -246,3 +281,19 @@ def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """The caller's SIGTERM handler kept (ray.init replaces it with one exiting the process by SystemExit), when
+    the caller has one of its own, like the command line's (which stops the run and exits 143); else Ray's,
+    which still lets this module shut down the local cluster."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,10 @@
 manifest, runs the check and writes the batch record there, and renames the folder into place.
 
 `staging` names its temporary folders here and only here; `leftovers` finds those that an interrupted
-run left beside an output, for the next run to remove.
+run left beside an output, for the next run to remove. An exception anywhere (Ctrl-C, or SIGTERM made
+one by the command line) removes the staging folder; SIGINT and SIGTERM that arrive while it is being
+made or moved into place take effect just after (`_signals_held`), so none is left untracked and the
+output is the old one or the new one, never neither.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +34,7 @@ from .measure import Thresholds
 from .model import Capture
 from .options import check_choices
 from .protocol import MANIFEST, write_manifest, write_record
+from .threads import STOP_SIGNALS, check_stop
 from .writers import write_text
 
 _PARTIAL, _OLD = "partial", "old"
@@ -105,31 +111,44 @@ def staging(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     out_dir = Path(out_dir)
     dest = Path(os.path.abspath(out_dir))  # "out/..", "." have no usable name
+    tmp: Path | None = None
     try:
-        if dest.parent == dest:
-            raise OutputError(f"{out_dir}: cannot replace the root folder")
-        _check_replaceable(dest, overwrite, out_dir)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f".{_PARTIAL}", dir=dest.parent))
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create output: {exc.strerror or exc}") from None
-    try:
+        check_stop()
+        with _signals_held():  # else a signal between making the folder and setting `tmp` would leave it behind
+            tmp = _staging_folder(dest, overwrite, out_dir)
         yield tmp
         if not (tmp / MANIFEST).is_file():
             (tmp / MANIFEST).parent.mkdir(exist_ok=True)
             write_text(tmp / MANIFEST, json.dumps({"fsconvert": __version__}) + "\n")
         os.chmod(tmp, 0o755)
+        check_stop()  # a stopped run publishes nothing more, even where a library swallowed its KeyboardInterrupt
         _replace(tmp, dest, out_dir)
     except OSError as exc:
+        assert tmp is not None  # _staging_folder raises OutputErrors only
         shutil.rmtree(tmp, ignore_errors=True)
         where = str(exc.filename or tmp).replace(str(tmp), str(out_dir))
         raise OutputError(f"{where}: {exc.strerror or exc}") from None
     except OutputError as exc:  # name files by their final path, not the temporary one
+        if tmp is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(str(exc).replace(str(tmp), str(out_dir))) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _staging_folder(dest: Path, overwrite: bool, shown: Path) -> Path:
+    """A new `.<name>.<random>.partial` folder beside `dest`, once `dest` may be replaced."""
+    try:
+        if dest.parent == dest:
+            raise OutputError(f"{shown}: cannot replace the root folder")
+        _check_replaceable(dest, overwrite, shown)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f".{_PARTIAL}", dir=dest.parent))
+    except OSError as exc:
+        raise OutputError(f"{shown}: cannot create output: {exc.strerror or exc}") from None
 
 
 def _check_replaceable(dest: Path, overwrite: bool, shown: Path) -> None:
@@ -144,6 +163,11 @@ def _check_replaceable(dest: Path, overwrite: bool, shown: Path) -> None:
 
 
 def _replace(tmp: Path, dest: Path, shown: Path) -> None:
+    with _signals_held():
+        _move_into_place(tmp, dest, shown)
+
+
+def _move_into_place(tmp: Path, dest: Path, shown: Path) -> None:
     old = None
     try:
         if dest.exists():
@@ -160,6 +184,24 @@ def _replace(tmp: Path, dest: Path, shown: Path) -> None:
         raise OutputError(reason) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive while open are delivered when it closes, to the handlers set before (in
+    the main thread, which Python's signal handlers run in; elsewhere nothing is held)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: arrived.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def leftovers(out_dir: Path) -> list[Path]:

@@ -18,9 +18,12 @@ would pickle its plans in and its previews and footprints out. The rules that ke
   after), so that N threads use N cores; with `workers` 1 the views run in the calling thread with
   OpenCV's threads as the caller set them (the command line's `--threads`);
 - results come back in view order (the progress bar, the footprints, the first error), at most 2 × N
-  views submitted ahead: N images in memory at a time, one per thread;
+  views started ahead: N images in memory at a time, one per thread;
 - the first exception in view order is raised (a corrupt JPEG's InputError, an OutputError), as with
-  one worker; views not started are cancelled and running ones finish before it propagates.
+  one worker; views not started then never start, and running ones finish before it propagates;
+- in a dataset run's worker process the views share the machine's cores with the other workers
+  (`fsconvert.threads`: a core budget): up to N threads, as many views at once as the process has cores
+  now, one while every worker is busy, all N for the last tuple left.
 
 The output is byte-identical at any `workers` (every step is deterministic and per view).
 """
@@ -33,9 +36,10 @@ import shutil
 import sys
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
+from heapq import heappop, heappush
 from pathlib import Path
 
 import cv2
@@ -47,7 +51,7 @@ from . import conventions as cv
 from .errors import InputError, OutputError
 from .imageplan import REDUCTIONS, SCRATCH, ImageOptions, ViewPlan
 from .model import View
-from .threads import opencv_threads
+from .threads import check_stop, give_back_core, opencv_threads, shares_cores, spare_core
 from .writers import write_encoded, write_png
 
 _REDUCED_FLAG = {
@@ -281,7 +285,7 @@ def _place_original(src: Path, dest: Path, link: str) -> None:
 
 
 _AHEAD = 2
-"""Views submitted per pool thread ahead of the one the stage waits for (their results are small)."""
+"""Views started per thread ahead of the one the stage yields next (their results are small)."""
 
 
 def run_plans(
@@ -317,30 +321,60 @@ def run_plans(
         SCRATCH.release()
 
 
-def _results(tasks: Sequence[_Job], workers: int) -> Generator[tuple[Footprint | None, np.ndarray | None], None, None]:
-    """`_produce` of each task, in order: in this thread, or on a pool of `workers` threads (at most one per
-    task) with OpenCV single-threaded; the first exception in task order cancels the tasks not started."""
+_Result = tuple[Footprint | None, np.ndarray | None]
+
+
+def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, None]:
+    """`_produce` of each task, in order: in this thread, or on up to `workers` threads (at most one per task)
+    with OpenCV single-threaded, as many views at a time as this process has cores: all `workers` without a core
+    budget, else its own core (which its job holds) plus the budget's spare ones, each taken for one view
+    (`fsconvert.threads`). Each thread is a lane of its own, the lowest free one taking the next view, so only as
+    many threads as ran views at once hold scratch arrays. The first exception in task order is raised once the
+    running views have finished; views not started by then never start, nor any after a stop (`check_stop`)."""
     threads = min(workers, len(tasks))
     if threads <= 1:
-        yield from map(_produce, tasks)
+        for task in tasks:
+            check_stop()
+            yield _produce(task)
         return
+    own = 1 if shares_cores() else threads
+    lanes: list[ThreadPoolExecutor] = []
+    free: list[int] = []  # idle lanes, a heap
+    running: dict[Future[_Result], int] = {}  # → its lane
+    order: deque[Future[_Result]] = deque()  # started, not yet yielded, in task order
+    spares = 0
     todo = iter(tasks)
-    pending: deque[Future[tuple[Footprint | None, np.ndarray | None]]] = deque()
-    with opencv_threads(1), ThreadPoolExecutor(threads, thread_name_prefix="fsconvert-images") as pool:
+    following = next(todo, None)
+    with opencv_threads(1):
         try:
-            for task in todo:
-                pending.append(pool.submit(_produce, task))
-                if len(pending) >= _AHEAD * threads:
-                    break
-            while pending:
-                result = pending.popleft().result()
-                following = next(todo, None)
-                if following is not None:
-                    pending.append(pool.submit(_produce, following))
-                yield result
-        finally:  # an error, or the consumer stopped: cancel what has not started, let the rest finish
-            for future in pending:
-                future.cancel()
+            while order or following is not None:
+                for future in [f for f in running if f.done()]:
+                    heappush(free, running.pop(future))
+                    if spares:  # back to the budget after each view: a job starting elsewhere may need it
+                        give_back_core()
+                        spares -= 1
+                while following is not None and len(order) < _AHEAD * threads and len(running) < threads:
+                    check_stop()
+                    if len(running) >= own + spares:
+                        if not spare_core():
+                            break
+                        spares += 1
+                    if not free:
+                        lanes.append(ThreadPoolExecutor(1, thread_name_prefix=f"fsconvert-images-{len(lanes)}"))
+                        free.append(len(lanes) - 1)
+                    future = lanes[free[0]].submit(_produce, following)
+                    running[future] = heappop(free)
+                    order.append(future)
+                    following = next(todo, None)
+                if order[0].done():
+                    yield order.popleft().result()
+                else:
+                    wait(running, return_when=FIRST_COMPLETED)
+        finally:  # done, an error, or the consumer stopped: the running views finish, their cores go back
+            for lane in lanes:
+                lane.shutdown()
+            for _ in range(spares):
+                give_back_core()
 
 
 def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, *, workers: int = 1,

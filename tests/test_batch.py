@@ -1,15 +1,17 @@
 """Whole-dataset conversion: one command over 6 tuples, resume after SIGKILL (byte-identical), bad
-tuples skipped with exit 2, selection, YAML config = command line, the per-tuple API."""
+tuples skipped with exit 2, selection, YAML config = command line, the per-tuple API, the workers' core budget."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,14 +22,18 @@ from conftest import METRIC_ARGS
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available, facescape
+from fsconvert import imagestage
 from fsconvert.cli import main
 from fsconvert.datasetrun import run_dataset
+from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.imagestage import write_images
 from fsconvert.job import TupleJob, convert_tuple, exit_code
 from fsconvert.loader import iter_dataset, load_capture
 from fsconvert.measure import Thresholds
 from fsconvert.protocol import RECORD
 from fsconvert.runpage import RUN_PAGE
 from fsconvert.settings import DATASET_OVERLAYS
+from fsconvert.threads import CoreBudget, core, share_cores
 
 SUBJECTS = ("1", "2", "3")
 EXPRESSIONS = ("1_neutral", "2_smile")
@@ -117,7 +123,7 @@ def test_rerun_skips_up_to_date_and_redoes_changed_inputs(clean: Path, dataset: 
         os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _alive(marker: str) -> list[int]:
+def alive(marker: str) -> list[int]:
     """Processes whose environment holds `marker` (the killed run's workers, if any survived)."""
     found = []
     for proc in Path("/proc").iterdir():
@@ -146,7 +152,7 @@ def _start_and_interrupt(dataset: Path, out: Path, delay: float, kill) -> tuple[
     proc.wait(timeout=60)
     seconds = time.monotonic() - killed
     time.sleep(1.0)
-    assert _alive(marker) == []  # no worker outlives the command
+    assert alive(marker) == []  # no worker outlives the command
     return proc, seconds
 
 
@@ -371,3 +377,62 @@ def test_every_exporter_in_parallel_is_deterministic_and_resumable(fmt: str, dat
     capsys.readouterr()
     assert main(base + ["-o", str(pooled), "-j", "2"]) == 0
     assert "converted 0 (0 images), skipped 2 (up to date), failed 0" in capsys.readouterr().out
+
+
+def test_a_worker_runs_more_views_at_once_only_on_spare_cores(dataset: Path, tmp_path: Path, monkeypatch):
+    """A dataset run's worker with -j 2 (`fsconvert.threads.share_cores`; its job holds one core) and the other
+    worker's job: while that job holds the second core, the views run one at a time; once it is given back, two
+    at once on two threads; when a job starts waiting for a core, the next view to finish hands it the borrowed
+    one and the views run one at a time again. Every core back in the budget at the end; the bytes of one
+    thread without a budget."""
+    plans = plan_views(load_capture(dataset / "images" / "1" / "1_neutral").views, ImageOptions()) * 4
+    names = [f"{k}.jpg" for k in range(len(plans))]
+    write_images(plans, names, tmp_path / "alone", workers=1)
+    budget = CoreBudget(multiprocessing.get_context("spawn"), 2)
+    produce, lock, leave = imagestage._produce, threading.Lock(), threading.Event()
+    seen = {"running": 0, "done": 0, "phase": "held", "held": 0, "freed": 0, "claimed": 0, "claimed at": 0,
+            "threads": set()}
+
+    def other_job() -> None:  # another worker's job starting: it waits for a core
+        with core():
+            with lock:
+                seen["phase"], seen["claimed at"] = "claimed", seen["done"]
+            leave.wait()
+
+    waiter = threading.Thread(target=other_job)
+
+    def counting(job):
+        with lock:
+            seen["running"] += 1
+            seen[seen["phase"]] = max(seen[seen["phase"]], seen["running"])
+            seen["threads"].add(threading.get_ident())
+        try:
+            time.sleep(0.05)  # long enough for two views to overlap when two cores are there
+            return produce(job)
+        finally:
+            with lock:
+                seen["running"] -= 1
+                seen["done"] += 1
+                if seen["done"] == 3:  # the other worker's tuple is done: its core is spare
+                    seen["phase"] = "freed"
+                    budget.permits.release()
+                elif seen["done"] == 7:
+                    waiter.start()
+
+    monkeypatch.setattr(imagestage, "_produce", counting)
+    share_cores(budget)
+    try:
+        budget.permits.acquire()  # the other worker's job
+        with core():  # this worker's job
+            write_images(plans, names, tmp_path / "shared", workers=2)
+            assert budget.permits.get_value() == 0  # this job's core and the other job's
+            leave.set()
+            waiter.join()
+        assert budget.permits.get_value() == 2 and budget.waiting.value == 0
+    finally:
+        leave.set()
+        share_cores(None)
+    assert seen["done"] == len(plans) == 12 and 7 <= seen["claimed at"] <= 9  # given back as a running view ended
+    assert (seen["held"], seen["freed"], seen["claimed"]) == (1, 2, 1) and len(seen["threads"]) == 2
+    alone = {p.name: p.read_bytes() for p in (tmp_path / "alone").iterdir()}
+    assert len(alone) == 12 and {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()} == alone

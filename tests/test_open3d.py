@@ -8,6 +8,7 @@ with Open3D's RaycastingScene (independent of the pyrender renderer that made th
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
 from fsconvert.protocol import read_manifest
+from fsconvert.threads import CoreBudget, share_cores
 
 EXPORTS = {
     "scale1": ex.Options(fuse=True),
@@ -182,6 +184,55 @@ def test_depth_scale_fits_uint16() -> None:
     assert ex.depth_scale(27.0) == 2420.0  # 65535 / 27 = 2427.2
     with pytest.raises(InputError, match="behind every camera"):
         ex.depth_scale(-1.0)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The format's files (not the manifest, nor the check that other tests ran in the fixture's folders)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] not in ("fsconvert", "check")}
+
+
+def test_overlapped_depth_writes_the_serial_bytes(capture: Capture, exports: dict[str, Path], tmp_path: Path) -> None:
+    # -j 2: depth maps rendered on this thread while a helper writes the colour images and cameras and the
+    # other encodes the 16-bit PNGs (`_second_core`); -j 1: one after another, as the fixture's export ran.
+    key = "scale1/4-upright"
+    overlapped = export(capture, ex, tmp_path / "j2", EXPORTS[key], thresholds=None, workers=2).out_dir
+    serial, found = _files(exports[key]), _files(overlapped)
+    assert sorted(found) == sorted(serial) and len([n for n in found if n.startswith(ex.DEPTH)]) == 7
+    assert [n for n in serial if found[n] != serial[n]] == []
+
+
+def test_depth_overlaps_only_on_a_second_core() -> None:
+    with ex._second_core(1) as overlap:
+        assert not overlap
+    with ex._second_core(2) as overlap:  # no core budget: the caller's -j
+        assert overlap
+    budget = CoreBudget(multiprocessing.get_context("spawn"), 1)  # a dataset run's, its one core held by this job
+    budget.permits.acquire()
+    share_cores(budget)
+    try:
+        with ex._second_core(2) as overlap:
+            assert not overlap  # no spare core: serial
+        budget.permits.release()  # another job finished: one core spare
+        with ex._second_core(2) as overlap:
+            assert overlap and not budget.permits.acquire(False)  # held while open ...
+        assert budget.permits.acquire(False)  # ... and given back
+    finally:
+        share_cores(None)
+
+
+def test_overlapped_export_stops_at_a_colour_error(sample_tuple: Path, tmp_path: Path) -> None:
+    # A corrupt JPEG fails the colour thread while this one renders depth: its one-line error, nothing left.
+    tuple_dir = shutil.copytree(sample_tuple, tmp_path / "tuple")
+    path = tuple_dir / "3.jpg"
+    data = bytearray(path.read_bytes())
+    sector = np.random.default_rng(17).integers(0, 256, 4096, dtype=np.uint8).tobytes()  # a bad disk block
+    data[len(data) // 2 : len(data) // 2 + len(sector)] = sector
+    path.write_bytes(bytes(data))
+    capture = load_capture(tuple_dir, mesh=load_capture(sample_tuple).mesh)
+    with pytest.raises(InputError, match=r"3\.jpg.*view 3.*corrupt JPEG data"):
+        export(capture, ex, tmp_path / "out", ex.Options(image=ImageOptions(scale=0.25)), thresholds=None, workers=2)
+    assert not (tmp_path / "out").exists()
 
 
 # ---- fusion ---------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ as internal ones."""
 from __future__ import annotations
 
 import re
+import signal
 import struct
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ import numpy as np
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError
 from fsconvert.model import Camera
+from fsconvert.threads import STOP_SIGNALS
 
 if TYPE_CHECKING:  # pycolmap's own stubs; at run time the module comes from require_pycolmap
     from pycolmap import Camera as ColmapCamera
@@ -67,10 +70,9 @@ def require_pycolmap(*, write: bool, module: ModuleType | None = None) -> Module
     """The pycolmap module (or `module`, for tests), or a one-line InputError naming found vs needed."""
     if module is None:
         try:
-            import pycolmap
+            module = _import_pycolmap()
         except ImportError:
             raise InputError("pycolmap is not installed (pip install 'pycolmap>=4.0')") from None
-        module = pycolmap
     found = getattr(module, "__version__", "unknown")
     numbers = tuple(int(n) for n in re.findall(r"\d+", found)[:2])
     missing = [f for f in WRITE_API if not hasattr(module.Reconstruction, f)] if write else []
@@ -79,6 +81,19 @@ def require_pycolmap(*, write: bool, module: ModuleType | None = None) -> Module
         role = "exporter" if write else "reader"
         raise InputError(f"pycolmap {found} found; the COLMAP {role} needs pycolmap ≥ {need}")
     return module
+
+
+def _import_pycolmap() -> ModuleType:
+    """pycolmap, with this process's SIGINT and SIGTERM handlers kept: its import installs glog's failure handler,
+    which answers SIGTERM with a stack dump and death (the command line's stops the run and removes its staging)."""
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    import pycolmap
+
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+        for s, handler in handlers.items():
+            if handler is not None:
+                signal.signal(s, handler)
+    return pycolmap
 
 
 def load_model(out_dir: str | Path) -> Reconstruction:
