@@ -36,6 +36,7 @@ from .options import from_dict
 from .protocol import CHECK_DIR, CHECK_JSON, RIG, ExportedView, read_manifest
 from .render import Renderer
 from .rig import Frustum, plot_rig
+from .viewpixels import Written
 from .writers import write_json
 
 Overlays = bool | str | int
@@ -120,6 +121,7 @@ def check_export(
     exporter: ModuleType | None = None,
     reader: str | None = None,
     previews: Mapping[Path, np.ndarray] | None = None,
+    measured: Mapping[str, Written] | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
     `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
@@ -131,7 +133,9 @@ def check_export(
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
     (default: the installed one named by the manifest). `previews`: exported images at that size by path
-    (`imagestage.keep_previews`), drawn on instead of decoding the files.
+    (`imagestage.keep_previews`), drawn on instead of decoding the files. `measured`: the pixel measurements
+    the image stage made as it wrote the export (`viewpixels.measured_as_written`), used where the files are
+    unchanged.
     """
     start = time.perf_counter()
     policy = overlay_policy(overlays)
@@ -195,7 +199,8 @@ def check_export(
                                            else "missing from the read-back (dropped view)")
             else:
                 measure_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
-                            None if policy == "none" else out_dir, i in sampled, report.reader, previews or {})
+                            None if policy == "none" else out_dir, i in sampled, report.reader, previews or {},
+                            measured or {})
     write_json(export_dir / CHECK_JSON, report.to_dict())
     invalid = {v.id for v in capture.views if not v.valid}
     _plot(export_dir / RIG, report, manifest["format"], by_name, invalid, points)

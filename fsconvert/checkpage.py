@@ -20,9 +20,8 @@ from .writers import write_text
 
 NUMBERS = (("camera_max_px", "cam max px", ".2e"), ("camera_mean_px", "cam mean px", ".2e"),
            ("iou", "IoU", ".4f"), ("depth_rel", "depth rel", ".1e"), ("pixel_shift_px", "px shift", ".4f"),
-           ("pixel_ncc", "px NCC", ".5f"), ("pixel_diff", "px diff", ".2f"), ("block_diff", "block diff", ".2f"),
-           ("colour_ncc", "R/B NCC", ".4f"), ("colour_ncc_swapped", "R/B swapped", ".4f"),
-           ("alpha_error", "alpha err", ".2e"))
+           ("pixel_ncc", "px NCC", ".5f"), ("pixel_diff", "px diff", ".2f"), ("swapped_diff", "R↔B diff", ".2f"),
+           ("block_diff", "block diff", ".2f"), ("alpha_error", "alpha err", ".2e"))
 """check.json key, column title and display format (as `fsconvert.check.format_check` prints them)."""
 
 CSS = """
@@ -80,8 +79,8 @@ def write_check_page(export_dir: str | Path, check: dict[str, Any], manifest: di
         '<p class="note">Numbers as in check.json (hover a number for all its digits); — : not measured '
         "(not rendered: the read-back camera is identical to the expected one and no overlay was asked; no alpha "
         "channel). Pixels: the exported image against the source image re-derived through the read-back camera "
-        "(shift of textured tiles, luma NCC and mean difference in 8-bit levels, the worst 64-px block, red and "
-        "blue as stored and exchanged).</p>",
+        "(shift of textured tiles, luma NCC and mean difference in 8-bit levels, the same with red and blue "
+        "exchanged, the worst 64-px block; an original placed unchanged is its source, byte for byte).</p>",
         "<h2>Camera rig (read-back cameras)</h2>",
         f'<a href="{RIG.name}"><img class="rig" src="{RIG.name}" alt="camera rig: front and top views"></a>',
         "<h2>Export</h2>",
