@@ -11,13 +11,13 @@ the lens model's exact inverse; the stage's maps are not used) and compares it w
   the colour order (the file's luma against the re-derived luma with red and blue exchanged) and the alpha
   channel;
 - at full resolution, in each of PIXEL_REGIONS × PIXEL_REGIONS regions, the shift of its most textured
-  tile (`fsconvert.tileshift`: tiles of about 1/34 of the long side).
+  tile (`fsconvert.tileshift`: tiles of about 1/45 of the long side, their precision).
 
 A JPEG is compared by its luma: the Y plane as libjpeg-turbo decodes it (islow IDCT, warnings as errors), which
 is the luma (BT.601 weights) of the RGB every program decodes to ±1 level; its chroma is not decoded (it would
-cost two thirds as much again) and is checked through the colour order only. A PNG is decoded whole (BGR,
-alpha, 16-bit as 8-bit levels). `fsconvert.pixelsource` chooses what is measured when (the stage's own
-measurement, the files, or an original placed unchanged).
+cost two thirds as much again: 27 instead of 16.6 ms for a 4344-px view) and is checked through the colour order
+only. A PNG is decoded whole (BGR, alpha, 16-bit as 8-bit levels). `fsconvert.viewpixels` chooses what is
+measured when (the stage's own measurement, the files, or an original placed unchanged).
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ from .model import UNDISTORT_CRITERIA, Camera, View
 from .tileshift import TileSource, tile_shifts, tile_side
 
 PIXEL_REGIONS = 3
+"""The image is split into this many × this many regions; the most textured tile of each is measured."""
 BLOCK_PX = 64
 """Side (exported pixels) of the blocks whose mean difference finds local damage (at least _BLOCK_SAMPLES
 samples: larger in large images)."""
-"""The image is split into this many × this many regions; the most textured tile of each is measured."""
-PIXEL_SAMPLES = 20_000
+PIXEL_SAMPLES = 12_000
 """NCC, differences and alpha are compared on every k-th exported pixel in both directions (each exactly as
-decoded, against the source resampled at exactly that pixel), k the smallest giving at most this many."""
+decoded, against the source resampled at exactly that pixel), k the smallest giving at most this many: on clean
+exports (quality 95 and 50) NCC, the mean and the worst block's difference move by ≤ 5e-5, 0.03 and 0.44 levels
+from 100 000 samples; a block keeps 8 × 8 samples or more in 1086-px views."""
 EDGE_PX = 1.0
 """Re-derived positions within this many decoded source pixels of the source image's edge count neither as
 with source data nor as without (bilinear interpolation, and the decode reduction, differ there)."""

@@ -30,12 +30,13 @@ import cv2
 import numpy as np
 
 TILE_FRACTION = 45
-"""Tiles are about 1/TILE_FRACTION of the image's long side (in multiples of 16 pixels, at least MIN_TILE): the
-shift that JPEG alone puts on a tile falls with its pixel count and with the texture's density, which for one
-scene falls as the image grows. The largest of a clean view's tiles: 1086-px views at quality 95, 48-px tiles
-≤ 0.009 px, 64-px ≤ 0.007; at quality 50, 48-px 0.047, 64-px 0.027. In the 4344-px synthetic sample, smooth at
-that size: 96-px tiles ≤ 0.033 (128-px 0.018, at 1.6× the cost; 64-px 0.045)."""
-MIN_TILE = 64
+"""Tiles are about 1/TILE_FRACTION of the image's long side (in multiples of 16 pixels, at least MIN_TILE), and a
+tile that measures more than _RECHECK_SHIFT is measured again at twice the side: the shift that JPEG alone puts on
+a tile falls with its pixel count and with the texture's density, which for one scene falls as the image grows.
+The largest of a clean view's tiles, 1086-px views: quality 95, 48-px tiles ≤ 0.009 px (none re-measured);
+quality 50, 48-px 0.047, with 96-px re-measures 0.032 (quality 75: 0.019). 4344-px views of the synthetic sample,
+smooth at that size: 96-px tiles alone ≤ 0.033, re-measured ≤ 0.019 (64-px tiles alone 0.045)."""
+MIN_TILE = 48
 _PAD = 4
 """Re-derived pixels around a tile: with _MARGIN, room for the blur and the derivative (3 px each)."""
 _MARGIN = 4
@@ -53,6 +54,9 @@ _ROUNDING_VARIANCE = 1 / 12
 of the variance 8-bit rounding leaves (levels², uniform over one level), in its weakest direction: a dark tile
 whose only texture is a sliver of the face at its edge (a 543-px alpha PNG) measures 0.23 px by that and read
 0.086 px off; measured tiles of clean exports 0.003 px or less."""
+_RECHECK_SHIFT = 0.02
+"""Tiles measuring more than this (pixels; clean 1086-px views at quality 95 measure ≤ 0.009 on 48-px tiles) are
+measured again on tiles of twice the side."""
 _FAST_SHIFT = 0.25
 """A single step's estimate beyond this (pixels) is iterated instead."""
 _FAST_FIT = 0.01
@@ -78,7 +82,22 @@ def tile_side(size: tuple[int, int]) -> int:
 
 
 def tile_shifts(source: TileSource, tiles: Sequence[tuple[int, int]], T: int) -> list[float]:
-    """The shift (pixels) of each T×T tile (top-left corners) that can be measured: exported(x) ≈ rederived(x − d)."""
+    """The shift (pixels) of each T×T tile (top-left corners) that can be measured: exported(x) ≈ rederived(x − d).
+    A tile measuring more than _RECHECK_SHIFT is measured again on the tile of twice its side around it (where the
+    image holds one), whose number stands: JPEG's noise on it is about half."""
+    shifts = _measured(source, tiles, T)
+    H, W = source.luma.shape
+    again = [t for t, shift in zip(tiles, shifts) if shift is not None and shift > _RECHECK_SHIFT]
+    if again and min(W, H) >= 2 * T:
+        around = {t: (min(max(t[0] - T // 2, 0), W - 2 * T), min(max(t[1] - T // 2, 0), H - 2 * T)) for t in again}
+        larger = dict(zip(around.values(), _measured(source, list(around.values()), 2 * T)))
+        shifts = [shift if t not in around or larger[around[t]] is None else larger[around[t]]
+                  for t, shift in zip(tiles, shifts)]
+    return [shift for shift in shifts if shift is not None]
+
+
+def _measured(source: TileSource, tiles: Sequence[tuple[int, int]], T: int) -> list[float | None]:
+    """`tile_shifts` on T×T tiles, once: None for a tile that cannot be measured."""
     if not tiles:
         return []
     P, m = _PAD, _MARGIN
@@ -96,12 +115,12 @@ def tile_shifts(source: TileSource, tiles: Sequence[tuple[int, int]], T: int) ->
     weight = cv2.erode(valid.reshape(n * T, T).astype(np.uint8), np.ones((7, 7), np.uint8))
     weight = weight.reshape(n, T, T)[:, m:T - m, m:T - m].astype(np.float32)
     d, fit, pinned = _step(target, *_gradients(ref_stack, n, T), weight)
-    shifts = []
+    shifts: list[float | None] = []
     for i, (x0, y0) in enumerate(tiles):
-        if not weight[i].sum() >= _COVERED * weight[i].size or not np.all(np.isfinite(d[i])):
-            continue
-        if not _ROUNDING_VARIANCE / pinned[i] <= _MAX_SHIFT_ERROR ** 2:
-            continue  # too little texture at full resolution (a sparse sample grid can see more than there is)
+        if not (weight[i].sum() >= _COVERED * weight[i].size and np.all(np.isfinite(d[i]))
+                and _ROUNDING_VARIANCE / pinned[i] <= _MAX_SHIFT_ERROR ** 2):
+            shifts.append(None)  # too little data, or too little texture at full resolution (a sparse sample
+            continue  # grid can see more than there is)
         shift = d[i]
         if np.hypot(*shift) > _FAST_SHIFT or fit[i] > _FAST_FIT:
             shift = _iterated(source, x0, y0, whole[i], weight[i], ref_stack.reshape(n, S, S)[i], T)
