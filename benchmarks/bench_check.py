@@ -1,17 +1,21 @@
 """The pixel check's cost against the export's: per core, at full size (4344×2896) and at 1/4.
 
 For each format and scale, best of `--repeat` rounds (each round runs everything once, so that load from other
-processes on a shared machine hits all alike), one process, one OpenCV and one llvmpipe thread:
+processes on a shared machine hits all alike), one process, one OpenCV and one llvmpipe thread, `-j 1`:
 
-- export: `fsconvert.export.export` with the check off (its images written by the stage in this process);
-- check: `fsconvert.check.check_export` on that export without overlays (`--overlays none`), and inside it the
-  pixel check alone (`measure._pixel_fidelity`, timed where `measure_view` calls it);
-- floor: decoding every view's source JPEG at the reduction the pixel check uses (`read_image`) and the exported
-  file, which any comparison of the exported pixels with the source has to pay.
+- export: `fsconvert.export.export` with the check off (`thresholds=None`): the format's work alone;
+- the same export with the check on and no overlays (`--overlays none`), as the command runs it, and in it:
+  - pixels (stage): the image stage measuring each image as it writes it (`viewpixels.measured_as_written`);
+  - pixels (check): the check finding each view's pixel numbers (`viewpixels.view_pixels`: the stage's
+    measurement taken after hashing the file, or measured from the files);
+  - check: `check_export` as a whole (cameras, renders, rig plot, page; pixels (check) included);
+- pixels (files): `view_pixels` without the stage's measurements, as `fsconvert check OUT` measures;
+- floor: decoding every exported file as the pixel check decodes it (luma of a JPEG), which any comparison of
+  the exported pixels with the source has to pay.
 
-Each is given in seconds (wall, `time.perf_counter`) and CPU seconds of this process (`time.process_time`: less
-sensitive to other processes on a shared machine), and the ratios to the export. Target: the check ≤ 15 % of
-the export.
+Each is given in ms per view, wall (`time.perf_counter`) / CPU of this process (`time.process_time`: less
+sensitive to other processes on a shared machine), and the ratios to the export. Target: the pixel work
+(stage + check) ≤ 15 % of the export.
 
     .venv/bin/python benchmarks/bench_check.py                      # 8-view tuple of 4344×2896, best of 3
     .venv/bin/python benchmarks/bench_check.py --quick              # 4 views, best of 1
@@ -28,8 +32,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa loads: per-core numbers
 
@@ -37,12 +43,13 @@ import cv2
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
-from fsconvert import measure
+from fsconvert import export as export_module
+from fsconvert import measure, viewpixels
 from fsconvert.check import check_export
 from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions
-from fsconvert.imagestage import read_image
 from fsconvert.loader import load_capture
+from fsconvert.pixelcheck import decode_exported
 from fsconvert.protocol import read_manifest
 
 LONG_SIDE = 4344
@@ -70,38 +77,65 @@ class Clock:
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
 
-    def run(self, fn: Callable[[], object]) -> None:
+    def run(self, fn: Callable[[], Any]) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        self.wall += time.perf_counter() - wall
-        self.cpu += time.process_time() - cpu
+        try:
+            return fn()
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
 
 
-def pixel_clock() -> Clock:
-    """A clock that `measure._pixel_fidelity` runs under from now on (the check looks it up at each call)."""
-    clock, original = Clock(), measure._pixel_fidelity
+@contextmanager
+def timed(module: Any, name: str, clock: Clock) -> Iterator[None]:
+    """While open, `module.name` (a function) runs under `clock`."""
+    original = getattr(module, name)
 
-    def timed(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        clock.run(lambda: original(*args, **kwargs))
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return clock.run(lambda: original(*args, **kwargs))
 
-    measure._pixel_fidelity = timed
-    return clock
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
-def floor(out: Path, capture) -> Clock:
-    """Decoding what the pixel check has to decode: each source at the check's reduction, each exported file."""
-    from exporters import default_program, get, program
-    from fsconvert.options import from_dict
+@contextmanager
+def timed_stage(clock: Clock) -> Iterator[None]:
+    """While open, the image stage's pixel measurements (the callback `measured_as_written` registers) run
+    under `clock`."""
+    original = viewpixels.on_written
 
-    manifest = read_manifest(out)
-    module = get(manifest["format"])
-    options = from_dict(module.Options, manifest["options"])
-    views = {v.name: v for v in program(module, default_program(module, options)).read(out).views}
+    def on_written(callback: Any) -> Any:
+        if callback is None:
+            return original(None)
+        return original(lambda *args: clock.run(lambda: callback(*args)))
+
+    viewpixels.on_written = on_written
+    try:
+        yield
+    finally:
+        viewpixels.on_written = original
+
+
+def from_files(out: Path, clock: Clock) -> None:
+    """The check's pixel numbers of every view of `out` measured from the files, as `fsconvert check OUT` does."""
+    with timed(measure, "view_pixels", clock):
+        original = measure.view_pixels
+        measure.view_pixels = lambda plan, camera, w2c, path, measured: original(plan, camera, w2c, path, {})
+        try:
+            check_export(out, overlays="none")
+        finally:
+            measure.view_pixels = original
+
+
+def floor(out: Path) -> Clock:
+    """Decoding what the pixel check has to decode of each exported file."""
     clock = Clock()
-    for entry in manifest["views"]:
-        src, read = capture.view(entry["id"]), views[entry["name"]]
-        reduce = measure._source_reduction(src.camera, read.camera)
-        clock.run(lambda: (read_image(src.image, reduce), measure._decode_exported(out / entry["name"])))
+    for entry in read_manifest(out)["views"]:
+        path = out / entry["name"]
+        clock.run(lambda: decode_exported(path.read_bytes(), path))
     return clock
 
 
@@ -119,8 +153,8 @@ def main() -> None:
     capture = load_capture(sample(cache, views))
     formats = args.formats.split(",")
     modules = available()
-    pixels = pixel_clock()
     tmp = Path(tempfile.mkdtemp(dir=cache))
+    names = ("export", "export+check", "pixels (stage)", "pixels (check)", "check", "pixels (files)", "floor")
     try:
         warm = tmp / "warm"  # untimed: lazy imports, the GL context
         export(capture, modules[formats[0]], warm, thresholds=None)
@@ -131,13 +165,17 @@ def main() -> None:
                 image = ImageOptions(scale=None if scale == 1 else scale)
                 for fmt in formats:
                     module, out = modules[fmt], tmp / f"{fmt}-{scale:g}"
-                    clocks = {"export": Clock(), "check": Clock()}
-                    clocks["export"].run(lambda: export(capture, module, out, module.Options(image=image),
-                                                        overwrite=True, thresholds=None))
-                    pixels.wall = pixels.cpu = 0.0
-                    clocks["check"].run(lambda: check_export(out, overlays="none"))
-                    clocks["pixels"] = pixels
-                    clocks["floor"] = floor(out, capture)
+                    clocks = {name: Clock() for name in names}
+                    options = module.Options(image=image)
+                    clocks["export"].run(lambda: export(capture, module, out, options, overwrite=True,
+                                                        thresholds=None))
+                    with (timed_stage(clocks["pixels (stage)"]),
+                          timed(measure, "view_pixels", clocks["pixels (check)"]),
+                          timed(export_module, "check_export", clocks["check"])):
+                        clocks["export+check"].run(lambda: export(capture, module, out, options, overwrite=True,
+                                                                  overlays="none"))
+                    from_files(out, clocks["pixels (files)"])
+                    clocks["floor"] = floor(out)
                     old = best.setdefault((fmt, scale), {})
                     for name, c in clocks.items():
                         w, p = old.get(name, (float("inf"), float("inf")))
@@ -147,21 +185,26 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     n = len(capture.views)
     size = "×".join(map(str, capture.views[0].camera.size))
-    print(f"{n} views of {size}, best of {repeat}, one core; ms per view (wall / CPU) and the share of the export")
-    print(f"{'format':>10} {'scale':>5}  {'export':>13}  {'check':>13} {'÷ export':>13}  {'pixel check':>13} "
-          f"{'÷ export':>13}  {'decode floor':>13} {'÷ export':>13}")
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"{n} views of {size}, best of {repeat}, one core, load average {' '.join(load)} at the end;")
+    print("ms per view, wall/CPU, and as a share of the export (wall/CPU)")
+    print(f"{'format':>10} {'scale':>5}  {'export':>9}  {'pixels: stage + check':>27}  {'check (all)':>21}  "
+          f"{'pixels from files':>21}  {'decode floor':>21}")
     for (fmt, scale), t in best.items():
         e = t["export"]
+        pixels = tuple(a + b for a, b in zip(t["pixels (stage)"], t["pixels (check)"]))
+        check = tuple(a + b for a, b in zip(t["pixels (stage)"], t["check"]))
 
-        def ms(pair: tuple[float, float]) -> str:
-            return f"{f'{1e3 * pair[0] / n:.0f}/{1e3 * pair[1] / n:.0f}':>13}"
+        def ms(pair: tuple[float, ...]) -> str:
+            return "/".join(f"{1e3 * t / n:.{0 if t / n >= 0.01 else 1}f}" for t in pair)
 
-        def share(pair: tuple[float, float]) -> str:
-            return f"{f'{100 * pair[0] / e[0]:.0f}%/{100 * pair[1] / e[1]:.0f}%':>13}"
+        def cell(pair: tuple[float, ...]) -> str:
+            return f"{ms(pair)} {100 * pair[0] / e[0]:.0f}%/{100 * pair[1] / e[1]:.0f}%"
 
-        print(f"{fmt:>10} {scale:>5g}  {ms(e)}  {ms(t['check'])} {share(t['check'])}  {ms(t['pixels'])} "
-              f"{share(t['pixels'])}  {ms(t['floor'])} {share(t['floor'])}")
-    print("target: check ≤ 15 % of the export")
+        print(f"{fmt:>10} {scale:>5g}  {ms(e):>9}  {cell(pixels):>27}  "
+              f"{cell(check):>21}  {cell(t['pixels (files)']):>21}  {cell(t['floor']):>21}")
+    print("target: pixel work (stage + check) ≤ 15 % of the export")
 
 
 if __name__ == "__main__":
