@@ -58,7 +58,7 @@ _RECHECK_SHIFT = 0.02
 """Tiles measuring more than this (pixels; clean 1086-px views at quality 95 measure ≤ 0.009 on 48-px tiles) are
 measured again on tiles of twice the side."""
 _FAST_SHIFT = 0.25
-"""A single step's estimate beyond this (pixels) is iterated instead."""
+"""A single step's estimate beyond this (pixels) is measured again from whole pixels (`_iterated`)."""
 _FAST_FIT = 0.01
 """Largest residual energy after the single step, relative to the re-derived tile's variance, for it to stand
 (clean exports measure ≤ 1e-4; a tile shifted by 3 px 0.02 or more)."""
@@ -68,8 +68,8 @@ _WHOLE_PIXEL_TRIES = 3
 @dataclass(frozen=True, eq=False)
 class TileSource:
     """What the tiles are cut from: `rederive(corners, n)` gives the re-derived luma (float32) of the n×n exported
-    pixels from each (x0, y0) on (fractions allowed), stacked (len(corners)·n × n), and where it has source
-    data; the exported luma and alpha."""
+    pixels from each whole-pixel (x0, y0) on, stacked (len(corners)·n × n), and where it has source data; the
+    exported luma and alpha."""
 
     rederive: Callable[[Sequence[tuple[float, float]], int], tuple[np.ndarray, np.ndarray]]
     luma: np.ndarray
