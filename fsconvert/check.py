@@ -1,8 +1,9 @@
 """The check: an export read back by the rules of the program it is for, every view measured against the source.
 
 For every view of the manifest, `fsconvert.measure` compares the read-back camera with the source
-camera carried through the image plan and renders the mesh through both. Which views get an overlay is
-the overlay policy (every failing view does, unless overlays are off). The numbers go to
+camera carried through the image plan, renders the mesh through both, and compares the exported image with
+the source image re-derived through the read-back camera (shift, NCC, differences, colour order, alpha).
+Which views get an overlay is the overlay policy (every failing view does, unless overlays are off). The numbers go to
 `check/check.json`, a page for people to `check/index.html` (`fsconvert.checkpage`) with the camera rig in
 `check/rig.png` (`fsconvert.rig`). The renders draw the mesh's render proxy (a dense scan's ~100 000-face
 clustered copy: both cameras see the same geometry, so camera errors show alike). The program's rules come
@@ -35,6 +36,7 @@ from .options import from_dict
 from .protocol import CHECK_DIR, CHECK_JSON, RIG, ExportedView, read_manifest
 from .render import Renderer
 from .rig import Frustum, plot_rig
+from .viewpixels import Written
 from .writers import write_json
 
 Overlays = bool | str | int
@@ -119,6 +121,7 @@ def check_export(
     exporter: ModuleType | None = None,
     reader: str | None = None,
     previews: Mapping[Path, np.ndarray] | None = None,
+    measured: Mapping[str, Written] | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
     `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
@@ -130,7 +133,9 @@ def check_export(
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
     (default: the installed one named by the manifest). `previews`: exported images at that size by path
-    (`imagestage.keep_previews`), drawn on instead of decoding the files.
+    (`imagestage.keep_previews`), drawn on instead of decoding the files. `measured`: the pixel measurements
+    the image stage made as it wrote the export (`viewpixels.measured_as_written`), used where the files are
+    unchanged.
     """
     start = time.perf_counter()
     policy = overlay_policy(overlays)
@@ -194,7 +199,8 @@ def check_export(
                                            else "missing from the read-back (dropped view)")
             else:
                 measure_view(result, plan, view, points, renderer, export_dir, thresholds, render_max_side,
-                            None if policy == "none" else out_dir, i in sampled, report.reader, previews or {})
+                            None if policy == "none" else out_dir, i in sampled, report.reader, previews or {},
+                            measured or {})
     write_json(export_dir / CHECK_JSON, report.to_dict())
     invalid = {v.id for v in capture.views if not v.valid}
     _plot(export_dir / RIG, report, manifest["format"], by_name, invalid, points)
@@ -217,14 +223,16 @@ def _plot(path: Path, report: CheckReport, fmt: str, by_name: dict[str, Exported
 
 
 def format_check(report: CheckReport) -> str:
-    """One line per view (id, name, camera max/mean px, IoU, depth, PASS/FAIL and why) and a summary."""
+    """One line per view (id, name, camera max/mean px, IoU, depth, pixel shift and NCC, PASS/FAIL and why) and
+    a summary."""
     name_w = max([4] + [len(v.name) for v in report.views])
     lines = [f"{'view':>5}  {'name':<{name_w}}  {'cam max px':>10}  {'cam mean px':>11}  {'IoU':>6}  "
-             f"{'depth rel':>9}  result"]
+             f"{'depth rel':>9}  {'px shift':>8}  {'px NCC':>7}  result"]
     for v in report.views:
         why = f"  {'; '.join(v.problems)}" if v.problems else ""
         lines.append(f"{v.id:>5}  {v.name:<{name_w}}  {_num(v.camera_max_px, '10.2e')}  "
                      f"{_num(v.camera_mean_px, '11.2e')}  {_num(v.iou, '6.4f')}  {_num(v.depth_rel, '9.1e')}  "
+                     f"{_num(v.pixel_shift_px, '8.4f')}  {_num(v.pixel_ncc, '7.5f')}  "
                      f"{'PASS' if v.passed else 'FAIL'}{why}")
     lines += [f"FAIL: {p}" for p in report.problems]
     lines += [f"warning: {w}" for w in report.warnings]
@@ -237,7 +245,7 @@ def format_check(report: CheckReport) -> str:
     lines.append(
         f"{'PASS' if report.passed else 'FAIL'}: {passed}/{len(report.views)} views of the {report.format} export "
         f"of {report.source}{_read_by(report)} within {t.camera_px:g} px, IoU ≥ {t.silhouette_iou:g}, "
-        f"depth ≤ {t.depth_rel:g} "
+        f"depth ≤ {t.depth_rel:g}, pixels within {t.pixel_shift_px:g} px and NCC ≥ {t.pixel_ncc:g} "
         f"({report.seconds:.1f} s; every number in {CHECK_JSON})"
     )
     return "\n".join(lines)

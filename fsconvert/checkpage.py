@@ -19,7 +19,9 @@ from .protocol import CHECK_DIR, CHECK_PAGE, RIG
 from .writers import write_text
 
 NUMBERS = (("camera_max_px", "cam max px", ".2e"), ("camera_mean_px", "cam mean px", ".2e"),
-           ("iou", "IoU", ".4f"), ("depth_rel", "depth rel", ".1e"))
+           ("iou", "IoU", ".4f"), ("depth_rel", "depth rel", ".1e"), ("pixel_shift_px", "px shift", ".4f"),
+           ("pixel_ncc", "px NCC", ".5f"), ("pixel_diff", "px diff", ".2f"), ("swapped_diff", "R↔B diff", ".2f"),
+           ("block_diff", "block diff", ".2f"), ("alpha_error", "alpha err", ".2e"))
 """check.json key, column title and display format (as `fsconvert.check.format_check` prints them)."""
 
 CSS = """
@@ -69,11 +71,16 @@ def write_check_page(export_dir: str | Path, check: dict[str, Any], manifest: di
         f'<ul class="warnings">{warnings}</ul>' if warnings else "",
         "<h2>Thresholds</h2>",
         _definitions({"camera max px ≤": t["camera_px"], "silhouette IoU ≥": t["silhouette_iou"],
-                      "mean relative depth ≤": t["depth_rel"]}),
+                      "mean relative depth ≤": t["depth_rel"], "pixel shift px ≤": t["pixel_shift_px"],
+                      "pixel NCC (luma) ≥": t["pixel_ncc"], "pixel mean difference ≤": t["pixel_diff"],
+                      "64-px block mean difference ≤": t["block_diff"], "alpha error ≤": t["alpha_error"]}),
         "<h2>Views</h2>",
         _views_table(views, invalid),
         '<p class="note">Numbers as in check.json (hover a number for all its digits); — : not measured '
-        "(not rendered: the read-back camera is identical to the expected one and no overlay was asked).</p>",
+        "(not rendered: the read-back camera is identical to the expected one and no overlay was asked; no alpha "
+        "channel). Pixels: the exported image against the source image re-derived through the read-back camera "
+        "(shift of textured tiles, luma NCC and mean difference in 8-bit levels, the same with red and blue "
+        "exchanged, the worst 64-px block; an original placed unchanged is its source, byte for byte).</p>",
         "<h2>Camera rig (read-back cameras)</h2>",
         f'<a href="{RIG.name}"><img class="rig" src="{RIG.name}" alt="camera rig: front and top views"></a>',
         "<h2>Export</h2>",
@@ -96,7 +103,7 @@ def _views_table(views: Sequence[dict[str, Any]], invalid: set[int]) -> str:
             overlay = f'<a href="{href}"><img class="thumb" src="{href}" alt="overlay of view {v["id"]}"></a>'
         else:
             overlay = "—"
-        numbers = "".join(number_cell(v[key], fmt) for key, _, fmt in NUMBERS)
+        numbers = "".join(number_cell(v.get(key), fmt) for key, _, fmt in NUMBERS)  # older check.json: —
         size = "×".join(map(str, v["render_size"])) if v["render_size"] else "—"
         rows.append(
             f'<tr class="{cls}" id="view-{v["id"]}"><td class="result">{cls.upper()}</td><td class="num">{v["id"]}'

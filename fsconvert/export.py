@@ -35,6 +35,7 @@ from .model import Capture
 from .options import check_choices
 from .protocol import MANIFEST, write_manifest, write_record
 from .threads import STOP_SIGNALS, check_stop
+from .viewpixels import measured_as_written
 from .writers import write_text
 
 _PARTIAL, _OLD = "partial", "old"
@@ -84,7 +85,8 @@ def export(
     views, excluded = tuple(v.id for v in capture.views), tuple(v.id for v in capture.excluded)
     report = None
     drawn = thresholds is not None and overlay_policy(overlays) != "none"
-    with staging(out, overwrite) as tmp, keep_previews(drawn) as previews:
+    with (staging(out, overwrite) as tmp, keep_previews(drawn) as previews,
+          measured_as_written(thresholds is not None) as measured):
         extras = dict(module.write(capture, tmp, options, workers=workers, progress=progress))
         images, used = extras.pop("images", None), extras.pop("options", options)
         if not (isinstance(images, list) and len(images) == len(capture.views)):
@@ -92,7 +94,8 @@ def export(
                             f"({len(capture.views)}), got {images!r}")
         manifest = write_manifest(tmp, module.NAME, capture, used, images, extras)
         if thresholds is not None:
-            report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews)
+            report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews,
+                                  measured=measured)
         if record is not None:
             write_record(tmp, record, {"views": list(views), "excluded": list(excluded),
                                        "check_passed": None if report is None else bool(report.passed)})

@@ -198,8 +198,10 @@ class ViewPlan:
 
     @property
     def resample(self) -> bool:
-        """False when the original file is placed as it is."""
-        return self.options.undistort or self.rotated or self.camera.size != self.view.camera.size
+        """False when the original file is placed as it is: never one with an EXIF Orientation other than 1
+        (its stored grid is what the camera describes; OpenCV's imread would turn it), re-encoded without it."""
+        return (self.options.undistort or self.rotated or self.camera.size != self.view.camera.size
+                or self.view.exif_orientation != 1)
 
     @property
     def suffix(self) -> str:

@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
@@ -63,6 +63,9 @@ _REDUCED_FLAG = {
 PREVIEW_MAX_SIDE = 800
 """Long side of the check's renders and overlays: the output is shown at 1/1, 1/2, 1/4 or 1/8 of its size."""
 _previews: dict[Path, np.ndarray] | None = None
+WrittenCallback = Callable[[ViewPlan, Path, np.ndarray], None]
+"""Called with a plan, the image written for it and the decoded source image it was made from (`on_written`)."""
+_written: WrittenCallback | None = None
 
 
 def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_corrupt: bool = False,
@@ -164,13 +167,14 @@ class Footprint:
 @dataclass(frozen=True)
 class _Job:
     """One output image: its plan and file; whether to return its footprint and a preview; the mesh's
-    silhouette in it for `alpha` "subject"."""
+    silhouette in it for `alpha` "subject"; whom to tell once it is written (`on_written`)."""
 
     plan: ViewPlan
     dest: Path
     footprint: bool
     preview: bool
     subject: Footprint | None = None
+    written: WrittenCallback | None = None
 
 
 def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
@@ -197,6 +201,7 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
                 view=view.id,
             )
         plan = replace(plan, reduce=1)
+    decoded = img
     found = Footprint.full(plan.camera.size) if footprint else None
     if _needs_remap(plan):
         out = SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
@@ -218,6 +223,8 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
         img[~inside] = 0
         shown = img[..., :3]
     write_image(dest, img, plan.options)
+    if job.written is not None:
+        job.written(plan, dest, decoded)
     return found if job.footprint else None, shrink(shown, preview_size(plan.camera.size)) if job.preview else None
 
 
@@ -254,6 +261,21 @@ def keep_previews(enabled: bool = True) -> Iterator[dict[Path, np.ndarray]]:
         yield kept
     finally:
         _previews = previous
+
+
+@contextmanager
+def on_written(callback: WrittenCallback | None) -> Iterator[None]:
+    """While open, `run_plans` calls `callback(plan, path, source)` right after writing each image it resamples,
+    in the thread that wrote it (`callback` must be thread-safe): `source` is the decoded source image the image
+    was made from, at 1/`plan.reduce` (this thread's scratch array: valid during the call only). Originals placed
+    unchanged are not reported. None: as before."""
+    global _written
+    previous = _written
+    _written = previous if callback is None else callback
+    try:
+        yield
+    finally:
+        _written = previous
 
 
 def _inside_source(mx: np.ndarray, my: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -300,8 +322,8 @@ def run_plans(
     """Run plans, `workers` threads in parallel (see the module's notes), streaming images in view order (one
     per thread in memory); with `footprints`, return each output image's `Footprint` (computed from the remap
     it was made with); `subjects`: the mesh's silhouette per image, for the alpha option "subject"."""
-    kept = _previews
-    tasks = [_Job(plan, dest, footprints, kept is not None, None if subjects is None else subjects[k])
+    kept, written = _previews, _written
+    tasks = [_Job(plan, dest, footprints, kept is not None, None if subjects is None else subjects[k], written)
              for k, (plan, dest) in enumerate(jobs)]
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, leave=False)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,9 @@ MAX_ID_DIGITS = 9
 JPEG_END = b"\xff\xd9"
 JPEG_TAIL_BYTES = 65536
 """A complete JPEG has its end marker within this many bytes of the end of the file."""
+EXIF_ORIENTATION = 0x0112
+_ORIENTATION_WARNED: set[Path] = set()
+"""Tuples whose EXIF orientations this process has warned about (once each, however often loaded)."""
 
 
 def is_tuple_dir(path: Path) -> bool:
@@ -68,8 +72,8 @@ def load_capture(
     kept = [v for v in views if v.valid or include_invalid]
     if not kept:
         raise InputError("no valid view (every view has valid=false)", file=params_path)
-    for v in kept:
-        _check_image(v, params_path)
+    kept = [replace(v, exif_orientation=_check_image(v, params_path)) for v in kept]
+    _warn_orientation(tuple_dir, kept)
     mesh_path = Path(mesh) if mesh is not None else find_mesh(tuple_dir, mesh_root)
     if require_mesh:
         if mesh_path is None:
@@ -186,7 +190,10 @@ def _image_side(value: object, where: Where) -> int:
     return int(value)
 
 
-def _check_image(view: View, params_path: Path) -> None:
+def _check_image(view: View, params_path: Path) -> int:
+    """Check that the view's image is a readable, complete image of the size params.json gives (the stored
+    pixel grid: EXIF orientation is ignored, as PIL, simplejpeg and most training loaders ignore it); return
+    its EXIF Orientation (1 without one)."""
     if not view.image.is_file():
         raise InputError("image missing", file=view.image, view=view.id)
     try:
@@ -194,6 +201,7 @@ def _check_image(view: View, params_path: Path) -> None:
             size = im.size
             if im.format == "JPEG" and not _jpeg_complete(view.image, im.tile[0][2] if im.tile else 0):
                 raise InputError("truncated JPEG (no end marker after the image data)", file=view.image, view=view.id)
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(f"not a readable image: {reason(exc)}", file=view.image, view=view.id) from None
     if size != view.camera.size:
@@ -202,6 +210,21 @@ def _check_image(view: View, params_path: Path) -> None:
             file=view.image,
             view=view.id,
         )
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def _warn_orientation(tuple_dir: Path, views: list[View]) -> None:
+    """One line on stderr per tuple whose JPEGs carry an EXIF Orientation other than 1 (once per process)."""
+    turned = [v for v in views if v.exif_orientation != 1]
+    where = layout_path(tuple_dir)
+    if not turned or where in _ORIENTATION_WARNED:
+        return
+    _ORIENTATION_WARNED.add(where)
+    tags = sorted({v.exif_orientation for v in turned})
+    print(f"fsconvert: warning: {where.parent.name}/{where.name}: views {', '.join(str(v.id) for v in turned)} "
+          f"carry EXIF Orientation {', '.join(map(str, tags))}: ignored (params.json gives the stored pixel grid, "
+          "as PIL and most loaders read it; OpenCV's imread would turn them); exported re-encoded without it",
+          file=sys.stderr)
 
 
 def _jpeg_complete(path: Path, data_start: int) -> bool:

@@ -1,4 +1,5 @@
-"""Measuring one exported view as its program reads it, against the source camera carried through the plan.
+"""Measuring one exported view as its program reads it, against the source camera carried through the plan,
+and its pixels against the source image re-derived through the read-back camera.
 
 Cameras: mesh vertices projected by the source camera (with distortion) and carried through the image
 stage's transform into the exported pixel frame, against their projection through the read-back camera
@@ -6,12 +7,15 @@ stage's transform into the exported pixel frame, against their projection throug
 through the expected output camera (silhouette IoU, relative z-depth difference); a view without an
 overlay whose read-back camera equals the expected one (to 1e-12) is not rendered: the two renders would
 be the same image. Overlays: the read-back render blended over the exported image
-(`check/mv_result_<view>.jpg`).
+(`check/mv_result_<view>.jpg`). Pixels (`_pixel_fidelity`): the exported file decoded as the programs decode it
+against the source JPEG resampled through the read-back camera (`fsconvert.pixelcheck`; which measurement serves,
+`fsconvert.viewpixels`): the shift of textured full-resolution tiles, luma NCC and differences, the worst block,
+the colour order and alpha; an exported file with an EXIF orientation fails (OpenCV's imread would turn it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +27,12 @@ from . import conventions as cv
 from .errors import InputError
 from .imageplan import REDUCTIONS, ViewPlan
 from .imagestage import preview_reduction, preview_size, read_image
+from .loader import EXIF_ORIENTATION
 from .model import Camera
+from .pixelcheck import alpha_error
 from .protocol import ExportedView
 from .render import Render, Renderer, distorted_render
+from .viewpixels import Written, view_pixels
 from .writers import write_encoded
 
 OVERLAY_ALPHA = 0.5
@@ -39,7 +46,11 @@ _SAME_CAMERA_TOL = 1e-12
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Pass limits; the defaults are strict (a correct export is exact to float precision)."""
+    """Pass limits; the defaults are strict: a correct export is exact to float precision, its pixels to what
+    JPEG keeps. The pixel limits sit between clean exports and damaged ones, measured on the synthetic sample
+    (1086×724 views, and 4344×2896 where said): every format and option set of tests/test_export_digests.py at
+    JPEG quality 95, the facescape export at quality 50, and the negative controls of tests/test_pixel_check.py
+    (a facescape export's view 0 damaged)."""
 
     camera_px: float = 0.01
     """Max re-projection difference, exported pixels."""
@@ -50,7 +61,32 @@ class Thresholds:
     depth_range_slack: float = 10.0
     """Max ratio of a read depth range's extent to the visible mesh's: wider, the program's depth samples
     (MVSNet's hypotheses) fall mostly off the surface."""
-    """Max mean relative z-depth difference where both renders see the mesh."""
+    pixel_shift_px: float = 0.05
+    """Max shift (exported pixels) of any measured tile of the exported image against the same tile
+    re-derived from the source image through the read-back camera (`fsconvert.tileshift`, its precision there).
+    Clean: ≤ 0.0089 px (JPEG), ≤ 0.0066 (PNG), 0 (originals placed as they are), ≤ 0.032 at quality 50; ≤ 0.019
+    in the 4344-px views, whose synthetic texture is smooth at that size (JPEG's errors read as shift there).
+    A file shifted by half a pixel measures 0.505, a crop 2 px right and 1 px down 2.240 (√5: 2.236)."""
+    pixel_ncc: float = 0.99
+    """Min normalised cross-correlation of the exported luma with the re-derived one where it has source data.
+    Clean: ≥ 0.99983 (JPEG at half size, the hardest), ≥ 0.99995 (PNG), ≥ 0.9992 at quality 50. Another view's
+    file 0.61, turned 180° 0.14, a 2-px crop offset 0.976, red and blue swapped 0.989; half a pixel still 0.998
+    (the shift catches it)."""
+    pixel_diff: float = 3.0
+    """Max mean absolute luma difference (8-bit levels) from the re-derived image where it has source data.
+    Clean: ≤ 0.78 (quality 95), ≤ 1.57 (quality 50). Red and blue swapped 10.2, a 2-px crop 8.3. (Red and blue
+    swapped is named as such when exchanging them in the re-derived image explains the luma at least twice as
+    well: clean exports' `swapped_diff` is ≥ 6.8 × their `pixel_diff`, a swapped file's 0.07 ×.)"""
+    block_diff: float = 8.0
+    """Max mean absolute luma difference (8-bit levels) within any block of `pixelcheck.BLOCK_PX` pixels (blocks
+    overlapping by half): local damage that the whole image's mean hides. Clean: ≤ 1.52 (quality 95), ≤ 4.2
+    (quality 50); a 64-px block painted grey 22.5, half a pixel 6.6."""
+    alpha_error: float = 0.0
+    """Max fraction of the judged pixels whose alpha contradicts the export's alpha option (0, with RGB 0,
+    exactly where a pixel has no source data or, alpha "subject", is outside the mesh's silhouette through
+    the read-back camera; 255 elsewhere); pixels within `pixelcheck.EDGE_PX` of the source border or
+    _SILHOUETTE_BAND render pixels of the silhouette's outline are not judged. PNG is lossless: clean exports
+    measure 0."""
 
 
 @dataclass
@@ -70,6 +106,28 @@ class ViewCheck:
     """The depth range the program reads (MVSNet, LLFF), if any."""
     visible_depth: tuple[float, float] | None = None
     """The z-depths of the mesh the view sees, when a depth range is read."""
+    pixel_shift_px: float | None = None
+    """The largest shift (exported pixels) of a measured tile against the source re-derived through the
+    read-back camera."""
+    pixel_tiles: int = 0
+    """Textured tiles the shift was measured on (one per region of the image at most)."""
+    pixel_ncc: float | None = None
+    """Normalised cross-correlation of the exported luma with the re-derived one."""
+    pixel_diff: float | None = None
+    """Mean absolute luma difference, 8-bit levels, over the compared pixels."""
+    swapped_diff: float | None = None
+    """The same with red and blue of the re-derived image exchanged: under half of `pixel_diff` when the file's
+    colour order is swapped."""
+    block_diff: float | None = None
+    """The largest mean absolute luma difference of a block of `pixelcheck.BLOCK_PX` pixels (8-bit levels)."""
+    alpha_error: float | None = None
+    """Fraction of the judged pixels whose alpha contradicts the export's alpha option; None without alpha."""
+    pixel_samples: int = 0
+    """Exported pixels compared (every k-th in both directions, `pixelcheck.PIXEL_SAMPLES`; every pixel when
+    `pixels_identical`)."""
+    pixels_identical: bool = False
+    """The file is the source JPEG byte for byte (an original placed unchanged) and is read with the source
+    camera: its pixels are the source's, nothing is re-derived (shift 0, NCC 1, differences 0)."""
     overlay: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -92,26 +150,41 @@ def measure_view(
     sampled: bool,
     reader: str,
     previews: Mapping[Path, np.ndarray],
+    measured: Mapping[str, Written],
 ) -> None:
-    """Measure one view into `result`; overlay it into `overlay_dir` (None: never) if `sampled` or failing."""
+    """Measure one view into `result`; overlay it into `overlay_dir` (None: never) if `sampled` or failing.
+    `measured`: the image stage's pixel measurements (`viewpixels.measured_as_written`)."""
     expected_size = plan.camera.size
     if view.camera.size != expected_size:
         result.problems.append(f"camera is {_size(view.camera.size)}, expected {_size(expected_size)}")
-    image_size = _image_size(export_dir / view.name)
-    if isinstance(image_size, str):
-        result.problems.append(image_size)
-    elif image_size != view.camera.size:
-        result.problems.append(f"image is {_size(image_size)} but its camera says {_size(view.camera.size)}")
+    header = _image_header(export_dir / view.name)
+    if isinstance(header, str):
+        result.problems.append(header)
+    else:
+        image_size, orientation = header
+        if image_size != view.camera.size:
+            result.problems.append(f"image is {_size(image_size)} but its camera says {_size(view.camera.size)}")
+        if orientation != 1:
+            result.problems.append(f"the file carries EXIF Orientation {orientation}: OpenCV's imread turns its "
+                                   "pixels, PIL and most loaders do not")
 
     _camera_fidelity(result, plan, view, points, thresholds, reader)
 
     r = preview_reduction(expected_size, render_max_side)
     w, h = preview_size(expected_size, render_max_side)  # the size of a JPEG decoded at 1/r
+    readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
+
+    def silhouette() -> tuple[np.ndarray, int]:
+        """The mesh's silhouette through the read-back camera at 1/r."""
+        return distorted_render(renderer, readback_cam, view.world_to_cam, depth_only=True).mask, r
+
+    if not isinstance(header, str) and header[0] == view.camera.size:
+        _pixel_fidelity(result, plan, view, export_dir / view.name, thresholds, silhouette, measured)
+
     expected_cam = Camera(w, h, cv.resize_K(plan.camera.K, 1 / r, 1 / r), plan.camera.dist)
     if view.depth_range is not None:
         seen = distorted_render(renderer, expected_cam, plan.world_to_cam, depth_only=True).depth
         _depth_range_fit(result, view.depth_range, seen, thresholds, reader)
-    readback_cam = Camera(w, h, cv.resize_K(view.camera.K, 1 / r, 1 / r), view.camera.dist)
     same = _same(expected_cam, plan.world_to_cam, readback_cam, view.world_to_cam)
     want_color = overlay_dir is not None and (sampled or not result.passed)
     if same and not want_color:
@@ -130,7 +203,7 @@ def measure_view(
     if overlay_dir is not None and not want_color and not result.passed:  # failed on the renders: show it
         readback, want_color = distorted_render(renderer, readback_cam, view.world_to_cam), True
 
-    if want_color and overlay_dir is not None and not isinstance(image_size, str):
+    if want_color and overlay_dir is not None and not isinstance(header, str):
         path = overlay_dir / f"mv_result_{result.id}.jpg"
         try:
             _write_overlay(path, export_dir / view.name, readback, (w, h), previews.get(export_dir / view.name))
@@ -288,13 +361,67 @@ def _same(cam_a: Camera, w2c_a: np.ndarray, cam_b: Camera, w2c_b: np.ndarray) ->
     return same_camera and close(w2c_a, w2c_b)
 
 
-def _image_size(path: Path) -> tuple[int, int] | str:
-    """(width, height) from the image header, or why it cannot be read."""
+def _image_header(path: Path) -> tuple[tuple[int, int], int] | str:
+    """(width, height) of the stored pixel grid and the EXIF orientation (1 without one) from the image
+    header, or why it cannot be read."""
     if not path.is_file():
         return f"exported image {path.name} is missing"
     try:
         with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError, ValueError):
+            return im.size, int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, UnidentifiedImageError, ValueError, TypeError):
         return f"exported image {path.name} is not a readable image"
 
+
+# ---- pixels: the exported image against the source re-derived through the read-back camera ----------
+
+_SILHOUETTE_BAND = 2
+"""Render pixels either side of the read-back silhouette's outline where alpha "subject" is not judged."""
+_ALIGNED_NCC = 0.9
+"""Luma NCC from which the exported and re-derived images show the same content: only then is a luma that red
+and blue exchanged explain better a swapped colour order (not two unrelated images)."""
+_SWAPPED_RATIO = 0.5
+"""A colour order is swapped when red and blue exchanged leave at most this share of the luma difference."""
+
+
+def _pixel_fidelity(result: ViewCheck, plan: ViewPlan, view: ExportedView, path: Path, thresholds: Thresholds,
+                    silhouette: Callable[[], tuple[np.ndarray, int]], measured: Mapping[str, Written]) -> None:
+    """The exported image against the source image re-derived through the read-back camera
+    (`fsconvert.viewpixels`, `fsconvert.pixelcheck`): the numbers into `result`, and why it fails."""
+    try:
+        numbers = view_pixels(plan, view.camera, view.world_to_cam, path, measured)
+    except InputError as exc:
+        where = "the source image" if exc.file == plan.view.image else f"exported image {view.name}"
+        result.problems.append(f"{where} cannot be decoded: {exc.reason}")
+        return
+    result.pixel_shift_px, result.pixel_tiles, result.pixel_ncc = numbers.shift_px, numbers.tiles, numbers.ncc
+    result.pixel_diff, result.swapped_diff, result.block_diff = numbers.diff, numbers.swapped_diff, numbers.block_diff
+    result.pixel_samples, result.pixels_identical = numbers.samples, numbers.identical
+    mode = plan.options.alpha
+    if numbers.alpha is None and mode != "none":
+        result.problems.append(f"no alpha channel, but the export's alpha is '{mode}'")
+    elif numbers.alpha is not None and mode == "none":
+        result.problems.append("an alpha channel, but the export's alpha is 'none'")
+    elif numbers.alpha is not None:
+        result.alpha_error = alpha_error(mode, numbers.alpha, silhouette, _SILHOUETTE_BAND)
+        if result.alpha_error > thresholds.alpha_error:
+            where = "no source data" if mode == "coverage" else "no source data or outside the silhouette"
+            result.problems.append(f"alpha wrong at {100 * result.alpha_error:.3g} % of pixels (> "
+                                   f"{100 * thresholds.alpha_error:g} %; '{mode}': 0 and RGB 0 exactly where {where})")
+    result.problems += numbers.unmeasured
+    t = thresholds
+    if numbers.ncc is not None and numbers.ncc < t.pixel_ncc:
+        result.problems.append(f"pixels correlate at NCC {numbers.ncc:.4f} (< {t.pixel_ncc:g})")
+    if numbers.diff is not None and numbers.diff > t.pixel_diff:
+        result.problems.append(f"pixels differ by {numbers.diff:.3g} levels on average (> {t.pixel_diff:g})")
+    if (numbers.diff is not None and numbers.swapped_diff is not None and numbers.ncc is not None
+            and numbers.swapped_diff <= _SWAPPED_RATIO * numbers.diff and numbers.ncc >= _ALIGNED_NCC):
+        result.problems.append(f"red and blue swapped: the luma differs by {numbers.swapped_diff:.3g} levels with "
+                               f"them exchanged, {numbers.diff:.3g} as stored")
+    if numbers.block_diff is not None and numbers.block_diff > t.block_diff:
+        x, y, side = numbers.block_at
+        result.problems.append(f"pixels differ by {numbers.block_diff:.3g} levels in the {side}-px block at "
+                               f"({x}, {y}) (> {t.block_diff:g}): damaged or pasted content")
+    if numbers.shift_px is not None and numbers.shift_px > t.pixel_shift_px:
+        result.problems.append(f"pixels {numbers.shift_px:.3g} px off (> {t.pixel_shift_px:g} px) "
+                               "from the source re-derived through the read-back camera")

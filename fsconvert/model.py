@@ -102,6 +102,10 @@ class View:
     sn: str = ""
     ori: str = ""
     matches: int = 0
+    exif_orientation: int = 1
+    """The JPEG's EXIF Orientation tag (1 without one). Ignored: params.json describes the stored pixel grid
+    (its width and height), which is what fsconvert reads everywhere; a view whose tag is not 1 is
+    re-encoded without it, never placed as it is (OpenCV's imread would turn it)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "world_to_cam", cv.homogeneous(self.world_to_cam))

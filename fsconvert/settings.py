@@ -129,6 +129,16 @@ class CheckSettings:
     max_camera_error: float = option(Thresholds.camera_px, "max re-projection difference in exported pixels")
     min_silhouette_iou: float = option(Thresholds.silhouette_iou, "min IoU of rendered silhouettes")
     max_depth_error: float = option(Thresholds.depth_rel, "max mean relative z-depth difference of the renders")
+    max_pixel_shift: float = option(Thresholds.pixel_shift_px, "max shift in exported pixels of the exported image "
+                                    "against the source re-derived through the read-back camera (textured tiles)")
+    min_pixel_ncc: float = option(Thresholds.pixel_ncc, "min NCC of the exported image's luma with the re-derived "
+                                  "one")
+    max_pixel_diff: float = option(Thresholds.pixel_diff, "max mean absolute luma difference (8-bit levels) from the "
+                                   "re-derived image")
+    max_block_diff: float = option(Thresholds.block_diff, "max mean absolute luma difference (8-bit levels) within "
+                                   "any 64-pixel block (local damage)")
+    max_alpha_error: float = option(Thresholds.alpha_error, "max fraction of pixels whose alpha contradicts the "
+                                    "export's alpha option")
     overlays: str | int | None = option(
         None, "which views get a check/mv_result_<view>.jpg overlay: all, none, the failing ones, or the failing "
         f"ones plus N evenly spaced others (default: all for a tuple, {DATASET_OVERLAYS} for a dataset)",
@@ -138,7 +148,9 @@ class CheckSettings:
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(camera_px=self.max_camera_error, silhouette_iou=self.min_silhouette_iou,
-                          depth_rel=self.max_depth_error)
+                          depth_rel=self.max_depth_error, pixel_shift_px=self.max_pixel_shift,
+                          pixel_ncc=self.min_pixel_ncc, pixel_diff=self.max_pixel_diff,
+                          block_diff=self.max_block_diff, alpha_error=self.max_alpha_error)
 
     def overlay_policy(self, single: bool) -> str | int:
         """--no-overlays, --overlays, or the default for one tuple (all) or a dataset run."""

@@ -108,8 +108,11 @@ def test_half_pixel_principal_point_fails(corrupt):
     assert ("facescape reads this view 0.5 px off (> 0.01 px): principal point read at (574.0, 347.6), exported at "
             "(573.5, 347.6)") in text
     assert text.splitlines()[-1].startswith("FAIL: 6/7 views")
-    loose = check_export(out, Thresholds(camera_px=0.6), overlays=False)
+    # the image no longer shows what the camera read claims: the pixels are half a pixel off it too
+    assert bad[3].pixel_shift_px == pytest.approx(0.5, abs=0.03) and bad[3].pixel_ncc > 0.99
+    loose = check_export(out, Thresholds(camera_px=0.6, pixel_shift_px=0.6), overlays=False)
     assert loose.passed  # the thresholds are honoured
+    assert not check_export(out, Thresholds(camera_px=0.6), overlays=False).passed  # the pixel threshold alone
 
 
 def test_missing_gl_flip_fails(corrupt):
@@ -222,7 +225,12 @@ def test_cli_convert_and_check(sample_tuple, tmp_path, capsys):
     assert cli.main(["check", str(out)]) == 1
     printed = capsys.readouterr().out
     assert printed.splitlines()[-1].startswith("FAIL: 6/7")
-    assert cli.main(["check", str(out), "--max-camera-error", "0.6"]) == 0
+    # the image is now half a pixel off what its camera says: its pixels fail too (in a 272-px view a half-pixel
+    # shift also moves the levels by 5 on average), until their thresholds are loosened as well
+    assert cli.main(["check", str(out), "--max-camera-error", "0.6"]) == 1
+    assert "pixels 0.5" in capsys.readouterr().out
+    assert cli.main(["check", str(out), "--max-camera-error", "0.6", "--max-pixel-shift", "0.7", "--max-pixel-diff",
+                     "8", "--max-block-diff", "15"]) == 0
 
     assert cli.main(["check", str(tmp_path)]) == 2
     assert "not an fsconvert export" in capsys.readouterr().err
