@@ -43,8 +43,14 @@ test: lint
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(VENV)/bin/python -m pytest
 
+# Every benchmark of benchmarks/README.md in one run (~25 min on 2 cores): start-up, one tuple and a dataset on
+# every core against the all-core bound, the PNG formats and open3d against theirs, the check's share.
 bench: deps
-	$(VENV)/bin/python benchmarks/bench_images.py --quick
+	$(VENV)/bin/python benchmarks/bench_startup.py --repeat 5 --formats colmap,nerf,neus
+	$(VENV)/bin/python benchmarks/bench_tuple.py --repeat 3 --dataset 4
+	$(VENV)/bin/python benchmarks/bench_png.py --repeat 2
+	$(VENV)/bin/python benchmarks/bench_check.py --repeat 2
+	$(VENV)/bin/python benchmarks/bench_batch.py --quick
 
 deps: apt $(VENV)/.installed
 
