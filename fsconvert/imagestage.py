@@ -26,6 +26,8 @@ would pickle its plans in and its previews and footprints out. The rules that ke
   now, one while every worker is busy, all N for the last tuple left.
 
 The output is byte-identical at any `workers` (every step is deterministic and per view).
+One module of ~430 lines: decoding, producing one view and scheduling the views share the per-thread scratch
+and the job record; split, each part would import the others' internals.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ be the same image. Overlays: the read-back render blended over the exported imag
 against the source JPEG resampled through the read-back camera (`fsconvert.pixelcheck`; which measurement serves,
 `fsconvert.viewpixels`): the shift of textured full-resolution tiles, luma NCC and differences, the worst block,
 the colour order and alpha; an exported file with an EXIF orientation fails (OpenCV's imread would turn it).
+~430 lines: the thresholds (every limit with what clean and damaged exports measured) and the per-view record
+are one contract with the measurements that fill them.
 """
 
 from __future__ import annotations
