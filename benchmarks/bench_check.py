@@ -58,7 +58,7 @@ SCALES = (1.0, 0.25)
 
 def sample(cache: Path, views: int) -> Path:
     """The cached tuple folder of a `views`-view synthetic sample of LONG_SIDE pixels."""
-    from fsconvert.synthetic import make_sample
+    from fsconvert.synthetic import make_sample  # lazy: only to render an uncached sample
 
     root = cache / f"{LONG_SIDE}px-{views}views"
     found = sorted(root.glob("images/*/*/params.json"))

@@ -24,7 +24,6 @@ and open3d dense ÷ light (target ≤ 1.25).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -38,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
+from bench_batch import DENSE, SUBJECTS, dataset
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import get
@@ -55,38 +55,10 @@ FORMATS = {"neus": ["to-neus"], "blender": ["to-nerf", "--variant", "blender"], 
 
 
 def sample(cache: Path, views: int) -> tuple[Path, Path]:
-    """(tuple folder, dense mesh): `views` views hard-linked from UNIQUE rendered once, cached."""
-    root = cache / f"{LONG_SIDE}px-{views}views"
-    tuple_dir, dense = root / "images" / "1" / "1_neutral", root / "dense.ply"
-    if dense.is_file():
-        return tuple_dir, dense
-    import trimesh
-
-    from fsconvert.synthetic import dense_scan, make_sample
-
-    print(f"rendering {UNIQUE} synthetic {LONG_SIDE}-px views into {root} (cached for later runs) ...", flush=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache))
-    (src,) = make_sample(tmp / "src", n_views=UNIQUE, long_side=LONG_SIDE)
-    params = json.loads((src / "params.json").read_text())
-    valid = [v for v in range(UNIQUE) if params.get(f"{v}_valid", True)]
-    dest = tmp / "images" / "1" / "1_neutral"
-    dest.mkdir(parents=True)
-    table = {}
-    for i in range(views):
-        v = valid[i % len(valid)]
-        os.link(src / f"{v}.jpg", dest / f"{i}.jpg")
-        table |= {f"{i}_{k.split('_', 1)[1]}": value for k, value in params.items() if k.split("_", 1)[0] == str(v)}
-    (dest / "params.json").write_text(json.dumps(table))
-    light = tmp / "src" / "models" / "1" / "1_neutral.ply"
-    (tmp / "models" / "1").mkdir(parents=True)
-    shutil.copyfile(light, tmp / "models" / "1" / "1_neutral.ply")
-    mesh = dense_scan(trimesh.load(light, process=False), 1_000_000)
-    (tmp / "dense.ply").write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary"))
-    shutil.rmtree(tmp / "src")
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
-    return tuple_dir, dense
+    """(tuple folder, dense mesh): `views` views hard-linked from UNIQUE rendered once, cached (bench_batch's
+    dataset: its first subject's tuple and dense scan)."""
+    root = dataset(cache, views, UNIQUE, LONG_SIDE)
+    return root / "images" / SUBJECTS[0] / "1_neutral", root / DENSE / SUBJECTS[0] / "1_neutral.ply"
 
 
 def bound_plans(kind: str, tuple_dir: Path) -> list[ViewPlan]:

@@ -97,8 +97,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         if progress:
             print(f"fsconvert: warning: {NAME}: {message} (their check fails by that loss)", file=sys.stderr)
     names = [f"{IMAGES}/{s}{p.suffix}" for s, p in zip(stems(capture.views), plans)]
-    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
-                                                                    "subject", progress=progress)
+    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for

@@ -97,8 +97,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
-    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
-                                                                    "subject", progress=progress)
+    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for

@@ -64,7 +64,7 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, text
-from fsconvert.mesh import capture_geometry, capture_mesh
+from fsconvert.mesh import capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -120,8 +120,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     scale, offset = cube_mapping(vertices, options.margin)
     plans = plan_views(capture.views, options.image)
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
-    silhouettes = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
-                                                                          "subject", progress=progress)
+    silhouettes = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=silhouettes)
     assert footprints is not None  # write_images returns them when asked for

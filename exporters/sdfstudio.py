@@ -112,8 +112,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     plans = plan_views(capture.views, options.image)
     stems = [f"{k:06d}" for k in range(len(plans))]
     names = [f"{s}{RGB}{p.suffix}" for s, p in zip(stems, plans)]
-    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
-                                                                    "subject", progress=progress)
+    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for

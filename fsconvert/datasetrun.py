@@ -78,17 +78,15 @@ def run_dataset(
                         remove_leftovers(job.out_dir)
             done(i, skipped)
         if todo:
-            unfinished = set(todo)
             stream = engine_results(engine, [jobs[i] for i in todo], workers=workers, threads=threads,
                                     address=address)
             try:
                 with closing(stream):  # closing it ends the engine's workers
                     for k, result in stream:
-                        unfinished.discard(todo[k])
                         done(todo[k], result)
                         check_stop()
             except BaseException:
-                tidy([jobs[i] for i in sorted(unfinished)])
+                tidy([jobs[i] for i in todo if results[i] is None])  # the unfinished ones
                 raise
     finally:
         for bar in bars:

@@ -2,8 +2,8 @@
 
 Depth maps through any cameras (distorted ones exactly, grouped by orientation to reuse the GL
 buffer), silhouette masks, depth ranges, and which views see which surface points. Formats only
-encode the values their own way (depth units, alpha channels, file names). Rendering is imported on
-first use: pyrender and OpenGL cost ~1 s of start-up that listing formats or `--help` must not pay.
+encode the values their own way (depth units, alpha channels, file names). `fsconvert.render` imports
+pyrender and OpenGL (~1 s) on first use, and `fsconvert.mesh` trimesh: listing formats or `--help` does not pay them.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from . import conventions as cv
 from .errors import InputError
 from .imagestage import Footprint
-from .model import UNDISTORT_CRITERIA, Camera
+from .mesh import capture_mesh
+from .model import UNDISTORT_CRITERIA, Camera, Capture
+from .render import Renderer, distorted_render
 
 if TYPE_CHECKING:
     import trimesh
@@ -60,21 +63,20 @@ def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bo
     The order is part of the output: OSMesa's depth differs in the last float bits with the size of
     the buffer a view is drawn into (±1 step in ~0.02 % of nerf's uint16 depth pixels).
     """
-    from .render import Renderer, distorted_render  # pyrender and OpenGL: start-up time
-
     order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
     with Renderer(mesh) as renderer:
         for i in tqdm(order, desc=desc, unit="view", disable=not progress, leave=False):
             yield i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth
 
 
-def subjects(mesh: trimesh.Trimesh, plans: Sequence[Posed], image_alpha: str, *,
+def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *,
              progress: bool = False) -> list[Footprint] | None:
-    """Each view's mesh silhouette (depth > 0) for the image option alpha "subject", else None."""
+    """Each view's silhouette of the capture's mesh (depth > 0) for the image option alpha "subject", else None
+    (the mesh is loaded only then: `capture_mesh(capture, needed_for)`)."""
     if image_alpha != "subject":
         return None
     found: list[Footprint | None] = [None] * len(plans)
-    for i, depth in render_depths(mesh, plans, progress=progress, desc="silhouettes"):
+    for i, depth in render_depths(capture_mesh(capture, needed_for), plans, progress=progress, desc="silhouettes"):
         found[i] = Footprint.of(depth > 0)
     return [f for f in found if f is not None]
 
@@ -129,8 +131,6 @@ def _observe(camera: Camera, world_to_cam: np.ndarray, canvas: Camera, depth: np
     uv = corner.project(X)
     visible &= (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
     if camera.has_distortion and visible.any():
-        import cv2  # ~0.1 s to import: only distorted cameras' observations need it
-
         back = cv2.undistortPoints(uv[visible].reshape(-1, 1, 2), corner.K, corner.dist,
                                    criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
         off = np.abs(back - X[visible, :2] / X[visible, 2:]).max(axis=1) * max(camera.fx, camera.fy)

@@ -125,7 +125,8 @@ def staging(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
             write_text(tmp / MANIFEST, json.dumps({"fsconvert": __version__}) + "\n")
         os.chmod(tmp, 0o755)
         check_stop()  # a stopped run publishes nothing more, even where a library swallowed its KeyboardInterrupt
-        _replace(tmp, dest, out_dir)
+        with _signals_held():  # the old output or the new one, never neither
+            _replace(tmp, dest, out_dir)
     except OSError as exc:
         assert tmp is not None  # _staging_folder raises OutputErrors only
         shutil.rmtree(tmp, ignore_errors=True)
@@ -166,11 +167,6 @@ def _check_replaceable(dest: Path, overwrite: bool, shown: Path) -> None:
 
 
 def _replace(tmp: Path, dest: Path, shown: Path) -> None:
-    with _signals_held():
-        _move_into_place(tmp, dest, shown)
-
-
-def _move_into_place(tmp: Path, dest: Path, shown: Path) -> None:
     old = None
     try:
         if dest.exists():

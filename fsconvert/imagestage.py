@@ -41,7 +41,6 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
-from heapq import heappop, heappush
 from pathlib import Path
 
 import cv2
@@ -352,7 +351,7 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
     """`_produce` of each task, in order: in this thread, or on up to `workers` threads (at most one per task)
     with OpenCV single-threaded, as many views at a time as this process has cores: all `workers` without a core
     budget, else its own core (which its job holds) plus the budget's spare ones, each taken for one view
-    (`fsconvert.threads`). Each thread is a lane of its own, the lowest free one taking the next view, so only as
+    (`fsconvert.threads`). Each thread is a lane of its own, a new one started only when none is idle, so only as
     many threads as ran views at once hold scratch arrays. The first exception in task order is raised once the
     running views have finished; views not started by then never start, nor any after a stop (`check_stop`)."""
     threads = min(workers, len(tasks))
@@ -361,33 +360,30 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
             check_stop()
             yield _produce(task)
         return
-    own = 1 if shares_cores() else threads
+    own = 1 if shares_cores() else threads  # the views running beyond `own` hold a spare core each
     lanes: list[ThreadPoolExecutor] = []
-    free: list[int] = []  # idle lanes, a heap
-    running: dict[Future[_Result], int] = {}  # → its lane
+    free: list[ThreadPoolExecutor] = []  # idle lanes
+    running: dict[Future[_Result], ThreadPoolExecutor] = {}  # → its lane
     order: deque[Future[_Result]] = deque()  # started, not yet yielded, in task order
-    spares = 0
     todo = iter(tasks)
     following = next(todo, None)
     with opencv_threads(1):
         try:
             while order or following is not None:
                 for future in [f for f in running if f.done()]:
-                    heappush(free, running.pop(future))
-                    if spares:  # back to the budget after each view: a job starting elsewhere may need it
+                    free.append(running.pop(future))
+                    if len(running) >= own:  # a spare core, back after each view: a job starting elsewhere may need it
                         give_back_core()
-                        spares -= 1
                 while following is not None and len(order) < _AHEAD * threads and len(running) < threads:
                     check_stop()
-                    if len(running) >= own + spares:
-                        if not spare_core():
-                            break
-                        spares += 1
+                    if len(running) >= own and not spare_core():
+                        break
                     if not free:
                         lanes.append(ThreadPoolExecutor(1, thread_name_prefix=f"fsconvert-images-{len(lanes)}"))
-                        free.append(len(lanes) - 1)
-                    future = lanes[free[0]].submit(_produce, following)
-                    running[future] = heappop(free)
+                        free.append(lanes[-1])
+                    lane = free.pop()
+                    future = lane.submit(_produce, following)
+                    running[future] = lane
                     order.append(future)
                     following = next(todo, None)
                 if order[0].done():
@@ -397,7 +393,7 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
         finally:  # done, an error, or the consumer stopped: the running views finish, their cores go back
             for lane in lanes:
                 lane.shutdown()
-            for _ in range(spares):
+            for _ in range(len(running) - own):
                 give_back_core()
 
 

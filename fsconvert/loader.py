@@ -216,8 +216,10 @@ def _check_image(view: View, params_path: Path) -> int:
 def _warn_orientation(tuple_dir: Path, views: list[View]) -> None:
     """One line on stderr per tuple whose JPEGs carry an EXIF Orientation other than 1 (once per process)."""
     turned = [v for v in views if v.exif_orientation != 1]
+    if not turned:
+        return
     where = layout_path(tuple_dir)
-    if not turned or where in _ORIENTATION_WARNED:
+    if where in _ORIENTATION_WARNED:
         return
     _ORIENTATION_WARNED.add(where)
     tags = sorted({v.exif_orientation for v in turned})

@@ -348,11 +348,11 @@ def alpha_error(mode: str, samples: AlphaSamples, silhouette: Callable[[], tuple
         kernel = np.ones((2 * band + 1,) * 2, np.uint8)
         inside = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
         outside = ~cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-        # exported pixel u lies at (u + 0.5)/r − 0.5 of the mask (a render at 1/r)
-        cols = np.clip(np.rint((samples.xs + 0.5) / r - 0.5).astype(int), 0, mask.shape[1] - 1)
-        rows = np.clip(np.rint((samples.ys + 0.5) / r - 0.5).astype(int), 0, mask.shape[0] - 1)
-        opaque = opaque & inside[np.ix_(rows, cols)]
-        clear = clear | (samples.with_data & outside[np.ix_(rows, cols)])
+        # each sample's nearest pixel of the mask (a render at 1/r)
+        uv = cv.resize_points(np.stack(np.meshgrid(samples.xs, samples.ys), axis=-1), 1 / r, 1 / r)
+        cols, rows = (np.clip(np.rint(uv[..., i]).astype(int), 0, mask.shape[1 - i] - 1) for i in (0, 1))
+        opaque = opaque & inside[rows, cols]
+        clear = clear | (samples.with_data & outside[rows, cols])
     a = samples.alpha
     judged = opaque | clear | (a == 0)
     wrong = (opaque & (a != 255)) | (clear & (a != 0)) | ((a == 0) & samples.coloured)

@@ -127,6 +127,7 @@ def stop_on_signals() -> Iterator[None]:
     libraries it imports guard optional imports with `except BaseException`, which would swallow it), and a
     library that swallows it anyway does not keep the run going: `check_stop` raises it again where the run
     can stop. Opened outside the main thread (where no handler can be set), it does nothing."""
+    global _raised
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -136,20 +137,14 @@ def stop_on_signals() -> Iterator[None]:
         if not _raised and not _importing(frame):
             check_stop()
 
-    _reset()
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        _reset()
-
-
-def _reset() -> None:
-    global _raised
-    _stopped.clear()
-    _raised = False
+        _stopped.clear()
+        _raised = False
 
 
 def _importing(frame: FrameType | None) -> bool:
@@ -167,9 +162,9 @@ def stop_signal() -> int | None:
 
 
 def check_stop() -> None:
-    """Raise KeyboardInterrupt if a signal has stopped this process (`stop_on_signals`) and it has not been raised
-    yet, or a library swallowed it: where a run may stop (a view starts, a staging folder is made or moved into
-    place, a tuple is done)."""
+    """Raise KeyboardInterrupt if a signal has stopped this process (`stop_on_signals`), again if it was raised
+    before (a library may have swallowed it): where a run may stop (a view starts, a staging folder is made or
+    moved into place, a tuple is done)."""
     global _raised
     if _stopped:
         _raised = True

@@ -99,8 +99,7 @@ def view_pixels(plan: ViewPlan, camera: Camera, w2c: np.ndarray, path: Path,
 
 def _identical(a: Camera, a_w2c: np.ndarray, b: Camera, b_w2c: np.ndarray) -> bool:
     """The same camera, exactly (most formats read back every digit)."""
-    return (a.size == b.size and np.array_equal(a.K, b.K) and np.array_equal(a.dist, b.dist)
-            and np.array_equal(a_w2c[:3, :3], b_w2c[:3, :3]))
+    return a.equals(b) and np.array_equal(a_w2c[:3, :3], b_w2c[:3, :3])
 
 
 def _same_bytes(data: bytes, source: Path) -> bool:

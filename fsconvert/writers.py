@@ -29,11 +29,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import cv2
+import fpng
 import numpy as np
 
 from .errors import OutputError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
 _PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
 _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 _ZIP_VERSION = 20
@@ -88,16 +91,11 @@ def png_bytes(img: np.ndarray, path: Path | None = None) -> bytes:
     in errors."""
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
         return _fpng(img, path)
-    import cv2  # ~0.1 s to import: the writers serve processes that write no image too
-
-    params = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
-    return encoded(img, ".png", params if img.dtype == np.uint16 else (), path)
+    return encoded(img, ".png", _UINT16_PNG if img.dtype == np.uint16 else (), path)
 
 
 def _fpng(img: np.ndarray, path: Path | None) -> bytes:
     """fpng's PNG of 8-bit BGR or BGRA pixels (it takes RGB(A): channels swapped into a new array first)."""
-    import cv2  # ~0.1 s to import: see png_bytes
-    import fpng  # 16 ms to import (with PIL): only PNG writers load it
 
     rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     # fpng's binding returns empty bytes where fpng fails (its error is constructed, never thrown)
@@ -114,8 +112,6 @@ def write_encoded(path: Path, img: np.ndarray, ext: str, params: Sequence[int] =
 
 def encoded(img: np.ndarray, ext: str, params: Sequence[int] = (), path: Path | None = None) -> bytes:
     """cv2.imencode's bytes of `img` as `ext` with `params`; `path` names the file in errors."""
-    import cv2  # ~0.1 s to import: see png_bytes
-
     try:
         ok, buf = cv2.imencode(ext, img, list(params))
     except cv2.error:  # what it cannot hold (dtype, channels) it asserts rather than returns

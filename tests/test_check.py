@@ -37,11 +37,6 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def capture(sample_tuple: Path):
-    return load_capture(sample_tuple)
-
-
-@pytest.fixture(scope="module")
 def exports(capture, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("check")
     return {name: export(capture, facescape, root / name.replace("/", "_"), facescape.Options(image=options),

@@ -27,7 +27,7 @@ from PIL import Image
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap, facescape, nerf
-from fsconvert import cli
+from fsconvert import cli, loader
 from fsconvert.check import check_export
 from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, plan_views
@@ -39,11 +39,6 @@ CLEAN_SHIFT_PX = 0.02
 """What clean exports of the 1086-px sample measure at most (0.0070 px measured over every digest case)."""
 CLEAN_NCC = 0.9995
 """Their lowest luma NCC (0.99983 measured: JPEG quality 95 at half size)."""
-
-
-@pytest.fixture(scope="module")
-def capture(sample_tuple: Path):
-    return load_capture(sample_tuple)
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +302,7 @@ def _no_orientation(folder: Path, names: list[str]) -> None:
             assert im.getexif().get(0x0112, 1) == 1, name
 
 
-def test_exif_orientation_from_python(turned_tuple, tmp_path, capsys):
+def test_exif_orientation_from_python(turned_tuple, tmp_path):
     capture = load_capture(turned_tuple)
     assert {v.exif_orientation for v in capture.views} == {6}
     for options in (ImageOptions(), ImageOptions(undistort=False)):  # undistorted, and "keep": never linked
@@ -339,8 +334,6 @@ def test_exif_orientation_from_the_cli(turned_tuple, tmp_path, capsys):
 
 
 def test_exif_orientation_warns_once_per_tuple(turned_tuple, capsys):
-    from fsconvert import loader
-
     loader._ORIENTATION_WARNED.clear()
     capsys.readouterr()
     load_capture(turned_tuple)

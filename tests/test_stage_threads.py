@@ -109,25 +109,23 @@ def test_first_error_in_view_order_is_raised_and_the_rest_cancelled(sample_tuple
     tuple_dir = corrupt_copy(sample_tuple, tmp_path / "ds", (3,))
     plans = plan_views(load_capture(tuple_dir, require_mesh=False).views, ImageOptions())
     names = [f"{p.view.id}.jpg" for p in plans]
-    messages = set()
-    for workers in (1, 2, 4):
-        folder = tmp_path / f"w{workers}"
-        (folder / "5.jpg").mkdir(parents=True)
-        with pytest.raises(InputError) as info:
-            write_images(plans, names, folder, workers=workers)
-        messages.add(str(info.value))
-    (message,) = messages
-    assert message.startswith(f"{tuple_dir / '3.jpg'}: view 3: corrupt JPEG data (")
 
+    def raised(plans, error: type[Exception], name: str) -> set[str]:
+        """The messages of the `error` that writing `plans` into `name`-w1, -w2, -w4 (5.jpg a folder there) raises
+        at 1, 2 and 4 workers, the folder named OUT."""
+        messages = set()
+        for workers in (1, 2, 4):
+            folder = tmp_path / f"{name}-w{workers}"
+            (folder / "5.jpg").mkdir(parents=True)
+            with pytest.raises(error) as info:
+                write_images(plans, names, folder, workers=workers)
+            messages.add(str(info.value).replace(str(folder), "OUT"))
+        return messages
+
+    (message,) = raised(plans, InputError, "corrupt")
+    assert message.startswith(f"{tuple_dir / '3.jpg'}: view 3: corrupt JPEG data (")
     clean = plan_views(load_capture(sample_tuple).views, ImageOptions())
-    outputs = set()
-    for workers in (1, 2, 4):
-        folder = tmp_path / f"out-w{workers}"
-        (folder / "5.jpg").mkdir(parents=True)
-        with pytest.raises(OutputError) as failed:
-            write_images(clean, names, folder, workers=workers)
-        outputs.add(str(failed.value).replace(str(folder), "OUT"))
-    assert outputs == {"OUT/5.jpg: cannot write: Is a directory"}
+    assert raised(clean, OutputError, "clean") == {"OUT/5.jpg: cannot write: Is a directory"}
 
     # 4 copies of the 7 views; the 2nd fails at once: at most 2 × workers views are submitted ahead of it
     produce, started = imagestage._produce, []

@@ -101,8 +101,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     plans = plan_views(capture.views, options.image)
     names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
     masks = options.target == "3dgs" and options.image.border != "crop" and options.image.alpha == "none"
-    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, "--alpha subject"), plans,
-                                                                   "subject", progress=progress)
+    alpha = subjects(capture, "--alpha subject", plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress,
                               footprints=masks, subjects=alpha)
     if masks:  # COLMAP's mask naming: masks/<image name>.png, 0 where the pixel has no source data

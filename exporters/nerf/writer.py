@@ -149,8 +149,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
     depth_step = depth_unit(capture, options)
     masks = options.masks and not blender  # blender's go into the images' alpha
-    alpha = None if options.image.alpha != "subject" else subjects(capture_mesh(capture, MESH_USE), plans,
-                                                                    "subject", progress=progress)
+    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
                               subjects=alpha)
     mesh = capture_mesh(capture, MESH_USE)
