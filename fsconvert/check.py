@@ -116,7 +116,7 @@ def check_export(
     thresholds: Thresholds = Thresholds(),
     *,
     overlays: Overlays = "all",
-    max_points: int = 5000,
+    max_points: int = 1000,
     render_max_side: int = PREVIEW_MAX_SIDE,
     exporter: ModuleType | None = None,
     reader: str | None = None,
@@ -129,7 +129,9 @@ def check_export(
     The export is read back by the rules of the program `reader` (`fsconvert check --reader`), by default
     the program its format is meant for (`exporters.default_program`); a program that does not read the
     format is a failure of the check.
-    `max_points` mesh vertices (evenly spaced) are compared per view; renders and overlays are made at
+    `max_points` mesh vertices (evenly spaced) are compared per view (a camera read differently moves pixels
+    along a smooth field: with 1000, the largest move is within 6 % of all 10 242 vertices' of the sample, for
+    random focal, principal point, distortion and rotation errors); renders and overlays are made at
     1/r of the exported size, r the smallest of 1, 2, 4, 8 giving a long side ≤ `render_max_side` (the
     sizes a JPEG decodes to directly: the overlay needs no resampling). `exporter`: the format module
     (default: the installed one named by the manifest). `previews`: exported images at that size by path

@@ -1,7 +1,7 @@
 """`fsconvert info`: a readable summary of a tuple or a dataset.
 
-It reads the mesh's vertices and faces alone (`mesh.capture_geometry`: no trimesh for a binary PLY), and
-the rig plot imports matplotlib only for `--plot`: a summary answers within a few tenths of a second.
+It reads the mesh's vertices and faces alone (`mesh.capture_geometry`: no trimesh for a binary PLY): a summary
+answers within a few tenths of a second.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_exact_exports_pass(exports, capture, case):
     assert report.passed, format_check(report)
     assert [v.id for v in report.views] == [v.id for v in capture.views]  # 7 valid views, none skipped
     for v in report.views:
-        assert v.points > 1000
+        assert v.points > 500  # most of the 1000 vertices compared lie in every view
         assert v.camera_max_px <= EXACT_PX and v.camera_mean_px <= v.camera_max_px
         assert v.iou == 1.0 and v.depth_rel == 0.0
         overlay = cv2.imread(str(exports[case] / v.overlay))

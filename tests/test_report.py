@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from conftest import METRIC_ARGS
@@ -29,7 +30,7 @@ from fsconvert.loader import iter_dataset
 from fsconvert.measure import Thresholds
 from fsconvert.model import Camera, View
 from fsconvert.protocol import CHECK_JSON, CHECK_PAGE, RIG
-from fsconvert.rig import DPI, FIGSIZE, Frustum, _frustum_lines
+from fsconvert.rig import SIZE, Frustum, _frustum_lines, plot_rig
 from fsconvert.runpage import RUN_PAGE, write_run_page
 from fsconvert.synthetic import make_sample
 
@@ -144,7 +145,7 @@ def test_every_export_has_a_page_and_a_rig(fmt: str, small: Path, tmp_path: Path
     assert f"rules of <b>{check['reader']}</b>" in text  # whose reader, and every export-time warning
     assert all(f"<li>warning: {escape(w)}</li>" in text for w in check["warnings"])
     rig = Image.open(out / RIG)
-    assert rig.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI)) and "Software" not in rig.info
+    assert rig.size == SIZE and "Software" not in rig.info
     assert "rig.png" in page.images
     before = {p: (out / p).read_bytes() for p in (CHECK_PAGE, RIG, CHECK_JSON)}
     capsys.readouterr()
@@ -295,7 +296,7 @@ def test_info_plot_draws_the_source_rig(small: Path, tmp_path: Path, capsys):
     assert main(["info", str(small), "--plot", str(png)]) == 0
     assert f"wrote {png}" in capsys.readouterr().out
     first = png.read_bytes()
-    assert Image.open(png).size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+    assert Image.open(png).size == SIZE
     assert main(["info", str(small), "--plot", str(png)]) == 0 and png.read_bytes() == first  # deterministic
     assert main(["info", str(small.parent.parent), "--plot", str(png)]) == 2
     assert "--plot draws one tuple's camera rig" in capsys.readouterr().err
@@ -315,6 +316,36 @@ def test_frustum_corners_project_to_the_image_corners():
     np.testing.assert_allclose(view.project(corners), [[-0.5, -0.5], [639.5, -0.5], [639.5, 479.5], [-0.5, 479.5]],
                                atol=1e-9)
     assert view.project(lines[5][1:2])[0, 1] < -0.5  # the "up" tick is above the image
+
+
+def test_rig_draws_each_style_where_its_cameras_are(tmp_path: Path):
+    """Two cameras 1 unit left and right of a mesh, looking along +z with y down: in both views (front, top) the
+    failed one's red lies right of the passing one's blue, the mesh's grey between them; dashed grey for
+    valid=false; the same bytes twice."""
+    cam = Camera(640, 480, np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]))
+
+    def posed(x: float) -> np.ndarray:
+        w2c = np.eye(4)
+        w2c[:3, 3] = [-x, 0.0, 5.0]  # camera centre (x, 0, -5)
+        return w2c
+
+    frustums = [Frustum("0", cam, posed(-1.0)), Frustum("1", cam, posed(1.0), "failed"),
+                Frustum("2", cam, posed(0.0), "invalid")]
+    points = np.random.default_rng(0).normal(scale=0.2, size=(500, 3))
+    png = tmp_path / "rig.png"
+    plot_rig(png, frustums, points, "two cameras")
+    first = png.read_bytes()
+    plot_rig(png, frustums, points, "two cameras")
+    assert png.read_bytes() == first
+    bgr = cv2.imread(str(png))
+    assert bgr.shape[1::-1] == SIZE
+    for left, right in ((70, 580), (680, 1190)):  # the panels' columns
+        panel = bgr[80:480, left + 1:right].astype(int)
+        cols = {name: np.nonzero(np.all(np.abs(panel - colour) <= 8, axis=2))[1]
+                for name, colour in (("ok", (168, 95, 31)), ("failed", (40, 39, 214)), ("grey", (153, 153, 153)),
+                                     ("invalid", (140, 140, 140)))}
+        assert all(len(c) > 20 for c in cols.values()), {k: len(c) for k, c in cols.items()}
+        assert cols["ok"].mean() + 40 < cols["grey"].mean() < cols["failed"].mean() - 40
 
 
 def test_page_in_a_real_browser(facescape_export: Path, tmp_path: Path):
