@@ -201,7 +201,7 @@ def _check_image(view: View, params_path: Path) -> int:
             size = im.size
             if im.format == "JPEG" and not _jpeg_complete(view.image, im.tile[0][2] if im.tile else 0):
                 raise InputError("truncated JPEG (no end marker after the image data)", file=view.image, view=view.id)
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            orientation = exif_orientation(im)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(f"not a readable image: {reason(exc)}", file=view.image, view=view.id) from None
     if size != view.camera.size:
@@ -210,6 +210,14 @@ def _check_image(view: View, params_path: Path) -> int:
             file=view.image,
             view=view.id,
         )
+    return orientation
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF Orientation of an opened image as readers act on it: 2–8 turn or mirror the pixels (OpenCV's
+    imread, PIL's `ImageOps.exif_transpose`); none, 1, or any other value (a damaged or non-integer tag)
+    leaves them as stored: 1."""
+    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 

@@ -29,7 +29,7 @@ from . import conventions as cv
 from .errors import InputError
 from .imageplan import REDUCTIONS, ViewPlan
 from .imagestage import preview_reduction, preview_size, read_image
-from .loader import EXIF_ORIENTATION
+from .loader import exif_orientation
 from .model import Camera
 from .pixelcheck import alpha_error
 from .protocol import ExportedView
@@ -370,7 +370,7 @@ def _image_header(path: Path) -> tuple[tuple[int, int], int] | str:
         return f"exported image {path.name} is missing"
     try:
         with Image.open(path) as im:
-            return im.size, int(im.getexif().get(EXIF_ORIENTATION, 1))
+            return im.size, exif_orientation(im)
     except (OSError, UnidentifiedImageError, ValueError, TypeError):
         return f"exported image {path.name} is not a readable image"
 

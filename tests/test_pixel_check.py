@@ -23,12 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap, facescape, nerf
 from fsconvert import cli, loader
-from fsconvert.check import check_export
+from fsconvert.check import check_export, format_check
 from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
@@ -340,6 +340,30 @@ def test_exif_orientation_warns_once_per_tuple(turned_tuple, capsys):
     load_capture(turned_tuple)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "EXIF Orientation 6" in lines[0] and turned_tuple.name in lines[0]
+
+
+@pytest.mark.parametrize("tag", [0, 9])
+def test_an_orientation_out_of_range_is_read_as_stored_everywhere(sample_root, tmp_path, tag):
+    """A damaged Orientation (0, 9): OpenCV and PIL leave the pixels as stored, so the loader reads 1, the original
+    is linked unchanged with --distortion keep, and the check (which reads the tag the same way) passes it."""
+    root = tmp_path / "tagged"
+    shutil.copytree(sample_root / "images", root / "images")
+    shutil.copytree(sample_root / "models", root / "models")
+    (tuple_dir,) = sorted(root.glob("images/*/*"))
+    for jpg in sorted(tuple_dir.glob("*.jpg")):
+        stored = cv2.imread(str(jpg))
+        jpg.write_bytes(_with_orientation(jpg.read_bytes(), tag))
+        assert np.array_equal(cv2.imread(str(jpg)), stored)  # OpenCV's default does not turn it
+        with Image.open(jpg) as im:
+            assert im.getexif()[0x0112] == tag and ImageOps.exif_transpose(im).size == im.size
+    capture = load_capture(tuple_dir)
+    assert {v.exif_orientation for v in capture.views} == {1}
+    out = tmp_path / "keep"
+    result = export(capture, facescape, out, facescape.Options(image=ImageOptions(undistort=False)),
+                    overlays="none")
+    assert result.check is not None and result.check.passed, format_check(result.check)
+    for v, entry in zip(capture.views, result.manifest["views"]):
+        assert (out / entry["name"]).samefile(v.image)
 
 
 def test_an_exported_file_with_an_orientation_fails(clean, tmp_path):
