@@ -17,6 +17,7 @@ source sampled bilinearly; the exported file decoded by cv2.imread as the progra
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def test_rerun_writes_the_same_bytes(clean):
 
 def test_the_stage_measures_what_it_writes(capture, tmp_path):
     """While an export runs, each image is measured as it is written; the check takes that measurement only
-    while the file holds the bytes measured, and measures a changed file from the file."""
+    while the file is the one measured, and measures a changed file from the file (even one rewritten with its
+    modification time set back)."""
     out = tmp_path / "staged"
     with measured_as_written() as measured:
         export(capture, facescape, out, facescape.Options(image=ImageOptions(scale=0.5)), thresholds=None)
@@ -141,6 +143,13 @@ def test_the_stage_measures_what_it_writes(capture, tmp_path):
     _reencode(path, cv2.imread(str(path)), quality=60)  # same pixels near enough, other bytes
     fresh = view_pixels(plan, plan.camera, plan.world_to_cam, path, keyed)
     assert fresh is not keyed[str(path)].numbers and fresh.diff > keyed[str(path)].numbers.diff
+    path, plan = out / "1.jpg", plans[1]
+    st = path.stat()
+    path.write_bytes(path.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    fresh = view_pixels(plan, plan.camera, plan.world_to_cam, path, keyed)
+    assert fresh is not keyed[str(path)].numbers and fresh == keyed[str(path)].numbers
 
 
 def test_originals_placed_unchanged_are_their_source(capture, tmp_path):
