@@ -32,6 +32,7 @@ from .imagestage import PREVIEW_MAX_SIDE
 from .loader import load_capture
 from .measure import Thresholds, ViewCheck, measure_view
 from .mesh import capture_mesh, subsample
+from .model import Capture
 from .options import from_dict
 from .protocol import CHECK_DIR, CHECK_JSON, RIG, ExportedView, read_manifest
 from .render import Renderer
@@ -122,6 +123,7 @@ def check_export(
     reader: str | None = None,
     previews: Mapping[Path, np.ndarray] | None = None,
     measured: Mapping[str, Written] | None = None,
+    capture: Capture | None = None,
 ) -> CheckReport:
     """Check every view of the export at `export_dir`; write `check/check.json`, `check/index.html`,
     `check/rig.png` and the overlays the policy `overlays` asks for (`Overlays`).
@@ -137,7 +139,8 @@ def check_export(
     (default: the installed one named by the manifest). `previews`: exported images at that size by path
     (`imagestage.keep_previews`), drawn on instead of decoding the files. `measured`: the pixel measurements
     the image stage made as it wrote the export (`viewpixels.measured_as_written`), used where the files are
-    unchanged.
+    unchanged. `capture`: the source tuple as the export loaded it (default: loaded again from the manifest's
+    source).
     """
     start = time.perf_counter()
     policy = overlay_policy(overlays)
@@ -147,8 +150,9 @@ def check_export(
     options = from_dict(module.Options, manifest["options"])
     src = manifest["source"]
     aligned = manifest.get("alignment")
-    capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"],
-                           **({"align": aligned["rt_scale_dict"], "units": aligned["units"]} if aligned else {}))
+    if capture is None:
+        capture = load_capture(src["tuple"], mesh=src["mesh"], include_invalid=src["include_invalid"],
+                               **({"align": aligned["rt_scale_dict"], "units": aligned["units"]} if aligned else {}))
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}
     reader = default_program(module, options) if reader is None else reader
     report = CheckReport(export_dir, manifest["format"], capture.name, thresholds, [], [], reader,

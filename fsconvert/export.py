@@ -95,7 +95,7 @@ def export(
         manifest = write_manifest(tmp, module.NAME, capture, used, images, extras)
         if thresholds is not None:
             report = check_export(tmp, thresholds, overlays=overlays, exporter=module, previews=previews,
-                                  measured=measured)
+                                  measured=measured, capture=capture)
         if record is not None:
             write_record(tmp, record, {"views": list(views), "excluded": list(excluded),
                                        "check_passed": None if report is None else bool(report.passed)})
