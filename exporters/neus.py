@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette, subjects
+from fsconvert.depthproducts import render_masks, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import write_images
@@ -102,8 +102,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     (folder / MASKS).mkdir()
-    for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress, desc="masks"):
-        write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
+    for i, mask in render_masks(capture_mesh(capture, MESH_USE), plans, footprints, progress=progress):
+        write_png(folder / MASKS / f"{stems[i]}.png", mask)
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)

@@ -8,7 +8,7 @@ pyrender and OpenGL (~1 s) on first use, and `fsconvert.mesh` trimesh: listing f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,10 +63,33 @@ def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bo
     The order is part of the output: OSMesa's depth differs in the last float bits with the size of
     the buffer a view is drawn into (±1 step in ~0.02 % of nerf's uint16 depth pixels).
     """
-    order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
     with Renderer(mesh) as renderer:
-        for i in tqdm(order, desc=desc, unit="view", disable=not progress, leave=False):
+        for i in _render_order(views, progress, desc):
             yield i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth
+
+
+def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequence[Footprint] | None = None, *,
+                 progress: bool = False, desc: str = "masks") -> Iterator[tuple[int, np.ndarray]]:
+    """(index into `views`, `silhouette` of its `render_depths` depth and footprint), in the same order, the
+    same bytes: pinhole views read only where the depth buffer was written (`Renderer.silhouette`: no z, ~0.07 s
+    less per 12.6 MP view), distorted ones threshold their resampled depth."""
+    with Renderer(mesh) as renderer:
+        for i in _render_order(views, progress, desc):
+            camera, world_to_cam = views[i].camera, views[i].world_to_cam
+            if camera.has_distortion:
+                mask = silhouette(distorted_render(renderer, camera, world_to_cam, depth_only=True).depth)
+            else:
+                mask = renderer.silhouette(camera, world_to_cam)
+            if footprints is not None:
+                cv2.bitwise_and(mask, footprints[i].alpha(), dst=mask)
+            yield i, mask
+
+
+def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable[int]:
+    """Indices of `views`, landscape ones first (`render_depths`), behind a progress bar."""
+    order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
+    shown: Iterable[int] = tqdm(order, desc=desc, unit="view", disable=not progress, leave=False)
+    return shown
 
 
 def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *,
@@ -76,8 +99,8 @@ def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_al
     if image_alpha != "subject":
         return None
     found: list[Footprint | None] = [None] * len(plans)
-    for i, depth in render_depths(capture_mesh(capture, needed_for), plans, progress=progress, desc="silhouettes"):
-        found[i] = Footprint.of(depth > 0)
+    for i, mask in render_masks(capture_mesh(capture, needed_for), plans, progress=progress, desc="silhouettes"):
+        found[i] = Footprint.of(mask)
     return [f for f in found if f is not None]
 
 
@@ -94,10 +117,10 @@ def depth_range(depth: np.ndarray, margin: float, view: int) -> tuple[float, flo
 
 def silhouette(depth: np.ndarray, footprint: Footprint | None = None) -> np.ndarray:
     """uint8 mask: 255 where the mesh is (depth > 0) and, with a footprint, the pixel has source data."""
-    mask = depth > 0
+    mask: np.ndarray = cv2.compare(depth, 0.0, cv2.CMP_GT)  # type: ignore[call-overload]  # stubs: no scalars
     if footprint is not None:
-        mask &= footprint.mask()
-    return np.where(mask, 255, 0).astype(np.uint8)
+        cv2.bitwise_and(mask, footprint.alpha(), dst=mask)
+    return mask
 
 
 def point_visibility(mesh: trimesh.Trimesh, views: Sequence[Posed], xyz: np.ndarray, tolerance: float, *,

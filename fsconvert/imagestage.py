@@ -26,7 +26,7 @@ would pickle its plans in and its previews and footprints out. The rules that ke
   now, one while every worker is busy, all N for the last tuple left.
 
 The output is byte-identical at any `workers` (every step is deterministic and per view).
-One module of ~430 lines: decoding, producing one view and scheduling the views share the per-thread scratch
+One module of ~445 lines: decoding, producing one view and scheduling the views share the per-thread scratch
 and the job record; split, each part would import the others' internals.
 """
 
@@ -160,7 +160,13 @@ class Footprint:
 
     def mask(self) -> np.ndarray:
         """H×W bool."""
-        return np.unpackbits(self.bits, axis=1, count=self.width).astype(bool)
+        return np.unpackbits(self.bits, axis=1, count=self.width).view(bool)
+
+    def alpha(self) -> np.ndarray:
+        """H×W uint8: 255 inside, 0 outside."""
+        unpacked = np.unpackbits(self.bits, axis=1, count=self.width)
+        unpacked *= 255
+        return unpacked
 
 
 
@@ -215,13 +221,12 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
     shown = img
     if alpha:
         assert found is not None  # made above whenever alpha is asked for
-        inside = found.mask()
+        inside = found.alpha()
         if plan.options.alpha == "subject":
             if job.subject is None:
                 raise ValueError("alpha 'subject' needs the mesh's silhouette of every view (subjects)")
-            inside &= job.subject.mask()
-        img = np.dstack([img, np.where(inside, 255, 0).astype(np.uint8)])
-        img[~inside] = 0
+            cv2.bitwise_and(inside, job.subject.alpha(), dst=inside)
+        img = _with_alpha(img, inside)
         shown = img[..., :3]
     write_image(dest, img, plan.options)
     if job.written is not None:
@@ -280,8 +285,19 @@ def on_written(callback: WrittenCallback | None) -> Iterator[None]:
 
 
 def _inside_source(mx: np.ndarray, my: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Where remap maps point inside a width×height decoded image (bilinear from source pixels only)."""
-    return (mx >= 0) & (mx <= size[0] - 1) & (my >= 0) & (my <= size[1] - 1)
+    """uint8, 255 where remap maps point inside a width×height decoded image (bilinear from source pixels only):
+    0 ≤ mx ≤ width − 1 and 0 ≤ my ≤ height − 1, compared in float32 like the maps."""
+    inside = cv2.inRange(mx, 0.0, size[0] - 1.0)
+    return cv2.bitwise_and(inside, cv2.inRange(my, 0.0, size[1] - 1.0), dst=inside)
+
+
+def _with_alpha(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """This thread's scratch H×W×4 image: `img`'s channels where `alpha` (uint8, 0 or 255) is 255, else 0, and
+    `alpha` as the fourth: no full-size temporaries (a 12.6 MP view's RGBA is 50 MB)."""
+    rgba = SCRATCH.array("rgba", (*alpha.shape, 4), np.uint8)
+    np.bitwise_and(img, alpha[..., None], out=rgba[..., :3])
+    rgba[..., 3] = alpha
+    return rgba
 
 
 def _needs_remap(plan: ViewPlan) -> bool:

@@ -12,8 +12,8 @@ pyrender and PyOpenGL (with trimesh and scipy ~1 s to import) are imported by th
 first time a context is made: importing this module (the check and its settings, hence every command's
 start-up) does not load them.
 
-One module of ~420 lines on purpose: the context, pyrender's colour pass, the depth pass and the distorted
-renders share the renderer's GL state and its buffer-growth rules.
+One module of ~490 lines on purpose: the context, pyrender's colour pass, the depth pass (read as depth or as
+a silhouette) and the distorted renders share the renderer's GL state and its buffer-growth rules.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ class Renderer:
         self._depth_pass: _DepthPass | None = None
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
+        self._buffer: np.ndarray | None = None
+        """The depth buffer as `silhouette` reads it, kept from view to view (50 MB at 12.6 MP: no page faults)."""
         import trimesh  # loaded already: `mesh` is a Trimesh
 
         # trimesh.bounds.corners has no annotations
@@ -113,6 +115,7 @@ class Renderer:
     def close(self) -> None:
         """Free the OpenGL context (idempotent)."""
         self._free_context()
+        self._buffer = None
         self._closed = True
 
     def render(self, camera: Camera, world_to_cam: np.ndarray, *, depth_only: bool = False) -> Render:
@@ -126,19 +129,13 @@ class Renderer:
         import pyrender
 
         w2c = cv.homogeneous(world_to_cam)
-        z = self._corners @ w2c[2, :3] + w2c[2, 3]
-        if z.max() <= 0:  # the whole mesh is behind the camera
+        pr_camera = self._camera(camera, w2c)
+        if pr_camera is None:  # the whole mesh is behind the camera
             depth = np.zeros((camera.height, camera.width), np.float32)
             return Render(None if depth_only else np.tile(self._bg, (*depth.shape, 1)), depth)
-        zfar = float(z.max()) * 1.01
-        znear = max(float(z.min()) * 0.99, zfar * 1e-4)
-        pr_camera = pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
+        znear, zfar = pr_camera.znear, pr_camera.zfar
         if depth_only:
-            self._context(camera.width, camera.height)
-            if self._depth_pass is None:
-                self._depth_pass = _DepthPass(self._mesh)
-            self._depth_pass.draw(cv.gl_view_matrix(w2c), pr_camera.get_projection_matrix(camera.width, camera.height),
-                                  camera.width, camera.height)
+            self._draw_depth(camera, w2c, pr_camera)
             return Render(None, _read_depth(camera.width, camera.height, znear, zfar))
         if self._scene is None:
             self._scene = pyrender.Scene(bg_color=np.array([*self._bg, 255]) / 255.0)
@@ -151,6 +148,47 @@ class Renderer:
         drawer.render(self._scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
         depth = _read_depth(camera.width, camera.height, znear, zfar)
         return Render(drawer.read_color_buf(), depth)
+
+    def silhouette(self, camera: Camera, world_to_cam: np.ndarray) -> np.ndarray:
+        """H×W uint8 through a pinhole `camera`: 255 where the mesh is seen, else 0. The same pixels as
+        `render(...).depth > 0`, read without z: the depth pass leaves its buffer below 1 exactly where a
+        fragment passed (cleared to 1, GL_LESS), and a buffer value below 1 linearises to a positive
+        depth (znear ≥ 1e-4·zfar keeps the denominator positive), 1 to the background's 0."""
+        if camera.has_distortion or camera.K[0, 1] != 0:
+            raise ValueError("Renderer.silhouette needs a pinhole camera without skew")
+        if self._closed:
+            raise RuntimeError("Renderer is closed")
+        w2c = cv.homogeneous(world_to_cam)
+        pr_camera = self._camera(camera, w2c)
+        if pr_camera is None:  # the whole mesh is behind the camera
+            return np.zeros((camera.height, camera.width), np.uint8)
+        self._draw_depth(camera, w2c, pr_camera)
+        if self._buffer is None or self._buffer.size < camera.width * camera.height:
+            self._buffer = np.empty(camera.width * camera.height, np.float32)
+        buffer = self._buffer[:camera.width * camera.height].reshape(camera.height, camera.width)
+        _read_depth_buffer(buffer)
+        seen: np.ndarray = cv2.compare(buffer, 1.0, cv2.CMP_LT)  # type: ignore[call-overload]  # stubs: no scalars
+        return cv2.flip(seen, 0, dst=seen)  # GL rows run bottom-up
+
+    def _camera(self, camera: Camera, w2c: np.ndarray) -> pyrender.IntrinsicsCamera | None:
+        """pyrender's camera for `camera` at 4×4 `w2c`, its clip range around the mesh's bounding box; None when
+        the whole mesh is behind the camera."""
+        import pyrender
+
+        z = self._corners @ w2c[2, :3] + w2c[2, 3]
+        if z.max() <= 0:
+            return None
+        zfar = float(z.max()) * 1.01
+        znear = max(float(z.min()) * 0.99, zfar * 1e-4)
+        return pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
+
+    def _draw_depth(self, camera: Camera, w2c: np.ndarray, pr_camera: pyrender.IntrinsicsCamera) -> None:
+        """The depth pass through `pr_camera` (its znear and zfar) at `camera`'s size."""
+        self._context(camera.width, camera.height)
+        if self._depth_pass is None:
+            self._depth_pass = _DepthPass(self._mesh)
+        self._depth_pass.draw(cv.gl_view_matrix(w2c), pr_camera.get_projection_matrix(camera.width, camera.height),
+                              camera.width, camera.height)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
@@ -214,20 +252,26 @@ def _buffer_side(pixels: int) -> int:
 def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarray:
     """z-depth (float32, 0 = background) of the current viewport: z = n·f / (f − d·(f − n)) for a depth
     buffer value d < 1. Read into one array and converted and flipped in place (a 12.6 MP view is
-    50 MB per array). pyrender's read_depth_buf computes the same through NDC with masked indexing,
-    ~3× slower (70 ms for a 12.6 MP view)."""
+    50 MB per array); the background (d = 1, which linearises to a finite f) is multiplied by 0, not
+    assigned through a boolean index (~8× slower). pyrender's read_depth_buf computes the same through
+    NDC with masked indexing, ~3× slower (70 ms for a 12.6 MP view)."""
+    z = _read_depth_buffer(np.empty((height, width), np.float32))
+    foreground = z < 1
+    z *= np.float32(zfar - znear)
+    np.subtract(np.float32(zfar), z, out=z)
+    np.divide(np.float32(znear * zfar), z, out=z)
+    np.multiply(z, foreground, out=z)
+    return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
+
+
+def _read_depth_buffer(out: np.ndarray) -> np.ndarray:
+    """The depth buffer values (float32 in [0, 1], rows bottom-up) of the current viewport, into H×W `out`."""
     from OpenGL import GL
 
     GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
     GL.glReadBuffer(GL.GL_FRONT)
-    z = np.empty((height, width), np.float32)
-    GL.glReadPixels(0, 0, width, height, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, z)
-    background = z >= 1
-    z *= np.float32(zfar - znear)
-    np.subtract(np.float32(zfar), z, out=z)
-    np.divide(np.float32(znear * zfar), z, out=z)
-    z[background] = 0
-    return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
+    GL.glReadPixels(0, 0, out.shape[1], out.shape[0], GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, out)
+    return out
 
 
 class _DepthPass:

@@ -281,3 +281,23 @@ def test_distorted_render_without_exact_edges_keeps_surface_depths(sphere):
     assert differ.sum() < 0.01 * exact.mask.sum()
     assert np.array_equal(exact.color, cheap.color)
     assert cheap.depth[cheap.mask].min() >= centre_cam[2] - RADIUS - 1e-4  # never blended with 0
+
+
+def test_silhouette_is_exactly_where_depth_is_positive(sphere):
+    """`Renderer.silhouette` reads no z: the same pixels as the depth render's depth > 0 (255 there, else 0),
+    for a sphere in view, cut by the image border, straddling the camera plane, and wholly behind it; the depth
+    render's background is +0.0 (no sign bit)."""
+    camera = Camera(641, 479, cv.K_matrix(700.0, 700.0, 317.3, 241.9))
+    cases = [np.array(c) for c in ([0.0, 0.0, 3.0], [0.45, -0.2, 1.5], [0.0, 0.35, 0.2], [0.0, 0.0, -2.0])]
+    with Renderer(sphere) as renderer:
+        for k, centre in enumerate(cases):
+            w2c, centre_world = pose_looking_at(centre, seed=k)
+            mesh_w2c = w2c @ cv.homogeneous(np.column_stack([np.eye(3), centre_world]))  # sphere at `centre`
+            depth = renderer.render(camera, mesh_w2c, depth_only=True).depth
+            seen = renderer.silhouette(camera, mesh_w2c)
+            assert seen.dtype == np.uint8 and seen.shape == (camera.height, camera.width)
+            assert np.array_equal(seen, np.where(depth > 0, 255, 0).astype(np.uint8))
+            assert not np.signbit(depth).any()
+            assert (0 < (seen > 0).mean() < 1) == (k < 3), k  # in view, cut or straddling: some pixels of each
+        with pytest.raises(ValueError):
+            renderer.silhouette(Camera(64, 48, cv.K_matrix(50, 50, 32, 24), DIST), np.eye(4))

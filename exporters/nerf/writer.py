@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette, subjects
+from fsconvert.depthproducts import render_depths, render_masks, silhouette, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
@@ -322,12 +322,16 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str
     for wanted, sub in ((options.masks, MASKS), (options.depth, DEPTHS)):
         if wanted:
             (folder / sub).mkdir()
+    if not options.depth:  # masks alone: no depth read back
+        assert footprints is not None  # write asks write_images for them with masks
+        for i, mask in render_masks(mesh, plans, footprints, progress=progress):
+            write_png(folder / MASKS / f"{stems[i]}.png", mask)
+        return
     for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
         if options.masks:
             assert footprints is not None  # write asks write_images for them with masks
             write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
-        if options.depth:
-            write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, depth_step, plans[i].view.id))
+        write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, depth_step, plans[i].view.id))
 
 
 def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
