@@ -291,12 +291,21 @@ def _inside_source(mx: np.ndarray, my: np.ndarray, size: tuple[int, int]) -> np.
     return cv2.bitwise_and(inside, cv2.inRange(my, 0.0, size[1] - 1.0), dst=inside)
 
 
+_ALPHA_ROWS = 256
+"""Rows per band in which `_with_alpha` works (its 4-channel mask is one band, 4.4 MB at 4344 px)."""
+
+
 def _with_alpha(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """This thread's scratch H×W×4 image: `img`'s channels where `alpha` (uint8, 0 or 255) is 255, else 0, and
-    `alpha` as the fourth: no full-size temporaries (a 12.6 MP view's RGBA is 50 MB)."""
+    `alpha` as the fourth: BGR→BGRA, then AND with (alpha, alpha, alpha, alpha), band by band, in OpenCV (8 ms
+    per 12.6 MP view; numpy's broadcast AND into the strided channels took 107 ms). No full-size temporaries
+    (a 12.6 MP view's RGBA is 50 MB)."""
     rgba = SCRATCH.array("rgba", (*alpha.shape, 4), np.uint8)
-    np.bitwise_and(img, alpha[..., None], out=rgba[..., :3])
-    rgba[..., 3] = alpha
+    band = SCRATCH.array("alpha band", (min(_ALPHA_ROWS, alpha.shape[0]), alpha.shape[1], 4), np.uint8)
+    for y in range(0, alpha.shape[0], _ALPHA_ROWS):
+        a, out = alpha[y:y + _ALPHA_ROWS], rgba[y:y + _ALPHA_ROWS]
+        cv2.cvtColor(img[y:y + _ALPHA_ROWS], cv2.COLOR_BGR2BGRA, dst=out)
+        cv2.bitwise_and(out, cv2.merge([a, a, a, a], dst=band[:len(a)]), dst=out)
     return rgba
 
 
