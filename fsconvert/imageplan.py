@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -232,15 +232,24 @@ class ViewPlan:
     def _scale(self) -> tuple[float, float]:
         return self.camera.width / self.view.camera.width, self.camera.height / self.view.camera.height
 
-    def maps(self, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 remap maps: output pixel → pixel of the decoded (possibly reduced) source image (they may be
-        views of larger arrays: pass them to cv2.remap, copy them before writing). `scratch`: undistortion
-        maps live in this thread's reusable arrays, which the next such call overwrites."""
+        views of larger arrays: pass them to cv2.remap, copy them before writing)."""
+        return next(self.map_bands(self.camera.height))[1:]
+
+    def map_bands(self, rows: int, *, scratch: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first output row, the `maps` of up to `rows` output rows from it) down the image: the same values as
+        `maps()`, bit for bit, in a twelfth of the memory for 256-row bands of a 12.6 MP view (its whole maps
+        are 100 MB). `scratch`: undistortion bands live in this thread's reusable arrays, which the next band
+        overwrites."""
         src = self.view.camera
         K_dec = cv.resize_K(src.K, 1 / self.reduce, 1 / self.reduce)
         w, h = self.camera.size
         if self.options.undistort:  # a 180° rotation is the rectification R = diag(-1, -1, 1)
-            return undistort_maps(K_dec, src.dist, self.rectification(), self.camera.K, (w, h), scratch=scratch)
+            coarse = CoarseMaps.of(K_dec, src.dist, self.rectification(), self.camera.K, (w, h))
+            for y in range(0, h, rows):
+                yield y, *coarse.fine((y, min(h, y + rows)), scratch=scratch)
+            return
         sx, sy = self._scale()
         r = self.reduce
         xs = ((np.arange(w) + 0.5) / sx / r - 0.5).astype(np.float32)
@@ -248,7 +257,8 @@ class ViewPlan:
         mx, my = np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w))
         if self.rotated:
             mx, my = mx[::-1, ::-1], my[::-1, ::-1]
-        return np.ascontiguousarray(mx), np.ascontiguousarray(my)
+        for y in range(0, h, rows):
+            yield y, np.ascontiguousarray(mx[y:y + rows]), np.ascontiguousarray(my[y:y + rows])
 
 
 def undistort_maps(
@@ -257,25 +267,50 @@ def undistort_maps(
     R: np.ndarray | None,
     K_out: np.ndarray,
     size: tuple[int, int],
-    *,
-    scratch: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`cv2.initUndistortRectifyMap`'s float32 maps (output pixel → source pixel), in ~40 % of its time.
+    """`cv2.initUndistortRectifyMap`'s float32 maps (output pixel → source pixel), in ~40 % of its time
+    (`CoarseMaps`)."""
+    return CoarseMaps.of(K_src, dist, R, K_out, size).fine((0, size[1]))
+
+
+@dataclass(frozen=True, eq=False)
+class CoarseMaps:
+    """Undistortion maps every s-th output pixel, from which `fine` gives any rows at full resolution.
 
     The map is smooth, so it is computed on the output image padded by s pixels on every side and
     downsampled by s (s output pixels span _MAP_STEP source pixels), then upsampled back by the integer
     factor s with cv2.resize, whose pixel-centre convention is the one resize_K encodes; the padding keeps
     every kept pixel between coarse samples. Measured ≤ 7e-4 px from the iterative inverse at 1/4 scale,
-    where cv2.remap resolves positions to 1/32 px. `scratch`: written into this thread's reusable arrays.
+    where cv2.remap resolves positions to 1/32 px. A band of rows is upsampled from the coarse rows around it
+    (one more on each side: bilinear reads two), at the same fractional positions: the same values as the
+    whole image's, bit for bit (tests/test_imagestage.py).
     """
-    s, (w, h) = max(1, int(_MAP_STEP * K_out[0, 0] / K_src[0, 0])), size
-    coarse = tuple(n + 1 for n in cv.reduced_size((w + s, h + s), s))
-    K_coarse = cv.resize_K(cv.crop_K(K_out, -s, -s), 1 / s, 1 / s)
-    maps = cv2.initUndistortRectifyMap(K_src, dist, R, K_coarse, coarse, cv2.CV_32FC1)
-    fine = (coarse[0] * s, coarse[1] * s)
-    dst = (SCRATCH.array(name, fine[::-1], np.float32) if scratch else None for name in ("map x", "map y"))
-    mx, my = (cv2.resize(m, fine, dst=d, interpolation=cv2.INTER_LINEAR)[s:s + h, s:s + w] for m, d in zip(maps, dst))
-    return mx, my
+
+    maps: tuple[np.ndarray, np.ndarray]
+    step: int
+    width: int
+
+    @classmethod
+    def of(cls, K_src: np.ndarray, dist: np.ndarray, R: np.ndarray | None, K_out: np.ndarray,
+           size: tuple[int, int]) -> CoarseMaps:
+        s, (w, h) = max(1, int(_MAP_STEP * K_out[0, 0] / K_src[0, 0])), size
+        coarse = tuple(n + 1 for n in cv.reduced_size((w + s, h + s), s))
+        K_coarse = cv.resize_K(cv.crop_K(K_out, -s, -s), 1 / s, 1 / s)
+        mx, my = cv2.initUndistortRectifyMap(K_src, dist, R, K_coarse, coarse, cv2.CV_32FC1)
+        return cls((mx, my), s, w)
+
+    def fine(self, rows: tuple[int, int], *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 maps of output rows [rows[0], rows[1]) (views of larger arrays); `scratch`: in this
+        thread's reusable arrays."""
+        s, coarse_h = self.step, self.maps[0].shape[0]
+        top, bottom = rows[0] + s, rows[1] + s  # rows of the padded output
+        c0, c1 = max(0, top // s - 1), min(coarse_h, -(-bottom // s) + 1)
+        size = (self.maps[0].shape[1] * s, (c1 - c0) * s)
+        dst = (SCRATCH.array(name, size[::-1], np.float32) if scratch else None for name in ("map x", "map y"))
+        mx, my = (cv2.resize(m[c0:c1], size, dst=d, interpolation=cv2.INTER_LINEAR)[top - c0 * s:bottom - c0 * s,
+                                                                                      s:s + self.width]
+                  for m, d in zip(self.maps, dst))
+        return mx, my
 
 
 def output_size(width: int, height: int, options: ImageOptions) -> tuple[int, int]:

@@ -61,6 +61,8 @@ _REDUCED_FLAG = {
     4: cv2.IMREAD_REDUCED_COLOR_4,
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
+MAP_ROWS = 256
+"""Output rows remapped at a time: a band's maps are 9 MB at 4344 px (a whole view's 100 MB per thread)."""
 PREVIEW_MAX_SIDE = 800
 """Long side of the check's renders and overlays: the output is shown at 1/1, 1/2, 1/4 or 1/8 of its size."""
 _previews: dict[Path, np.ndarray] | None = None
@@ -212,10 +214,15 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
     found = Footprint.full(plan.camera.size) if footprint else None
     if _needs_remap(plan):
         out = SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
-        mx, my = plan.maps(scratch=True)
-        if footprint:
-            found = Footprint.of(_inside_source(mx, my, img.shape[1::-1]))
-        img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT)
+        bits = np.empty((plan.camera.height, -(-plan.camera.width // 8)), np.uint8) if footprint else None
+        for y, mx, my in plan.map_bands(MAP_ROWS, scratch=True):
+            band = slice(y, y + len(mx))
+            if bits is not None:
+                bits[band] = np.packbits(_inside_source(mx, my, img.shape[1::-1]), axis=1)
+            cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out[band], borderMode=cv2.BORDER_CONSTANT)
+        if bits is not None:
+            found = Footprint(bits, plan.camera.width)
+        img = out
     elif plan.rotated:
         img = cv2.flip(img, -1)
     shown = img

@@ -448,3 +448,19 @@ def test_png_and_jpg_output(capture, tmp_path, fmt):
         assert np.array_equal(cv2.imread(str(dest)), expected)
     else:
         assert dest.read_bytes() == cv2.imencode(".jpg", expected, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+@pytest.mark.parametrize("options", [ImageOptions(), ImageOptions(scale=0.8), ImageOptions(scale=0.3),
+                                     ImageOptions(intrinsics="shared", upright=True),
+                                     ImageOptions(undistort=False, scale=0.5, upright=True)])
+def test_map_bands_are_the_whole_maps_bit_for_bit(capture, options):
+    """The image stage remaps band by band: every band size gives the whole image's maps exactly (the same
+    coarse rows at the same fractional positions), so its pixels are the same."""
+    for plan in plan_views(capture.views, options):
+        whole = plan.maps()
+        for rows in (1, 7, 256, plan.camera.height):
+            bands = list(plan.map_bands(rows))
+            assert [y for y, *_ in bands] == list(range(0, plan.camera.height, rows))
+            for k in (0, 1):
+                joined = np.concatenate([band[1 + k] for band in bands])
+                assert joined.dtype == np.float32 and np.array_equal(joined, whole[k]), (plan.view.id, rows)
