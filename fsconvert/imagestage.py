@@ -134,10 +134,11 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
 
 
-def write_image(path: Path, img: np.ndarray, options: ImageOptions) -> None:
-    """Encode and write; write errors (disk full, read-only) become OutputError."""
+def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False) -> None:
+    """Encode and write; write errors (disk full, read-only) become OutputError. `overwrite`: `img` may be left
+    changed (`writers.png_bytes`)."""
     if options.image_format == "png":
-        write_png(path, img)
+        write_png(path, img, overwrite=overwrite)
     else:
         write_encoded(path, img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
 
@@ -235,10 +236,11 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
             cv2.bitwise_and(inside, job.subject.alpha(), dst=inside)
         img = _with_alpha(img, inside)
         shown = img[..., :3]
-    write_image(dest, img, plan.options)
+    preview = shrink(shown, preview_size(plan.camera.size)) if job.preview else None
+    write_image(dest, img, plan.options, overwrite=img is not decoded)  # the source goes on to `written`
     if job.written is not None:
         job.written(plan, dest, decoded)
-    return found if job.footprint else None, shrink(shown, preview_size(plan.camera.size)) if job.preview else None
+    return found if job.footprint else None, preview
 
 
 def preview_reduction(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> int:

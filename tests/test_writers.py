@@ -95,6 +95,18 @@ def test_png_bytes_are_fixed_by_the_pixels() -> None:
     assert png_bytes(changed) != once["bgr"]
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_png_overwrite_encodes_the_same_bytes_in_place(channels: int) -> None:
+    """`overwrite` reorders the caller's array to RGB(A) instead of a copy: the same PNG; without it the array is
+    untouched."""
+    bgr = np.random.default_rng(channels).integers(0, 256, (37, 53, channels), np.uint8)
+    kept = bgr.copy()
+    expected = png_bytes(bgr)
+    assert np.array_equal(bgr, kept)
+    assert png_bytes(bgr, overwrite=True) == expected
+    assert np.array_equal(bgr, kept[..., [2, 1, 0, 3][:channels]])  # left in RGB(A) order
+
+
 def test_png_write_errors_name_the_file(tmp_path: Path) -> None:
     target = tmp_path / "missing" / "0.png"
     with pytest.raises(OutputError, match=r"missing/0\.png: cannot write"):
