@@ -53,7 +53,7 @@ from .errors import InputError, OutputError
 from .imageplan import REDUCTIONS, SCRATCH, ImageOptions, ViewPlan
 from .model import View
 from .threads import check_stop, give_back_core, opencv_threads, shares_cores, spare_core
-from .writers import write_encoded, write_png
+from .writers import encoded, png_bytes, write_bytes
 
 _REDUCED_FLAG = {
     1: cv2.IMREAD_COLOR,
@@ -66,8 +66,9 @@ MAP_ROWS = 256
 PREVIEW_MAX_SIDE = 800
 """Long side of the check's renders and overlays: the output is shown at 1/1, 1/2, 1/4 or 1/8 of its size."""
 _previews: dict[Path, np.ndarray] | None = None
-WrittenCallback = Callable[[ViewPlan, Path, np.ndarray], None]
-"""Called with a plan, the image written for it and the decoded source image it was made from (`on_written`)."""
+WrittenCallback = Callable[[ViewPlan, Path, np.ndarray, bytes], None]
+"""Called with a plan, the image written for it, the decoded source image it was made from and the bytes written
+(`on_written`)."""
 _written: WrittenCallback | None = None
 
 
@@ -134,13 +135,15 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
 
 
-def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False) -> None:
-    """Encode and write; write errors (disk full, read-only) become OutputError. `overwrite`: `img` may be left
-    changed (`writers.png_bytes`)."""
+def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False) -> bytes:
+    """Encode and write; return the bytes written. Write errors (disk full, read-only) become OutputError.
+    `overwrite`: `img` may be left changed (`writers.png_bytes`)."""
     if options.image_format == "png":
-        write_png(path, img, overwrite=overwrite)
+        data = png_bytes(img, path, overwrite=overwrite)
     else:
-        write_encoded(path, img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
+        data = encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality], path)
+    write_bytes(path, data)
+    return data
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,9 +240,9 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
         img = _with_alpha(img, inside)
         shown = img[..., :3]
     preview = shrink(shown, preview_size(plan.camera.size)) if job.preview else None
-    write_image(dest, img, plan.options, overwrite=img is not decoded)  # the source goes on to `written`
+    data = write_image(dest, img, plan.options, overwrite=img is not decoded)  # the source goes on to `written`
     if job.written is not None:
-        job.written(plan, dest, decoded)
+        job.written(plan, dest, decoded, data)
     return found if job.footprint else None, preview
 
 
@@ -280,10 +283,10 @@ def keep_previews(enabled: bool = True) -> Iterator[dict[Path, np.ndarray]]:
 
 @contextmanager
 def on_written(callback: WrittenCallback | None) -> Iterator[None]:
-    """While open, `run_plans` calls `callback(plan, path, source)` right after writing each image it resamples,
-    in the thread that wrote it (`callback` must be thread-safe): `source` is the decoded source image the image
-    was made from, at 1/`plan.reduce` (this thread's scratch array: valid during the call only). Originals placed
-    unchanged are not reported. None: as before."""
+    """While open, `run_plans` calls `callback(plan, path, source, data)` right after writing each image it
+    resamples, in the thread that wrote it (`callback` must be thread-safe): `source` is the decoded source image
+    the image was made from, at 1/`plan.reduce` (this thread's scratch array: valid during the call only), `data`
+    the bytes written. Originals placed unchanged are not reported. None: as before."""
     global _written
     previous = _written
     _written = previous if callback is None else callback

@@ -108,7 +108,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         (folder / MASKS).mkdir()
         assert footprints is not None  # write_images returns them when asked for
         for name, fp in zip(names, footprints):
-            write_png(folder / MASKS / f"{name}.png", np.where(fp.mask(), 255, 0).astype(np.uint8))
+            write_png(folder / MASKS / f"{name}.png", fp.alpha())
     rec = pycolmap.Reconstruction()
     keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
     stats = {"sampled": options.points, "kept": 0, "dropped": 0}
