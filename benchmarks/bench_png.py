@@ -6,12 +6,12 @@ On a synthetic full-size tuple (6 unique 4344-px views from `fsconvert.synthetic
 
 - bound: per view, the JPEG decoded by simplejpeg (reduced like the stage), one `cv2.remap` with the plan's maps
   computed beforehand, then the format's encode, nothing written: neus `png_bytes` of BGR; nerf --variant
-  blender the alpha (source coverage, computed beforehand) stacked on and `png_bytes` of BGRA; open3d a JPEG
-  (quality 95) and `png_bytes` of the view's uint16 depth map (rendered beforehand). "1" is one process, "N"
-  is one process per core at once, each on its share of the views, timed from a common start (a barrier) to the
-  last one's end: the machine's bound, which threads of one process cannot exceed;
+  blender the alpha (source coverage, computed beforehand) merged on (`cv2.merge`) and `png_bytes` of BGRA;
+  open3d a JPEG (quality 95) and `png_bytes` of the view's uint16 depth map (rendered beforehand). "1" is one
+  process, "N" is one process per core at once, each on its share of the views, timed from a common start (a
+  barrier) to the last one's end: the machine's bound, which threads of one process cannot exceed;
 - command: `fsconvert to-neus|to-nerf --variant blender|to-open3d TUPLE -o OUT -j 1` and `-j N`, `--no-check`,
-  end to end in a new process, with its peak RSS; open3d also with the dense mesh (`--mesh`);
+  end to end in a new process, with its peak RSS; each also with the dense mesh (`--mesh`);
 - for reference, neus's bound with OpenCV's PNG writer (what fsconvert used before).
 
 Each round runs everything in turn and prints the load average; the end prints the medians: views/s, each command
@@ -103,7 +103,7 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
         elif kind == "neus-opencv":
             encoded(img, ".png")
         elif kind == "blender":
-            png_bytes(np.dstack([img, alphas[k]]))
+            png_bytes(cv2.merge([*cv2.split(img), alphas[k]]))
         else:
             encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
             png_bytes(depths[k])
@@ -167,8 +167,10 @@ def main() -> None:
     for fmt in FORMATS:
         for jobs in (1, cores):
             runs[f"{fmt} -j {jobs}"] = lambda fmt=fmt, jobs=jobs: command(fmt, tuple_dir, work / fmt, jobs)
-    for jobs in (1, cores):
-        runs[f"open3d dense -j {jobs}"] = lambda jobs=jobs: command("open3d", tuple_dir, work / "dense", jobs, dense)
+    for fmt in FORMATS:
+        for jobs in (1, cores):
+            runs[f"{fmt} dense -j {jobs}"] = lambda fmt=fmt, jobs=jobs: command(fmt, tuple_dir, work / f"{fmt}-dense",
+                                                                                jobs, dense)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, int] = {}
     loads = []
