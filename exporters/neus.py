@@ -87,12 +87,13 @@ class Options:
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the export (see the module docstring): scale_mat from the mesh's vertices (numpy alone) before the
     images, the masks from its Trimesh (import and parse ~1 s) after them."""
-    geometry = capture_geometry(capture, MESH_USE)  # also refuses a capture without a mesh before any work
+    vertices = capture_geometry(capture, MESH_USE).vertices  # also refuses a capture without a mesh before any work
     plans = plan_views(capture.views, options.image)
     if options.sphere == "mesh":
-        centre, radius = cv.bounding_sphere(geometry.vertices)
+        centre, radius = cv.bounding_sphere(vertices)
     else:
         centre, radius = rig_sphere([p.world_to_cam for p in plans])
+    del vertices  # a dense scan's are 16 MB, not to be held beside its Trimesh while the masks render
     scale_mat = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]

@@ -43,6 +43,8 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
+_SILHOUETTE_ROWS = 256
+"""Depth-buffer rows `Renderer.silhouette` reads at a time (4.4 MB of float32 at 4344 px, a whole view's 50 MB)."""
 _BUFFER_STEP = 256
 """The OSMesa buffer grows in steps of this many pixels per side."""
 _SHARED_BUFFER_PIXELS = 2048 * 2048
@@ -97,7 +99,7 @@ class Renderer:
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         self._buffer: np.ndarray | None = None
-        """The depth buffer as `silhouette` reads it, kept from view to view (50 MB at 12.6 MP: no page faults)."""
+        """A band of the depth buffer as `silhouette` reads it, kept from view to view."""
         import trimesh  # loaded already: `mesh` is a Trimesh
 
         # trimesh.bounds.corners has no annotations
@@ -163,12 +165,17 @@ class Renderer:
         if pr_camera is None:  # the whole mesh is behind the camera
             return np.zeros((camera.height, camera.width), np.uint8)
         self._draw_depth(camera, w2c, pr_camera)
-        if self._buffer is None or self._buffer.size < camera.width * camera.height:
-            self._buffer = np.empty(camera.width * camera.height, np.float32)
-        buffer = self._buffer[:camera.width * camera.height].reshape(camera.height, camera.width)
-        _read_depth_buffer(buffer)
-        seen: np.ndarray = cv2.compare(buffer, 1.0, cv2.CMP_LT)  # type: ignore[call-overload]  # stubs: no scalars
-        return cv2.flip(seen, 0, dst=seen)  # GL rows run bottom-up
+        W, H = camera.size
+        rows = min(H, _SILHOUETTE_ROWS)
+        if self._buffer is None or self._buffer.size < W * rows:
+            self._buffer = np.empty(W * rows, np.float32)
+        seen, band_seen = np.empty((H, W), np.uint8), np.empty((rows, W), np.uint8)
+        for y in range(0, H, rows):  # GL rows run bottom-up: GL rows y … y + n − 1 are image rows H − y − 1 … H − y − n
+            n = min(rows, H - y)
+            band = _read_depth_buffer(self._buffer[:W * n].reshape(n, W), y)
+            cv2.compare(band, 1.0, cv2.CMP_LT, dst=band_seen[:n])  # type: ignore[call-overload]  # stubs: no scalars
+            cv2.flip(band_seen[:n], 0, dst=seen[H - y - n:H - y])
+        return seen
 
     def _camera(self, camera: Camera, w2c: np.ndarray) -> pyrender.IntrinsicsCamera | None:
         """pyrender's camera for `camera` at 4×4 `w2c`, its clip range around the mesh's bounding box; None when
@@ -264,13 +271,14 @@ def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarra
     return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
 
 
-def _read_depth_buffer(out: np.ndarray) -> np.ndarray:
-    """The depth buffer values (float32 in [0, 1], rows bottom-up) of the current viewport, into H×W `out`."""
+def _read_depth_buffer(out: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """The depth buffer values (float32 in [0, 1], rows bottom-up) of the current viewport's rows `first_row` (from
+    the bottom) on, into n×W `out`."""
     from OpenGL import GL
 
     GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
     GL.glReadBuffer(GL.GL_FRONT)
-    GL.glReadPixels(0, 0, out.shape[1], out.shape[0], GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, out)
+    GL.glReadPixels(0, first_row, out.shape[1], out.shape[0], GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, out)
     return out
 
 
