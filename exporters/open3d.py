@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fsconvert.depthproducts import render_depths
+from fsconvert.depthproducts import depth_pngs
 from fsconvert.errors import InputError, OutputError
 from fsconvert.fuse import RGBDFrame, integrate
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
@@ -105,12 +105,12 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
             _write_cameras(plans, view_stems, folder)
         else:  # see _second_core
             with ThreadPoolExecutor(2, thread_name_prefix="fsconvert-open3d") as helpers:
-                colour = helpers.submit(_write_colour_and_cameras, plans, names, view_stems, folder, workers - 1,
-                                        progress)
+                colour = helpers.submit(write_images, plans, names, folder, workers=workers - 1, progress=progress)
                 try:
                     _write_depths(mesh, plans, depth_paths, scale, progress, helpers, colour)
                 finally:  # the colour thread finishes its running view before an error propagates
                     colour.result()
+            _write_cameras(plans, view_stems, folder)
     write_json(folder / RGBD, rgbd)
     if options.fuse:
         fuse(folder, options.voxel_size, progress=progress)
@@ -220,9 +220,11 @@ def _second_core(workers: int) -> Iterator[bool]:
     dataset run sharing the machine's cores (`fsconvert.threads`) only on a spare core of its budget.
 
     Overlapped, this thread renders every depth map (OSMesa's context is one thread's; measured 0.25 s per
-    12.6 MP view at 1.3 M faces), a helper thread runs the colour images on `workers` − 1 lanes and then the
-    cameras (Open3D's ~2 s import included), and each 16-bit PNG is encoded on the other helper thread while
-    the next view renders. Serial otherwise: colour images, depth maps, cameras.
+    12.6 MP view at 1.3 M faces), a helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit
+    PNG is encoded on the other helper thread while the next view renders; the cameras follow both, once the
+    GL context is gone: Open3D's import (~2 s, ~200 MB: it loads its ML and plotting stacks) beside a dense
+    scan's context took a worker to 770 MB at -j 2, 650 MB after it. Serial otherwise: colour images, depth
+    maps, cameras.
     """
     if workers <= 1:
         yield False
@@ -237,31 +239,21 @@ def _second_core(workers: int) -> Iterator[bool]:
                 give_back_core()
 
 
-def _write_colour_and_cameras(plans: list[ViewPlan], names: list[str], view_stems: list[str], folder: Path,
-                              workers: int, progress: bool) -> None:
-    write_images(plans, names, folder, workers=workers, progress=progress)
-    _write_cameras(plans, view_stems, folder)
-
-
 def _write_depths(mesh: trimesh.Trimesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool,
-                  encoder: Executor | None = None, beside: Future[None] | None = None) -> None:
+                  encoder: Executor | None = None, beside: Future[Any] | None = None) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG, encoded here or on
     `encoder` while the next view renders (one map at a time); stop at the first error of the work `beside` it."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     waiting: deque[Future[None]] = deque()
-    for i, depth in render_depths(mesh, plans, progress=progress):
+    for i, png, near in depth_pngs(mesh, plans, scale, progress=progress):
         if beside is not None and beside.done():
             beside.result()  # raises its error now rather than after every depth map
-        near = float(np.min(depth, where=depth > 0, initial=np.inf))
         if 0.5 / (near * scale) > DEPTH_MAX_RELATIVE_ERROR:
             raise InputError(
                 f"depth range {near:.6g}..{DEPTH_MAX_RAW / scale:.6g} does not fit uint16 with "
                 f"{DEPTH_MAX_RELATIVE_ERROR:g} relative precision",
                 view=plans[i].view.id,
             )
-        raw = np.multiply(depth, np.float32(scale), out=depth)  # float32 like the depth: no 100 MB float64 copy
-        png = np.rint(raw, out=raw).astype(np.uint16)
-        del depth, raw  # the float map (50 MB at 12.6 MP) is not kept while the next view renders
         if encoder is None:
             write_png(paths[i], png)
             continue

@@ -8,6 +8,7 @@ pyrender and OpenGL (~1 s) on first use, and `fsconvert.mesh` trimesh: listing f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -83,6 +84,25 @@ def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequ
             if footprints is not None:
                 cv2.bitwise_and(mask, footprints[i].alpha(), dst=mask)
             yield i, mask
+
+
+def depth_pngs(mesh: trimesh.Trimesh, views: Sequence[Posed], scale: float, *, progress: bool = False,
+               desc: str = "depth") -> Iterator[tuple[int, np.ndarray, float]]:
+    """(index into `views`, round(z·scale) as uint16 with z its `render_depths` depth (float32 arithmetic), the
+    nearest z > 0 (inf: none)), in the same order, the same values: pinhole views a band of rows at a time
+    (`Renderer.depth_rows`: no 50 MB float map per 12.6 MP view), distorted ones from their whole map."""
+    with Renderer(mesh) as renderer:
+        for i in _render_order(views, progress, desc):
+            camera, world_to_cam = views[i].camera, views[i].world_to_cam
+            bands: Iterable[tuple[int, np.ndarray]] = (
+                [(0, distorted_render(renderer, camera, world_to_cam, depth_only=True).depth)]
+                if camera.has_distortion else renderer.depth_rows(camera, world_to_cam))
+            png, near = np.empty((camera.height, camera.width), np.uint16), math.inf
+            for top, z in bands:
+                near = min(near, float(np.min(z, where=z > 0, initial=np.inf)))
+                np.multiply(z, np.float32(scale), out=z)
+                png[top:top + len(z)] = np.rint(z, out=z)  # the float → uint16 cast of `astype`
+            yield i, png, near
 
 
 def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable[int]:

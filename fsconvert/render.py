@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,8 @@ _DEPTH_CONTINUITY = 0.002
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
 _SILHOUETTE_ROWS = 256
-"""Depth-buffer rows `Renderer.silhouette` reads at a time (4.4 MB of float32 at 4344 px, a whole view's 50 MB)."""
+"""Depth-buffer rows `Renderer.silhouette` and `depth_rows` read at a time (4.4 MB of float32 at 4344 px, a whole
+view's 50 MB)."""
 _BUFFER_STEP = 256
 """The OSMesa buffer grows in steps of this many pixels per side."""
 _SHARED_BUFFER_PIXELS = 2048 * 2048
@@ -99,7 +101,7 @@ class Renderer:
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         self._buffer: np.ndarray | None = None
-        """A band of the depth buffer as `silhouette` reads it, kept from view to view."""
+        """A band of the depth buffer as `silhouette` and `depth_rows` read it, kept from view to view."""
         import trimesh  # loaded already: `mesh` is a Trimesh
 
         # trimesh.bounds.corners has no annotations
@@ -167,15 +169,43 @@ class Renderer:
         self._draw_depth(camera, w2c, pr_camera)
         W, H = camera.size
         rows = min(H, _SILHOUETTE_ROWS)
-        if self._buffer is None or self._buffer.size < W * rows:
-            self._buffer = np.empty(W * rows, np.float32)
         seen, band_seen = np.empty((H, W), np.uint8), np.empty((rows, W), np.uint8)
         for y in range(0, H, rows):  # GL rows run bottom-up: GL rows y … y + n − 1 are image rows H − y − 1 … H − y − n
             n = min(rows, H - y)
-            band = _read_depth_buffer(self._buffer[:W * n].reshape(n, W), y)
+            band = _read_depth_buffer(self._band(W, n), y)
             cv2.compare(band, 1.0, cv2.CMP_LT, dst=band_seen[:n])  # type: ignore[call-overload]  # stubs: no scalars
             cv2.flip(band_seen[:n], 0, dst=seen[H - y - n:H - y])
         return seen
+
+    def depth_rows(self, camera: Camera, world_to_cam: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """The z-depth through a pinhole `camera`, value for value `render(..., depth_only=True).depth`, in bands
+        of _SILHOUETTE_ROWS rows from the top: (first row, float32 band: this renderer's array, overwritten by
+        the next band). A 12.6 MP view's whole map is 50 MB, a band 4.4 MB."""
+        if camera.has_distortion or camera.K[0, 1] != 0:
+            raise ValueError("Renderer.depth_rows needs a pinhole camera without skew")
+        if self._closed:
+            raise RuntimeError("Renderer is closed")
+        W, H = camera.size
+        rows = min(H, _SILHOUETTE_ROWS)
+        w2c = cv.homogeneous(world_to_cam)
+        pr_camera = self._camera(camera, w2c)
+        if pr_camera is not None:
+            self._draw_depth(camera, w2c, pr_camera)
+        for top in range(0, H, rows):
+            n = min(rows, H - top)
+            band = self._band(W, n)
+            if pr_camera is None:  # the whole mesh is behind the camera
+                band[:] = 0
+            else:  # GL rows run bottom-up: image rows top … top + n − 1 are GL rows H − top − 1 … H − top − n
+                _linearised(_read_depth_buffer(band, H - top - n), pr_camera.znear, pr_camera.zfar)
+                cv2.flip(band, 0, dst=band)
+            yield top, band
+
+    def _band(self, width: int, rows: int) -> np.ndarray:
+        """This renderer's rows×width float32 scratch array (`silhouette`, `depth_rows`)."""
+        if self._buffer is None or self._buffer.size < width * rows:
+            self._buffer = np.empty(width * rows, np.float32)
+        return self._buffer[:width * rows].reshape(rows, width)
 
     def _camera(self, camera: Camera, w2c: np.ndarray) -> pyrender.IntrinsicsCamera | None:
         """pyrender's camera for `camera` at 4×4 `w2c`, its clip range around the mesh's bounding box; None when
@@ -262,13 +292,18 @@ def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarra
     50 MB per array); the background (d = 1, which linearises to a finite f) is multiplied by 0, not
     assigned through a boolean index (~8× slower). pyrender's read_depth_buf computes the same through
     NDC with masked indexing, ~3× slower (70 ms for a 12.6 MP view)."""
-    z = _read_depth_buffer(np.empty((height, width), np.float32))
+    z = _linearised(_read_depth_buffer(np.empty((height, width), np.float32)), znear, zfar)
+    return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
+
+
+def _linearised(z: np.ndarray, znear: float, zfar: float) -> np.ndarray:
+    """Depth buffer values `z` made z-depth in place (0 for the background), element by element."""
     foreground = z < 1
     z *= np.float32(zfar - znear)
     np.subtract(np.float32(zfar), z, out=z)
     np.divide(np.float32(znear * zfar), z, out=z)
     np.multiply(z, foreground, out=z)
-    return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
+    return z
 
 
 def _read_depth_buffer(out: np.ndarray, first_row: int = 0) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""fsconvert.depthproducts: silhouette masks read without z equal those thresholded from the depth maps."""
+"""fsconvert.depthproducts: silhouette masks read without z, and uint16 depth maps read a band of rows at a time,
+equal those made from the whole depth maps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fsconvert.depthproducts import render_depths, render_masks, silhouette
+from fsconvert.depthproducts import Pose, depth_pngs, render_depths, render_masks, silhouette
 from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.imagestage import Footprint
 from fsconvert.mesh import load_mesh
@@ -37,3 +38,24 @@ def test_footprint_mask_and_alpha():
     assert fp.mask().dtype == bool and np.array_equal(fp.mask(), inside)
     assert fp.alpha().dtype == np.uint8 and np.array_equal(fp.alpha(), np.where(inside, 255, 0))
     assert np.array_equal(Footprint.of(fp.alpha()).bits, fp.bits)
+
+
+@pytest.mark.parametrize("options", [ImageOptions(intrinsics="shared"), ImageOptions(undistort=False, scale=0.5),
+                                     ImageOptions(scale=0.4)])
+def test_depth_pngs_equal_the_whole_maps_scaled(capture, options):
+    """`depth_pngs` (pinhole views in bands of 256 rows: 724- and 1086-row views cut mid-way) gives
+    round(depth·scale) as uint16 of `render_depths`, value for value, and the nearest depth; a view that sees
+    nothing gives zeros and inf."""
+    mesh = load_mesh(capture.mesh)
+    plans = plan_views(capture.views, options)
+    scale = 2000.0 / float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]) + 30)
+    depths = dict(render_depths(mesh, plans))
+    got = list(depth_pngs(mesh, plans, scale))
+    assert [i for i, *_ in got] == sorted(range(len(plans)), key=lambda i: plans[i].camera.is_portrait)
+    for i, png, near in got:
+        expected = np.rint(depths[i] * np.float32(scale)).astype(np.uint16)
+        assert png.dtype == np.uint16 and np.array_equal(png, expected), i
+        assert near == float(depths[i][depths[i] > 0].min()) and (png > 0).mean() > 0.05
+    turn = np.diag([-1.0, 1.0, -1.0, 1.0])  # half a turn about the camera's y axis, in place: the head behind it
+    ((_, png, near),) = depth_pngs(mesh, [Pose(plans[0].camera, turn @ plans[0].world_to_cam)], scale)
+    assert not png.any() and near == float("inf")
