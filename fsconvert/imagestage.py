@@ -11,7 +11,7 @@ processes re-import the package (numpy, OpenCV, the renderer) before their first
 tuple of ~20 views costs about what the views do (measured: `-j 2` no faster than `-j 1`), and each one
 would pickle its plans in and its previews and footprints out. The rules that keep it correct:
 
-- each thread has its own scratch arrays (`imageplan.SCRATCH` is a `threading.local`: the decoded image,
+- each thread has its own scratch arrays (`remapmaps.SCRATCH` is a `threading.local`: the decoded image,
   the undistortion maps and the remapped image of one thread are never another's; the preview and
   footprint a view returns are new arrays), freed when the pool's threads end;
 - OpenCV's own threads are set to 1 while the pool runs (`threads.opencv_threads`, process-wide, put back
@@ -26,7 +26,7 @@ would pickle its plans in and its previews and footprints out. The rules that ke
   now, one while every worker is busy, all N for the last tuple left.
 
 The output is byte-identical at any `workers` (every step is deterministic and per view).
-One module of ~445 lines: decoding, producing one view and scheduling the views share the per-thread scratch
+One module of ~470 lines: decoding, producing one view and scheduling the views share the per-thread scratch
 and the job record; split, each part would import the others' internals.
 """
 
@@ -50,8 +50,9 @@ from tqdm import tqdm
 
 from . import conventions as cv
 from .errors import InputError, OutputError
-from .imageplan import REDUCTIONS, SCRATCH, ImageOptions, ViewPlan
+from .imageplan import REDUCTIONS, ImageOptions, ViewPlan
 from .model import View
+from .remapmaps import SCRATCH
 from .threads import check_stop, give_back_core, opencv_threads, shares_cores, spare_core
 from .writers import encoded, png_bytes, write_bytes
 
@@ -79,7 +80,7 @@ def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_co
     JPEGs go through libjpeg-turbo with its warnings as errors: data overwritten mid-file (which
     decoders otherwise fill with grey or garbled blocks) is a one-line InputError, or with
     `allow_corrupt` a warning on stderr and the pixels the decoder recovered. `scratch`: a JPEG is decoded
-    into this thread's reusable array (`imageplan.SCRATCH`, overwritten by the next such call) instead of a
+    into this thread's reusable array (`remapmaps.SCRATCH`, overwritten by the next such call) instead of a
     new one: a fresh 38 MB array is mapped, faulted in page by page and unmapped per view, which threads of
     one process do in turn (measured on 2 cores: 2 threads decoding 4344×2896 JPEGs into new arrays ran at
     0.3 to 1.6× one thread's speed from run to run, into reused arrays 1.4 to 1.5×, another process busy).

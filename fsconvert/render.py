@@ -12,7 +12,7 @@ pyrender and PyOpenGL (with trimesh and scipy ~1 s to import) are imported by th
 first time a context is made: importing this module (the check and its settings, hence every command's
 start-up) does not load them.
 
-One module of ~490 lines on purpose: the context, pyrender's colour pass, the depth pass (read as depth or as
+One module of ~535 lines on purpose: the context, pyrender's colour pass, the depth pass (read as depth or as
 a silhouette) and the distorted renders share the renderer's GL state and its buffer-growth rules.
 """
 

@@ -19,9 +19,10 @@ import fsconvert  # noqa: F401  (headless rendering set-up)
 from fsconvert import imagestage
 from fsconvert.cli import main
 from fsconvert.errors import InputError, OutputError
-from fsconvert.imageplan import SCRATCH, ImageOptions, Scratch, plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.imagestage import keep_previews, stems, write_images
 from fsconvert.loader import load_capture
+from fsconvert.remapmaps import SCRATCH, Scratch
 
 PLAN_SETS = {
     "shared-frame": ImageOptions(intrinsics="shared", upright=True),
