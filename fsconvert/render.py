@@ -44,7 +44,7 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _GREY = (0.5, 0.5, 0.5, 1.0)
-_SILHOUETTE_ROWS = 256
+_BAND_ROWS = 256
 """Depth-buffer rows `Renderer.silhouette` and `depth_rows` read at a time (4.4 MB of float32 at 4344 px, a whole
 view's 50 MB)."""
 _BUFFER_STEP = 256
@@ -158,35 +158,33 @@ class Renderer:
         `render(...).depth > 0`, read without z: the depth pass leaves its buffer below 1 exactly where a
         fragment passed (cleared to 1, GL_LESS), and a buffer value below 1 linearises to a positive
         depth (znear ≥ 1e-4·zfar keeps the denominator positive), 1 to the background's 0."""
-        if camera.has_distortion or camera.K[0, 1] != 0:
-            raise ValueError("Renderer.silhouette needs a pinhole camera without skew")
-        if self._closed:
-            raise RuntimeError("Renderer is closed")
-        w2c = cv.homogeneous(world_to_cam)
-        pr_camera = self._camera(camera, w2c)
-        if pr_camera is None:  # the whole mesh is behind the camera
-            return np.zeros((camera.height, camera.width), np.uint8)
-        self._draw_depth(camera, w2c, pr_camera)
-        W, H = camera.size
-        rows = min(H, _SILHOUETTE_ROWS)
-        seen, band_seen = np.empty((H, W), np.uint8), np.empty((rows, W), np.uint8)
-        for y in range(0, H, rows):  # GL rows run bottom-up: GL rows y … y + n − 1 are image rows H − y − 1 … H − y − n
-            n = min(rows, H - y)
-            band = _read_depth_buffer(self._band(W, n), y)
-            cv2.compare(band, 1.0, cv2.CMP_LT, dst=band_seen[:n])  # type: ignore[call-overload]  # stubs: no scalars
-            cv2.flip(band_seen[:n], 0, dst=seen[H - y - n:H - y])
+        seen = np.empty((camera.height, camera.width), np.uint8)
+        for top, band, _ in self._buffer_bands(camera, world_to_cam, "silhouette"):
+            cv2.compare(band, 1.0, cv2.CMP_LT, dst=seen[top:top + len(band)])  # type: ignore[call-overload]
         return seen
 
     def depth_rows(self, camera: Camera, world_to_cam: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """The z-depth through a pinhole `camera`, value for value `render(..., depth_only=True).depth`, in bands
-        of _SILHOUETTE_ROWS rows from the top: (first row, float32 band: this renderer's array, overwritten by
+        of _BAND_ROWS rows from the top: (first row, float32 band: this renderer's array, overwritten by
         the next band). A 12.6 MP view's whole map is 50 MB, a band 4.4 MB."""
+        for top, band, pr_camera in self._buffer_bands(camera, world_to_cam, "depth_rows"):
+            if pr_camera is None:
+                band[:] = 0
+            else:
+                _linearised(band, pr_camera.znear, pr_camera.zfar)
+            yield top, band
+
+    def _buffer_bands(self, camera: Camera, world_to_cam: np.ndarray, caller: str
+                      ) -> Iterator[tuple[int, np.ndarray, pyrender.IntrinsicsCamera | None]]:
+        """The depth pass through a pinhole `camera`, its buffer read back _BAND_ROWS rows at a time from
+        the top: (first image row, the band top-down in this renderer's array, pyrender's camera; None when the
+        whole mesh is behind the camera: nothing drawn, every band 1, the background)."""
         if camera.has_distortion or camera.K[0, 1] != 0:
-            raise ValueError("Renderer.depth_rows needs a pinhole camera without skew")
+            raise ValueError(f"Renderer.{caller} needs a pinhole camera without skew")
         if self._closed:
             raise RuntimeError("Renderer is closed")
         W, H = camera.size
-        rows = min(H, _SILHOUETTE_ROWS)
+        rows = min(H, _BAND_ROWS)
         w2c = cv.homogeneous(world_to_cam)
         pr_camera = self._camera(camera, w2c)
         if pr_camera is not None:
@@ -194,12 +192,11 @@ class Renderer:
         for top in range(0, H, rows):
             n = min(rows, H - top)
             band = self._band(W, n)
-            if pr_camera is None:  # the whole mesh is behind the camera
-                band[:] = 0
+            if pr_camera is None:
+                band[:] = 1
             else:  # GL rows run bottom-up: image rows top … top + n − 1 are GL rows H − top − 1 … H − top − n
-                _linearised(_read_depth_buffer(band, H - top - n), pr_camera.znear, pr_camera.zfar)
-                cv2.flip(band, 0, dst=band)
-            yield top, band
+                cv2.flip(_read_depth_buffer(band, H - top - n), 0, dst=band)
+            yield top, band, pr_camera
 
     def _band(self, width: int, rows: int) -> np.ndarray:
         """This renderer's rows×width float32 scratch array (`silhouette`, `depth_rows`)."""
