@@ -223,7 +223,7 @@ def _second_core(workers: int) -> Iterator[bool]:
     12.6 MP view at 1.3 M faces), a helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit
     PNG is encoded on the other helper thread while the next view renders; the cameras follow both, once the
     GL context is gone: Open3D's import (~2 s, ~200 MB: it loads its ML and plotting stacks) beside a dense
-    scan's context took a worker to 770 MB at -j 2, 650 MB after it. Serial otherwise: colour images, depth
+    scan's context took a worker to 770 MB at -j 2, 660–677 MB after it. Serial otherwise: colour images, depth
     maps, cameras.
     """
     if workers <= 1:

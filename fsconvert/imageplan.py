@@ -38,6 +38,7 @@ from .remapmaps import CoarseMaps
 __all__ = ["REDUCTIONS", "ImageOptions", "ViewPlan", "capture_up", "common_fov", "is_rolled", "plan_view",
            "plan_views"]
 
+
 def frame_size(text: str) -> tuple[int, int]:
     """'1600x1200' → (1600, 1200): the command line's and configs' form of `ImageOptions.frame_size`."""
     parts = text.lower().replace("×", "x").split("x")

@@ -214,9 +214,11 @@ def _check_image(view: View, params_path: Path) -> int:
 
 
 def exif_orientation(im: Image.Image) -> int:
-    """The EXIF Orientation of an opened image as readers act on it: 2–8 turn or mirror the pixels (OpenCV's
-    imread, PIL's `ImageOps.exif_transpose`); none, 1, or any other value (a damaged or non-integer tag)
-    leaves them as stored: 1."""
+    """The EXIF Orientation of an opened image as readers act on it: 2–8 turn or mirror the pixels; none, 1, or
+    any other value (a damaged or non-integer tag) leaves them as stored: 1. Pillow's `ImageOps.exif_transpose`
+    looks the value up in a table of 2–8 (PIL/ImageOps.py); OpenCV's imread switches on 2–8 and keeps the pixels
+    otherwise (imgcodecs, loadsave.cpp `ApplyExifOrientation`); tests/test_pixel_check.py reads tags 0 and 9
+    through both."""
     orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
