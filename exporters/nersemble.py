@@ -43,7 +43,8 @@ own VHAP sequence, tracked separately; their NeRF exports (`export_as_nerf_datas
 What VHAP does with the file (`load_camera_params`, `vhap/util/camera.py`, `vhap/util/render_nvdiffrast.py`,
 `vhap/model/tracker.py`; defaults of `DataConfig` in `vhap/config/base.py`):
 - camera→world orientation Rᵀ and location −Rᵀt; `align_cameras_to_axes` (default on) rotates the world so
-  that the cameras' mean axes become the world axes (Gram–Schmidt, y and z flipped: OpenGL-like);
+  that the cameras' mean axes become the world axes (Gram–Schmidt, y and z flipped: OpenGL-like); cameras
+  whose mean axes cancel (facing opposite ways) leave that turn to rounding, and the export refuses them;
 - `convert_camera_convention("opencv->opengl")`: camera y and z axes flipped AND cy → height − cy;
 - world→camera [R|T] again; the tracker renders through `projection_from_intrinsics`, NDC x = 2u/w − 1 and
   NDC y = 1 − 2v/h with (u, v) = f·x/z + c: the image's left/top EDGE at u, v = 0, so pixel centres are at
@@ -113,6 +114,9 @@ CALIBRATION_SIZE = (3208, 2200)
 """(height, width) VHAP assumes when camera_params.json has none (NersembleDataConfig.image_size_during_calibration)."""
 NEAR_FAR = (0.1, 10.0)
 """The tracker's clipping planes (render_nvdiffrast.py `projection_from_intrinsics` defaults), in world units."""
+_MEAN_AXIS_MIN = 0.05
+"""Least length of a Gram–Schmidt column of the cameras' mean rotation (`_mean_axes_gl`): float32 poses then move
+VHAP's turn by ≤ ~1e-6 (FaceScape's sample: 0.71–0.72; cameras facing opposite ways: ~1e-16)."""
 HEAD_RADIUS_M = 0.15
 """A head and neck fit in this radius around the origin, where VHAP starts FLAME: every camera must be more than
 near + this and less than far − this from the origin, or the renderer clips the head."""
@@ -148,6 +152,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     how = metric_source(capture, options.assume_metric_scale)  # the refusal comes before any work
     S = metric_world(capture, options.assume_metric_scale, capture_geometry(capture, MESH_USE).vertices)
     plans = plan_views(capture.views, options.image)
+    # VHAP's turn of the world must be defined (the metric world turns nothing: the file's rotations are these)
+    _mean_axes_gl(np.array([cv.w2c_to_c2w(p.world_to_cam)[:3, :3] for p in plans]), {"file": capture.root})
     subject, sequence = safe_name(capture.subject), safe_name(capture.expression)
     ids = stems(capture.views)
     sequence_dir = folder / subject / sequence
@@ -261,7 +267,8 @@ def _vhap(folder: Path) -> Reading:
     # load_camera_params: camera→world (orientation Rᵀ, location −Rᵀt), the world turned, OpenCV → OpenGL
     c2ws = [cv.w2c_to_c2w(w2c) for w2c in poses]
     turn = np.eye(4)
-    turn[:3, :3] = _mean_axes_gl(np.array([c2w[:3, :3] for c2w in c2ws])).T  # bases_w2c: X_vhap = turn·X_file
+    turn[:3, :3] = _mean_axes_gl(np.array([c2w[:3, :3] for c2w in c2ws]), {"file": params_path, "key": "world_2_cam"}
+                                 ).T  # bases_w2c: X_vhap = turn·X_file
     c2ws_gl = [turn @ c2w @ cv.CV_TO_GL for c2w in c2ws]
     K_gl = K.copy()
     K_gl[1, 2] = H - K[1, 2]
@@ -338,14 +345,21 @@ def _world(value: object, path: Path) -> np.ndarray:
     return S
 
 
-def _mean_axes_gl(orientations: np.ndarray) -> np.ndarray:
-    """`align_cameras_to_axes(..., target_convention="opengl")`'s bases (camera→world columns): the mean of the
-    cameras' rotations made orthonormal column by column (Gram–Schmidt), then its y and z columns negated."""
+def _mean_axes_gl(orientations: np.ndarray, where: Where) -> np.ndarray:
+    """`align_cameras_to_axes(..., target_convention="opengl")`'s bases (camera→world columns; vhap/util/camera.py:
+    `gram_schmidt_orthogonalization(R.mean(0))`, then y and z negated): the mean of the cameras' rotations made
+    orthonormal column by column. An InputError (at `where`) when a column is shorter than _MEAN_AXIS_MIN before
+    it is normalised: VHAP's turn of the world is then set by rounding and it misreads every camera."""
     M = orientations.mean(axis=0)
     bases = np.zeros((3, 3))
     for c in range(3):
         v = M[:, c] - bases[:, :c] @ (bases[:, :c].T @ M[:, c])
-        bases[:, c] = v / np.linalg.norm(v)
+        length = float(np.linalg.norm(v))
+        if not length >= _MEAN_AXIS_MIN:
+            raise InputError(f"VHAP turns the world to the cameras' mean axes (align_cameras_to_axes), and these "
+                             f"cameras' {'xyz'[c]} axes cancel (mean {length:.2g} < {_MEAN_AXIS_MIN:g}): it would "
+                             "misread every camera; cameras facing opposite ways are not a rig VHAP reads", **where)
+        bases[:, c] = v / length
     flipped: np.ndarray = bases @ cv.CV_TO_GL[:3, :3]
     return flipped
 

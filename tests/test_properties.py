@@ -32,13 +32,13 @@ from hypothesis import strategies as st
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
+from fsconvert import cli, jsonvalues, loader
 from fsconvert import conventions as cv
-from fsconvert import jsonvalues, loader
 from fsconvert.errors import InputError
 from fsconvert.export import export
 from fsconvert.imageplan import plan_views
 from fsconvert.loader import load_capture
-from fsconvert.model import Camera
+from fsconvert.model import Camera, Capture
 from fsconvert.options import from_dict
 from fsconvert.protocol import read_manifest
 from fsconvert.synthetic import make_sample
@@ -125,8 +125,16 @@ def max_difference(a: Camera, a_w2c: np.ndarray, b: Camera, b_w2c: np.ndarray) -
     return float(max(np.abs(a.K - b.K).max(), np.abs(a.dist - b.dist).max(), np.abs(a_w2c - b_w2c).max()))
 
 
+def vhap_turn_undefined(capture: Capture) -> bool:
+    """Whether the cameras' mean rotation has a Gram–Schmidt column shorter than 0.05 (|diag R| of its QR), where
+    VHAP's `align_cameras_to_axes` turns the world by rounding: the NeRSemble export refuses such a rig."""
+    mean = np.mean([cv.w2c_to_c2w(v.world_to_cam)[:3, :3] for v in capture.views], axis=0)
+    return bool(np.abs(np.linalg.qr(mean)[1].diagonal()).min() < 0.05)
+
+
 def round_trip_errors(tuple_dir: Path, out_root: Path) -> dict[str, float]:
-    """Per format: the largest difference between a read-back camera and its plan camera."""
+    """Per format: the largest difference between a read-back camera and its plan camera (NeRSemble: none when
+    it refuses a rig whose mean axes VHAP cannot take, `vhap_turn_undefined`)."""
     capture = load_capture(tuple_dir)
     errors = {}
     for name, module in available().items():
@@ -134,6 +142,10 @@ def round_trip_errors(tuple_dir: Path, out_root: Path) -> dict[str, float]:
         image = replace(default, undistort=name not in HOLDS_DISTORTION)
         options = module.Options(image=image, **FORMAT_OPTIONS.get(name, {}))
         out = out_root / name
+        if name == "nersemble" and vhap_turn_undefined(capture):
+            with pytest.raises(InputError, match="cameras' mean axes"):
+                export(capture, module, out, options, thresholds=None)
+            continue
         export(capture, module, out, options, thresholds=None)
         manifest = read_manifest(out)
         names = [v["name"] for v in manifest["views"]]
@@ -160,6 +172,29 @@ def test_random_valid_cameras_round_trip_exactly(params: dict, tmp_path_factory:
     assert set(errors) >= {"colmap", "facescape", "nerf", "open3d"}
     assert all(e <= PRECISION.get(name, EXACT) for name, e in errors.items()), errors
     shutil.rmtree(root)
+
+
+def test_nersemble_refuses_cameras_whose_mean_axes_cancel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hypothesis found it: two cameras facing opposite ways (the second turned 180° about y) leave VHAP's mean
+    x axis ~1e-16 long, and VHAP's world turn garbage (read back 1.6 off). The export says so, exit 2, nothing
+    written; turned 150° instead, the mean axes hold and it round-trips."""
+    K = cv.K_matrix(24.0, 24.0, 11.5, 7.5).tolist()
+    opposite = {"0_Rt": [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 4.0]],
+                "1_Rt": [[-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, -1.0, 4.0]]}
+    params = {f"{v}_{key}": value for v in (0, 1)
+              for key, value in (("K", K), ("width", 24), ("height", 16), ("distortion", [0.0] * 5))}
+    tuple_dir = write_tuple(tmp_path / "opposite", params | opposite)
+    assert vhap_turn_undefined(load_capture(tuple_dir))
+    out = tmp_path / "out"
+    assert cli.main(["to-nersemble", str(tuple_dir), "-o", str(out), "--assume-metric-scale", "0.04", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cameras' x axes cancel" in err[0] and str(tuple_dir) in err[0], err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    a = np.radians(150)
+    turned = {"1_Rt": [[np.cos(a), 0, np.sin(a), 0], [0, 1.0, 0, 0], [-np.sin(a), 0, np.cos(a), 4.0]]}
+    tuple_dir = write_tuple(tmp_path / "turned", params | opposite | turned)
+    assert not vhap_turn_undefined(load_capture(tuple_dir))
+    assert round_trip_errors(tuple_dir, tmp_path / "turned-out")["nersemble"] <= PRECISION["nersemble"]
 
 
 def test_round_trip_negative_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
