@@ -36,7 +36,7 @@ from fsconvert import cli, jsonvalues, loader
 from fsconvert import conventions as cv
 from fsconvert.errors import InputError
 from fsconvert.export import export
-from fsconvert.imageplan import plan_views
+from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.model import Camera, Capture
 from fsconvert.options import from_dict
@@ -125,10 +125,11 @@ def max_difference(a: Camera, a_w2c: np.ndarray, b: Camera, b_w2c: np.ndarray) -
     return float(max(np.abs(a.K - b.K).max(), np.abs(a.dist - b.dist).max(), np.abs(a_w2c - b_w2c).max()))
 
 
-def vhap_turn_undefined(capture: Capture) -> bool:
-    """Whether the cameras' mean rotation has a Gram–Schmidt column shorter than 0.05 (|diag R| of its QR), where
-    VHAP's `align_cameras_to_axes` turns the world by rounding: the NeRSemble export refuses such a rig."""
-    mean = np.mean([cv.w2c_to_c2w(v.world_to_cam)[:3, :3] for v in capture.views], axis=0)
+def vhap_turn_undefined(capture: Capture, image: ImageOptions) -> bool:
+    """Whether the exported cameras' (the plans': portrait views turned, rolled ones upright) mean rotation has a
+    Gram–Schmidt column shorter than 0.05 (|diag R| of its QR), where VHAP's `align_cameras_to_axes` turns the
+    world by rounding: the NeRSemble export refuses such a rig."""
+    mean = np.mean([cv.w2c_to_c2w(p.world_to_cam)[:3, :3] for p in plan_views(capture.views, image)], axis=0)
     return bool(np.abs(np.linalg.qr(mean)[1].diagonal()).min() < 0.05)
 
 
@@ -142,7 +143,7 @@ def round_trip_errors(tuple_dir: Path, out_root: Path) -> dict[str, float]:
         image = replace(default, undistort=name not in HOLDS_DISTORTION)
         options = module.Options(image=image, **FORMAT_OPTIONS.get(name, {}))
         out = out_root / name
-        if name == "nersemble" and vhap_turn_undefined(capture):
+        if name == "nersemble" and vhap_turn_undefined(capture, image):
             with pytest.raises(InputError, match="cameras' mean axes"):
                 export(capture, module, out, options, thresholds=None)
             continue
@@ -174,6 +175,9 @@ def test_random_valid_cameras_round_trip_exactly(params: dict, tmp_path_factory:
     shutil.rmtree(root)
 
 
+NERSEMBLE_IMAGE = available()["nersemble"].Options().image
+
+
 def test_nersemble_refuses_cameras_whose_mean_axes_cancel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Hypothesis found it: two cameras facing opposite ways (the second turned 180° about y) leave VHAP's mean
     x axis ~1e-16 long, and VHAP's world turn garbage (read back 1.6 off). The export says so, exit 2, nothing
@@ -184,7 +188,7 @@ def test_nersemble_refuses_cameras_whose_mean_axes_cancel(tmp_path: Path, capsys
     params = {f"{v}_{key}": value for v in (0, 1)
               for key, value in (("K", K), ("width", 24), ("height", 16), ("distortion", [0.0] * 5))}
     tuple_dir = write_tuple(tmp_path / "opposite", params | opposite)
-    assert vhap_turn_undefined(load_capture(tuple_dir))
+    assert vhap_turn_undefined(load_capture(tuple_dir), NERSEMBLE_IMAGE)
     out = tmp_path / "out"
     assert cli.main(["to-nersemble", str(tuple_dir), "-o", str(out), "--assume-metric-scale", "0.04", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -193,7 +197,7 @@ def test_nersemble_refuses_cameras_whose_mean_axes_cancel(tmp_path: Path, capsys
     a = np.radians(150)
     turned = {"1_Rt": [[np.cos(a), 0, np.sin(a), 0], [0, 1.0, 0, 0], [-np.sin(a), 0, np.cos(a), 4.0]]}
     tuple_dir = write_tuple(tmp_path / "turned", params | opposite | turned)
-    assert not vhap_turn_undefined(load_capture(tuple_dir))
+    assert not vhap_turn_undefined(load_capture(tuple_dir), NERSEMBLE_IMAGE)
     assert round_trip_errors(tuple_dir, tmp_path / "turned-out")["nersemble"] <= PRECISION["nersemble"]
 
 
