@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette, subjects
+from fsconvert.depthproducts import render_depths, render_masks, silhouette, subjects
 from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import uncovered_warnings, write_images
@@ -118,17 +118,22 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     assert footprints is not None  # write_images returns them when asked for
     to_file = cv.invert_similarity(worldtogt)
     frames: list[dict[str, Any]] = [frame_entry(name, plan, to_file) for name, plan in zip(names, plans)]
-    if options.masks or options.depth:
+
+    def write_mask(i: int, mask: np.ndarray) -> None:
+        write_png(folder / f"{stems[i]}{MASK}", np.repeat(mask[:, :, None], 3, axis=2))
+        frames[i]["foreground_mask"] = f"{stems[i]}{MASK}"
+
+    if options.depth:
         scale = float(worldtogt[0, 0])
         for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress,
-                                      desc="masks/depth"):
+                                      desc="masks/depth" if options.masks else "depth"):
             if options.masks:
-                mask = silhouette(depth, footprints[i])
-                write_png(folder / f"{stems[i]}{MASK}", np.repeat(mask[:, :, None], 3, axis=2))
-                frames[i]["foreground_mask"] = f"{stems[i]}{MASK}"
-            if options.depth:
-                write_bytes(folder / f"{stems[i]}{DEPTH}", npy_bytes(file_depth(depth, scale)))
-                frames[i]["sensor_depth_path"] = f"{stems[i]}{DEPTH}"
+                write_mask(i, silhouette(depth, footprints[i]))
+            write_bytes(folder / f"{stems[i]}{DEPTH}", npy_bytes(file_depth(depth, scale)))
+            frames[i]["sensor_depth_path"] = f"{stems[i]}{DEPTH}"
+    elif options.masks:  # the same masks without z (`render_masks`)
+        for i, mask in render_masks(capture_mesh(capture, MESH_USE), plans, footprints, progress=progress):
+            write_mask(i, mask)
     scene_box, warnings = scene_box_for([np.asarray(f["camtoworld"])[:3, 3] for f in frames], options.collider)
     width, height = plans[0].camera.size
     write_json(folder / META, {
