@@ -85,12 +85,12 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
     depths: list[np.ndarray] = []
     if kind == "open3d":
         import exporters.open3d as o3d_format
-        from fsconvert.depthproducts import render_depths
+        from fsconvert.depthproducts import depth_pngs
         from fsconvert.mesh import capture_mesh
 
         mesh = capture_mesh(load_capture(tuple_dir), "the bound's depth maps")
         scale = np.float32(o3d_format.depth_scale(o3d_format._max_depth(mesh.vertices, every)))
-        rendered = {k: np.rint(z * scale).astype(np.uint16) for k, z in render_depths(mesh, plans)}
+        rendered = {k: png for k, png, _ in depth_pngs(mesh, plans, scale)}
         depths = [rendered[k] for k in range(len(plans))]
     start.wait()
     t0 = time.monotonic()  # one clock for every process

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import depth_range, render_depths, subjects
+from fsconvert.depthproducts import band_span, depth_bands, depth_range, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, common_fov, frame_record, plan_views
 from fsconvert.imagestage import stems, uncovered_warnings, write_images
@@ -102,8 +102,8 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     rows = np.zeros((len(plans), 17))
-    for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress):
-        bounds = depth_range(depth, options.depth_margin, plans[i].view.id)
+    for i, bands in depth_bands(capture_mesh(capture, MESH_USE), plans, progress=progress):
+        bounds = depth_range(band_span(bands), options.depth_margin, plans[i].view.id)
         rows[i] = poses_bounds_row(plans[i].world_to_cam, plans[i].camera, bounds)
     write_bytes(folder / POSES, npy_bytes(rows))
     warnings = [] if options.image.alpha != "none" else uncovered_warnings(NAME, names, footprints,

@@ -78,7 +78,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, silhouette
+from fsconvert.depthproducts import render_masks
 from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import stems, write_images
@@ -163,9 +163,9 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     assert footprints is not None  # write_images returns them when asked for
     mesh = capture_mesh(capture, MESH_USE)
     (sequence_dir / ALPHA_MAPS).mkdir()
-    for k, depth in render_depths(mesh, plans, progress=progress, desc="alpha maps"):
-        write_encoded(sequence_dir / ALPHA_MAPS / f"{stems_[k]}.{SUFFIX}", silhouette(depth, footprints[k]),
-                      f".{SUFFIX}", [cv2.IMWRITE_JPEG_QUALITY, ALPHA_JPEG_QUALITY])
+    for k, mask in render_masks(mesh, plans, footprints, progress=progress, desc="alpha maps"):
+        write_encoded(sequence_dir / ALPHA_MAPS / f"{stems_[k]}.{SUFFIX}", mask, f".{SUFFIX}",
+                      [cv2.IMWRITE_JPEG_QUALITY, ALPHA_JPEG_QUALITY])
     world = {"similarity": S.tolist(), "units": "m", "from": how}
     (folder / CAMERA_PARAMS / subject).mkdir(parents=True)
     write_json(folder / CAMERA_PARAMS / subject / CAMERA_PARAMS_JSON, camera_params(plans, ids, S, world),

@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, render_masks, silhouette, subjects
+from fsconvert.depthproducts import depth_bands, render_masks, silhouette, subjects
 from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import uncovered_warnings, write_images
@@ -120,16 +121,24 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     frames: list[dict[str, Any]] = [frame_entry(name, plan, to_file) for name, plan in zip(names, plans)]
 
     def write_mask(i: int, mask: np.ndarray) -> None:
-        write_png(folder / f"{stems[i]}{MASK}", np.repeat(mask[:, :, None], 3, axis=2))
+        write_png(folder / f"{stems[i]}{MASK}", np.repeat(mask[:, :, None], 3, axis=2), overwrite=True)
         frames[i]["foreground_mask"] = f"{stems[i]}{MASK}"
 
     if options.depth:
         scale = float(worldtogt[0, 0])
-        for i, depth in render_depths(capture_mesh(capture, MESH_USE), plans, progress=progress,
-                                      desc="masks/depth" if options.masks else "depth"):
-            if options.masks:
-                write_mask(i, silhouette(depth, footprints[i]))
-            write_bytes(folder / f"{stems[i]}{DEPTH}", npy_bytes(file_depth(depth, scale)))
+        for i, bands in depth_bands(capture_mesh(capture, MESH_USE), plans, progress=progress,
+                                    desc="masks/depth" if options.masks else "depth"):
+            W, H = plans[i].camera.size
+            depth = np.empty((H, W), np.float32)
+            mask = np.empty((H, W), np.uint8) if options.masks else None
+            for top, z in bands:  # a band of rows at a time: no float64 copy of a whole map
+                rows = slice(top, top + len(z))
+                depth[rows] = file_depth(z, scale)
+                if mask is not None:
+                    mask[rows] = silhouette(z)
+            if mask is not None:
+                write_mask(i, cv2.bitwise_and(mask, footprints[i].alpha(), dst=mask))
+            write_bytes(folder / f"{stems[i]}{DEPTH}", npy_bytes(depth))
             frames[i]["sensor_depth_path"] = f"{stems[i]}{DEPTH}"
     elif options.masks:  # the same masks without z (`render_masks`)
         for i, mask in render_masks(capture_mesh(capture, MESH_USE), plans, footprints, progress=progress):

@@ -54,24 +54,40 @@ class Pose:
 # ---- rendering -------------------------------------------------------------------------------------
 
 
-def render_depths(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bool = False,
-                  desc: str = "depth") -> Iterator[tuple[int, np.ndarray]]:
-    """(index into `views`, H×W float32 z-depth, 0 = background) through each view's camera, lens
-    model included (`render.distorted_render`): landscape views first, then portrait ones, so that
-    each orientation reuses one GL buffer (views of 12.6 MP alternating in orientation would re-create
-    the context at every view, ~0.15 s each).
+Bands = Iterable[tuple[int, np.ndarray]]
+"""A view's z-depth in bands of rows from the top: (first row, float32 rows; 0 = background)."""
+
+
+def depth_bands(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bool = False,
+                desc: str = "depth") -> Iterator[tuple[int, Bands]]:
+    """(index into `views`, its z-depth through the view's camera, lens model included) for every view:
+    landscape views first, then portrait ones, so that each orientation reuses one GL buffer (views of 12.6 MP
+    alternating in orientation would re-create the context at every view, ~0.15 s each). Pinhole views come
+    _BAND_ROWS rows at a time (`Renderer.depth_rows`: a band is overwritten by the next, and a 12.6 MP view's
+    whole map, 50 MB, is never made), distorted ones as one band, their whole map (`render.distorted_render`).
+    Read a view's bands before the next view.
 
     The order is part of the output: OSMesa's depth differs in the last float bits with the size of
     the buffer a view is drawn into (±1 step in ~0.02 % of nerf's uint16 depth pixels).
     """
     with Renderer(mesh) as renderer:
         for i in _render_order(views, progress, desc):
-            yield i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth
+            camera, world_to_cam = views[i].camera, views[i].world_to_cam
+            yield i, ([(0, distorted_render(renderer, camera, world_to_cam, depth_only=True).depth)]
+                      if camera.has_distortion else renderer.depth_rows(camera, world_to_cam))
+
+
+def depth_map(bands: Bands, size: tuple[int, int]) -> np.ndarray:
+    """A view's whole H×W z-depth map (float32) from its bands (`size`: width, height)."""
+    z = np.empty(size[::-1], np.float32)
+    for top, band in bands:
+        z[top:top + len(band)] = band
+    return z
 
 
 def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequence[Footprint] | None = None, *,
                  progress: bool = False, desc: str = "masks") -> Iterator[tuple[int, np.ndarray]]:
-    """(index into `views`, `silhouette` of its `render_depths` depth and footprint), in the same order, the
+    """(index into `views`, `silhouette` of its `depth_bands` depth and footprint), in the same order, the
     same bytes: pinhole views read only where the depth buffer was written (`Renderer.silhouette`: no z, ~0.07 s
     less per 12.6 MP view), distorted ones threshold their resampled depth."""
     with Renderer(mesh) as renderer:
@@ -88,25 +104,20 @@ def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequ
 
 def depth_pngs(mesh: trimesh.Trimesh, views: Sequence[Posed], scale: float, *, progress: bool = False,
                desc: str = "depth") -> Iterator[tuple[int, np.ndarray, float]]:
-    """(index into `views`, round(z·scale) as uint16 with z its `render_depths` depth (float32 arithmetic), the
-    nearest z > 0 (inf: none)), in the same order, the same values: pinhole views a band of rows at a time
-    (`Renderer.depth_rows`: no 50 MB float map per 12.6 MP view), distorted ones from their whole map."""
-    with Renderer(mesh) as renderer:
-        for i in _render_order(views, progress, desc):
-            camera, world_to_cam = views[i].camera, views[i].world_to_cam
-            bands: Iterable[tuple[int, np.ndarray]] = (
-                [(0, distorted_render(renderer, camera, world_to_cam, depth_only=True).depth)]
-                if camera.has_distortion else renderer.depth_rows(camera, world_to_cam))
-            png, near = np.empty((camera.height, camera.width), np.uint16), math.inf
-            for top, z in bands:
-                near = min(near, float(np.min(z, where=z > 0, initial=np.inf)))
-                np.multiply(z, np.float32(scale), out=z)
-                png[top:top + len(z)] = np.rint(z, out=z)  # the float → uint16 cast of `astype`
-            yield i, png, near
+    """(index into `views`, round(z·scale) as uint16 with z its `depth_bands` depth (float32 arithmetic), the
+    nearest z > 0 (inf: none)), in the same order, band by band."""
+    for i, bands in depth_bands(mesh, views, progress=progress, desc=desc):
+        camera = views[i].camera
+        png, near = np.empty((camera.height, camera.width), np.uint16), math.inf
+        for top, z in bands:
+            near = min(near, float(np.min(z, where=z > 0, initial=np.inf)))
+            np.multiply(z, np.float32(scale), out=z)
+            png[top:top + len(z)] = np.rint(z, out=z)  # the float → uint16 cast of `astype`
+        yield i, png, near
 
 
 def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable[int]:
-    """Indices of `views`, landscape ones first (`render_depths`), behind a progress bar."""
+    """Indices of `views`, landscape ones first (`depth_bands`), behind a progress bar."""
     order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
     shown: Iterable[int] = tqdm(order, desc=desc, unit="view", disable=not progress, leave=False)
     return shown
@@ -124,13 +135,27 @@ def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_al
     return [f for f in found if f is not None]
 
 
-def depth_range(depth: np.ndarray, margin: float, view: int) -> tuple[float, float]:
-    """(near, far) of a z-depth map's foreground, each moved out by `margin` × (far − near) (near stays
-    above half its value): the depth of every surface point the view sees at a pixel centre, with room."""
-    z = depth[depth > 0]
-    if not z.size:
+def foreground_span(z: np.ndarray, span: tuple[float, float] = (math.inf, 0.0)) -> tuple[float, float]:
+    """The nearest and farthest z > 0 of depth rows `z` and of `span`, those of earlier rows ((inf, 0): none)."""
+    return (min(span[0], float(np.min(z, where=z > 0, initial=np.inf))),
+            max(span[1], float(np.max(z, where=z > 0, initial=0.0))))
+
+
+def band_span(bands: Bands) -> tuple[float, float]:
+    """`foreground_span` of a view's depth from its bands."""
+    span = (math.inf, 0.0)
+    for _, z in bands:
+        span = foreground_span(z, span)
+    return span
+
+
+def depth_range(span: tuple[float, float], margin: float, view: int) -> tuple[float, float]:
+    """(near, far) of a view's foreground `span` (`foreground_span` of its depth), each moved out by `margin` ×
+    (far − near) (near stays above half its value): the depth of every surface point the view sees at a pixel
+    centre, with room; InputError when the view sees no mesh."""
+    near, far = span
+    if not far > 0:
         raise InputError("the mesh is not visible in this view: no depth range", view=view)
-    near, far = float(z.min()), float(z.max())
     pad = margin * (far - near)
     return max(near - pad, near / 2), far + pad
 
@@ -157,7 +182,8 @@ def point_visibility(mesh: trimesh.Trimesh, views: Sequence[Posed], xyz: np.ndar
     """
     canvases = [Pose(_bounded(_pinhole_canvas(v.camera), max_side), v.world_to_cam) for v in views]
     out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, bool), np.zeros((0, 2)))] * len(views)
-    for j, depth in render_depths(mesh, canvases, progress=progress, desc=desc):
+    for j, bands in depth_bands(mesh, canvases, progress=progress, desc=desc):
+        depth = depth_map(bands, canvases[j].camera.size)
         out[j] = _observe(views[j].camera, views[j].world_to_cam, canvases[j].camera, depth, xyz, tolerance)
     return out
 

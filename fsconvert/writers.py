@@ -45,7 +45,7 @@ _ZIP_DOS_DATE = (1980 - 1980) << 9 | 1 << 5 | 1
 """1980-01-01, the earliest DOS date (time 00:00:00): no clock in the bytes."""
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes | bytearray) -> None:
     """Write `data` to `path`; OS errors become an OutputError naming the file."""
     try:
         Path(path).write_bytes(data)

@@ -19,7 +19,7 @@ from fsconvert.imagestage import write_images
 from fsconvert.model import Capture
 from fsconvert.options import from_dict
 from fsconvert.protocol import Reading, read_manifest
-from fsconvert.render import Renderer, _pixels, _sample, undistortion_map
+from fsconvert.render import Renderer, _pixels, _sample, distorted_render, undistortion_map
 
 
 def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
@@ -40,6 +40,16 @@ def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
         q[1 + k] = (R[k, i] + R[i, k]) / s
     out = np.array(q) / np.linalg.norm(q)
     return -out if out[0] < 0 else out
+
+
+def whole_depths(mesh, views) -> list[tuple[int, np.ndarray]]:
+    """Each view's whole z-depth map in one piece (`distorted_render`, depth only): what
+    `depthproducts.depth_bands` gives band by band, in its order (landscape views first: OSMesa's last float
+    bits depend on the buffer a view is drawn into)."""
+    order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
+    with Renderer(mesh) as renderer:
+        return [(i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth)
+                for i in order]
 
 
 def run_plan(plan: ViewPlan, dest: Path) -> Path:

@@ -1,19 +1,30 @@
-"""fsconvert.depthproducts: silhouette masks read without z, and uint16 depth maps read a band of rows at a time,
-equal those made from the whole depth maps."""
+"""fsconvert.depthproducts: depth read a band of rows at a time, silhouette masks read without z and uint16 depth
+maps made band by band equal those made from the whole depth maps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import whole_depths
 
-from fsconvert.depthproducts import Pose, depth_pngs, render_depths, render_masks, silhouette
+from fsconvert.depthproducts import (
+    Pose,
+    band_span,
+    depth_bands,
+    depth_map,
+    depth_pngs,
+    depth_range,
+    render_masks,
+    silhouette,
+)
+from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.imagestage import Footprint
 from fsconvert.mesh import load_mesh
 
 
 @pytest.mark.parametrize("options", [ImageOptions(intrinsics="shared"), ImageOptions(undistort=False, scale=0.5)])
-def test_render_masks_equal_silhouettes_of_render_depths(capture, options):
+def test_render_masks_equal_silhouettes_of_whole_depths(capture, options):
     """Pinhole views (undistorted, one shared frame: portrait views turned) and distorted ones (lens kept:
     thresholded resampled depth): `render_masks` gives `silhouette(depth, footprint)` byte for byte."""
     mesh = load_mesh(capture.mesh)
@@ -21,7 +32,7 @@ def test_render_masks_equal_silhouettes_of_render_depths(capture, options):
     assert any(p.camera.has_distortion for p in plans) == (not options.undistort)
     rng = np.random.default_rng(0)
     footprints = [Footprint.of(rng.random((p.camera.height, p.camera.width)) < 0.9) for p in plans]
-    depths = dict(render_depths(mesh, plans))
+    depths = dict(whole_depths(mesh, plans))
     masks = list(render_masks(mesh, plans, footprints))
     assert [i for i, _ in masks] == sorted(range(len(plans)), key=lambda i: plans[i].camera.is_portrait)
     for i, mask in masks:
@@ -44,12 +55,12 @@ def test_footprint_mask_and_alpha():
                                      ImageOptions(scale=0.4)])
 def test_depth_pngs_equal_the_whole_maps_scaled(capture, options):
     """`depth_pngs` (pinhole views in bands of 256 rows: 724- and 1086-row views cut mid-way) gives
-    round(depth·scale) as uint16 of `render_depths`, value for value, and the nearest depth; a view that sees
+    round(depth·scale) as uint16 of the whole maps, value for value, and the nearest depth; a view that sees
     nothing gives zeros and inf."""
     mesh = load_mesh(capture.mesh)
     plans = plan_views(capture.views, options)
     scale = 2000.0 / float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]) + 30)
-    depths = dict(render_depths(mesh, plans))
+    depths = dict(whole_depths(mesh, plans))
     got = list(depth_pngs(mesh, plans, scale))
     assert [i for i, *_ in got] == sorted(range(len(plans)), key=lambda i: plans[i].camera.is_portrait)
     for i, png, near in got:
@@ -59,3 +70,29 @@ def test_depth_pngs_equal_the_whole_maps_scaled(capture, options):
     turn = np.diag([-1.0, 1.0, -1.0, 1.0])  # half a turn about the camera's y axis, in place: the head behind it
     ((_, png, near),) = depth_pngs(mesh, [Pose(plans[0].camera, turn @ plans[0].world_to_cam)], scale)
     assert not png.any() and near == float("inf")
+
+
+@pytest.mark.parametrize("options", [ImageOptions(intrinsics="shared"), ImageOptions(undistort=False, scale=0.5)])
+def test_depth_bands_are_the_whole_maps_and_their_span(capture, options):
+    """`depth_bands` (pinhole views in bands of 256 rows, a distorted view as one band) put together are the
+    whole maps value for value, in the same order; `band_span` is the nearest and farthest foreground depth, and
+    `depth_range` refuses a view that sees no mesh."""
+    mesh = load_mesh(capture.mesh)
+    plans = plan_views(capture.views, options)
+    whole = whole_depths(mesh, plans)
+    spans = []
+    for (i, bands), (j, depth) in zip(depth_bands(mesh, plans), whole, strict=True):
+        bands = [(top, band.copy()) for top, band in bands]  # a band is overwritten by the next
+        assert i == j and len(bands) == (1 if plans[i].camera.has_distortion else -(-len(depth) // 256))
+        assert np.array_equal(depth_map(bands, plans[i].camera.size), depth), i
+        spans.append(band_span(bands))
+        assert spans[-1] == (float(depth[depth > 0].min()), float(depth.max()))
+    near, far = depth_range(spans[0], 0.1, 7)
+    extent = spans[0][1] - spans[0][0]
+    assert (near, far) == (spans[0][0] - 0.1 * extent, spans[0][1] + 0.1 * extent)
+    turn = np.diag([-1.0, 1.0, -1.0, 1.0])  # the head behind the camera
+    away = Pose(plans[0].camera, turn @ plans[0].world_to_cam)
+    (behind,) = [band_span(bands) for _, bands in depth_bands(mesh, [away])]
+    assert behind == (float("inf"), 0.0)
+    with pytest.raises(InputError, match="not visible"):
+        depth_range(behind, 0.1, 7)

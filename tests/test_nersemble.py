@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 import trimesh
 from conftest import expected_pixels
-from helpers import footprint
+from helpers import footprint, whole_depths
 from PIL import Image
 
 import exporters.nersemble as ex
 from fsconvert import conventions as cv
 from fsconvert.cli import main
-from fsconvert.depthproducts import render_depths
 from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
@@ -238,7 +237,7 @@ def test_assumed_scale_moves_the_head_to_the_origin_in_metres(out: Path, sample_
 def test_alpha_maps_are_the_silhouette_where_the_image_has_data(out: Path, capture: Capture, plans: list[ViewPlan]):
     mesh = capture_mesh(capture, "the test")
     uncovered = 0
-    for k, depth in render_depths(mesh, plans):
+    for k, depth in whole_depths(mesh, plans):
         covered = footprint(plans[k])
         expected = (depth > 0) & covered
         alpha = np.array(Image.open(image_path(out, f"{plans[k].view.id:03d}", "alpha_maps")))  # as VHAP reads it

@@ -18,7 +18,7 @@ What 3DGS reads (graphdeco-inria/gaussian-splatting, 2024 depth regularisation):
   which is 0 where no Gaussian covers a pixel.
 
 The rule written here. A view's PNG holds the inverse z-depth 1/z of the exact mesh rendered through its
-output camera (`depthproducts.render_depths`), 0 where the mesh is not seen; offset = 0, so that 0 decodes to
+output camera (`depthproducts.depth_bands`), 0 where the mesh is not seen; offset = 0, so that 0 decodes to
 inverse depth 0, "nothing here", what the rasteriser renders for an empty pixel (3DGS has no per-pixel depth
 mask: a positive offset would put a surface behind every background pixel). scale = the view's largest
 inverse depth × 2**16 / (2**16 − 1): its nearest surface point is PNG value 65535, the whole 16-bit range
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import Posed, render_depths
+from fsconvert.depthproducts import Posed, depth_bands, depth_map
 from fsconvert.errors import InputError
 from fsconvert.jsonvalues import number, read_json
 from fsconvert.writers import write_json, write_png
@@ -79,6 +79,23 @@ def encode(inv: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(inv / scale * INVDEPTH_STEPS), 0, INVDEPTH_MAX).astype(np.uint16)
 
 
+_ROWS = 256
+"""Rows of a depth map converted at a time: float64 temporaries of a band, not of a whole 12.6 MP map (100 MB
+each)."""
+
+
+def _row_bands(z: np.ndarray) -> list[slice]:
+    return [slice(top, top + _ROWS) for top in range(0, len(z), _ROWS)]
+
+
+def _prior(z: np.ndarray, scale: float) -> np.ndarray:
+    """`encode(inverse_depth(z), scale)`, a band of rows at a time: the same values."""
+    png = np.empty(z.shape, np.uint16)
+    for rows in _row_bands(z):
+        png[rows] = encode(inverse_depth(z[rows]), scale)
+    return png
+
+
 def spread_scales(nearest: np.ndarray) -> np.ndarray:
     """Per view: its own scale, raised to ≥ the largest / SCALE_SPREAD; 0 for a view that sees no mesh."""
     own = nearest * INVDEPTH_STEPS / INVDEPTH_MAX
@@ -94,20 +111,21 @@ def write_depth_priors(mesh: trimesh.Trimesh, plans: Sequence[Posed], names: lis
     keys = [depth_key(n) for n in names]
     (folder / DEPTHS).mkdir()
     nearest, written = np.zeros(len(plans)), np.zeros(len(plans))
-    for i, z in render_depths(mesh, plans, progress=progress, desc="depth priors"):
-        inv = inverse_depth(z)
-        nearest[i] = inv.max(initial=0.0)
+    for i, bands in depth_bands(mesh, plans, progress=progress, desc="depth priors"):
+        z = depth_map(bands, plans[i].camera.size)
+        nearest[i] = max((inverse_depth(z[rows]).max(initial=0.0) for rows in _row_bands(z)), default=0.0)
         written[i] = own_scale(nearest[i])
-        write_png(folder / DEPTHS / f"{keys[i]}.png", encode(inv, written[i]))
+        write_png(folder / DEPTHS / f"{keys[i]}.png", _prior(z, written[i]))
     if not nearest.any():
         raise InputError("--depths: no view sees the mesh (3DGS would keep every all-zero prior)")
     scales = spread_scales(nearest)
     raised = [i for i in range(len(plans)) if scales[i] != written[i]]
     if raised:  # views far behind the others: coarser steps, decoding as exact. Every view is drawn again, in
         # the same order: OSMesa's depth changes in its last bits with the buffer a view is drawn into
-        for i, z in render_depths(mesh, plans, progress=progress, desc="depth priors"):
+        for i, bands in depth_bands(mesh, plans, progress=progress, desc="depth priors"):
             if i in raised:
-                write_png(folder / DEPTHS / f"{keys[i]}.png", encode(inverse_depth(z), scales[i]))
+                write_png(folder / DEPTHS / f"{keys[i]}.png", _prior(depth_map(bands, plans[i].camera.size),
+                                                                     scales[i]))
     write_json(folder / SPARSE / DEPTH_PARAMS, {k: {"scale": float(s), "offset": 0.0} for k, s in zip(keys, scales)})
     unseen = [ids[i] for i in range(len(plans)) if nearest[i] == 0]
     warnings = []

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import cv2
 import numpy as np
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_depths, render_masks, silhouette, subjects
+from fsconvert.depthproducts import Bands, depth_bands, render_masks, silhouette, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
@@ -327,21 +328,34 @@ def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str
         for i, mask in render_masks(mesh, plans, footprints, progress=progress):
             write_png(folder / MASKS / f"{stems[i]}.png", mask)
         return
-    for i, depth in render_depths(mesh, plans, progress=progress, desc="masks/depth"):
-        if options.masks:
+    for i, bands in depth_bands(mesh, plans, progress=progress, desc="masks/depth"):
+        seen = np.empty((plans[i].camera.height, plans[i].camera.width), np.uint8) if options.masks else None
+        png = depth_png(bands, plans[i].camera.size, depth_step, plans[i].view.id, seen)
+        if seen is not None:
             assert footprints is not None  # write asks write_images for them with masks
-            write_png(folder / MASKS / f"{stems[i]}.png", silhouette(depth, footprints[i]))
-        write_png(folder / DEPTHS / f"{stems[i]}.png", depth_png(depth, depth_step, plans[i].view.id))
+            write_png(folder / MASKS / f"{stems[i]}.png", cv2.bitwise_and(seen, footprints[i].alpha(), dst=seen))
+        write_png(folder / DEPTHS / f"{stems[i]}.png", png)
 
 
-def depth_png(depth: np.ndarray, unit: float, view: int) -> np.ndarray:
-    """uint16 depth in `unit` steps (foreground ≥ 1, 0 = background); InputError when it overflows."""
-    steps = np.rint(depth.astype(np.float64) / unit)
-    if steps.max() > DEPTH_MAX:
-        raise InputError(f"depth up to {depth.max():.6g} source units is {steps.max():.0f} steps of {unit:g}, "
+def depth_png(bands: Bands, size: tuple[int, int], unit: float, view: int, mask: np.ndarray | None = None
+              ) -> np.ndarray:
+    """uint16 depth in `unit` steps of a view's depth bands (foreground ≥ 1, 0 = background), and, into `mask`,
+    where the mesh is seen (255, `silhouette`); InputError when it overflows."""
+    png = np.empty(size[::-1], np.uint16)
+    deepest = 0.0
+    for top, z in bands:
+        rows = slice(top, top + len(z))
+        if mask is not None:
+            mask[rows] = silhouette(z)
+        steps = np.rint(z.astype(np.float64) / unit)
+        png[rows] = np.where(z > 0, np.maximum(steps, 1), 0)  # whole numbers, cast as astype(np.uint16) casts
+        deepest = max(deepest, float(z.max()))
+    most = float(np.rint(deepest / unit))  # the most steps: rounding keeps the order
+    if most > DEPTH_MAX:
+        raise InputError(f"depth up to {deepest:.6g} source units is {most:.0f} steps of {unit:g}, "
                          f"beyond uint16 ({DEPTH_MAX}); raise --depth-unit (and nerfstudio's "
                          "--depth-unit-scale-factor with it)", view=view)
-    return np.where(depth > 0, np.maximum(steps, 1), 0).astype(np.uint16)
+    return png
 
 
 # ---- mesh and point cloud --------------------------------------------------------------------------
