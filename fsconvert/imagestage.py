@@ -217,29 +217,35 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
         plan = replace(plan, reduce=1)
     decoded = img
     found = Footprint.full(plan.camera.size) if footprint else None
+    subject = None
+    if plan.options.alpha == "subject":
+        if job.subject is None:
+            raise ValueError("alpha 'subject' needs the mesh's silhouette of every view (subjects)")
+        subject = job.subject
     if _needs_remap(plan):
-        out = SCRATCH.array("remapped", (plan.camera.height, plan.camera.width, *img.shape[2:]), np.uint8)
-        bits = np.empty((plan.camera.height, -(-plan.camera.width // 8)), np.uint8) if footprint else None
+        W, H = plan.camera.size
+        # with alpha, each band is remapped into a band of scratch and goes on into the RGBA image at once: no
+        # 3-channel image of the whole view beside it (a 12.6 MP view's is 38 MB)
+        out = SCRATCH.array("rgba", (H, W, 4), np.uint8) if alpha else \
+            SCRATCH.array("remapped", (H, W, *img.shape[2:]), np.uint8)
+        bits = np.empty((H, -(-W // 8)), np.uint8) if footprint else None
         for y, mx, my in plan.map_bands(MAP_ROWS, scratch=True):
             band = slice(y, y + len(mx))
             if bits is not None:
                 bits[band] = np.packbits(_inside_source(mx, my, img.shape[1::-1]), axis=1)
-            cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out[band], borderMode=cv2.BORDER_CONSTANT)
+            if not alpha:
+                cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=out[band], borderMode=cv2.BORDER_CONSTANT)
+                continue
+            assert bits is not None  # alpha asks for the footprint
+            remapped = SCRATCH.array("remapped band", (MAP_ROWS, W, *img.shape[2:]), np.uint8)[:len(mx)]
+            cv2.remap(img, mx, my, cv2.INTER_LINEAR, dst=remapped, borderMode=cv2.BORDER_CONSTANT)
+            _with_alpha(remapped, _alpha_rows(bits[band], subject, band, W), out[band])
         if bits is not None:
-            found = Footprint(bits, plan.camera.width)
+            found = Footprint(bits, W)
         img = out
-    elif plan.rotated:
+    elif plan.rotated:  # never with alpha: it needs undistortion (`ImageOptions`), so a remap
         img = cv2.flip(img, -1)
-    shown = img
-    if alpha:
-        assert found is not None  # made above whenever alpha is asked for
-        inside = found.alpha()
-        if plan.options.alpha == "subject":
-            if job.subject is None:
-                raise ValueError("alpha 'subject' needs the mesh's silhouette of every view (subjects)")
-            cv2.bitwise_and(inside, job.subject.alpha(), dst=inside)
-        img = _with_alpha(img, inside)
-        shown = img[..., :3]
+    shown = img[..., :3] if alpha else img
     preview = shrink(shown, preview_size(plan.camera.size)) if job.preview else None
     data = write_image(dest, img, plan.options, overwrite=img is not decoded)  # the source goes on to `written`
     if job.written is not None:
@@ -304,22 +310,23 @@ def _inside_source(mx: np.ndarray, my: np.ndarray, size: tuple[int, int]) -> np.
     return cv2.bitwise_and(inside, cv2.inRange(my, 0.0, size[1] - 1.0), dst=inside)
 
 
-_ALPHA_ROWS = 256
-"""Rows per band in which `_with_alpha` works (its 4-channel mask is one band, 4.4 MB at 4344 px)."""
+def _alpha_rows(inside: np.ndarray, subject: Footprint | None, rows: slice, width: int) -> np.ndarray:
+    """uint8 alpha (255 or 0) of image rows `rows`: where the pixel has source data (`inside`, those rows' packed
+    footprint bits) and, with a `subject`, where the mesh covers it."""
+    alpha = np.unpackbits(inside, axis=1, count=width)
+    if subject is not None:
+        np.bitwise_and(alpha, np.unpackbits(subject.bits[rows], axis=1, count=width), out=alpha)
+    alpha *= 255
+    return alpha
 
 
-def _with_alpha(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """This thread's scratch H×W×4 image: `img`'s channels where `alpha` (uint8, 0 or 255) is 255, else 0, and
-    `alpha` as the fourth: BGR→BGRA, then AND with (alpha, alpha, alpha, alpha), band by band, in OpenCV (8 ms
-    per 12.6 MP view; numpy's broadcast AND into the strided channels took 107 ms). No full-size temporaries
-    (a 12.6 MP view's RGBA is 50 MB)."""
-    rgba = SCRATCH.array("rgba", (*alpha.shape, 4), np.uint8)
-    band = SCRATCH.array("alpha band", (min(_ALPHA_ROWS, alpha.shape[0]), alpha.shape[1], 4), np.uint8)
-    for y in range(0, alpha.shape[0], _ALPHA_ROWS):
-        a, out = alpha[y:y + _ALPHA_ROWS], rgba[y:y + _ALPHA_ROWS]
-        cv2.cvtColor(img[y:y + _ALPHA_ROWS], cv2.COLOR_BGR2BGRA, dst=out)
-        cv2.bitwise_and(out, cv2.merge([a, a, a, a], dst=band[:len(a)]), dst=out)
-    return rgba
+def _with_alpha(img: np.ndarray, alpha: np.ndarray, rgba: np.ndarray) -> None:
+    """Into `rgba` (rows × W × 4): `img`'s BGR channels where `alpha` (uint8, 0 or 255) is 255, else 0, and `alpha`
+    as the fourth; BGR→BGRA, then AND with (alpha, alpha, alpha, alpha) in OpenCV (8 ms per 12.6 MP view, band by
+    band; numpy's broadcast AND into the strided channels took 107 ms)."""
+    mask = SCRATCH.array("alpha band", (len(alpha), alpha.shape[1], 4), np.uint8)
+    cv2.cvtColor(img, cv2.COLOR_BGR2BGRA, dst=rgba)
+    cv2.bitwise_and(rgba, cv2.merge([alpha, alpha, alpha, alpha], dst=mask), dst=rgba)
 
 
 def _needs_remap(plan: ViewPlan) -> bool:

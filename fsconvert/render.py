@@ -276,6 +276,16 @@ class Renderer:
             self._gl.delete()
             self._platform.delete_context()
             self._platform = self._gl = self._depth_pass = None
+            _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim): Mesa frees a context's buffers and
+    the mesh's vertex data into the heap, where they would stay resident through the work that follows (80 MB
+    after a 1.3 M-face mesh's 12.6 MP renders, measured). Nothing where the C library has no malloc_trim."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _buffer_side(pixels: int) -> int:

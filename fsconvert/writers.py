@@ -6,9 +6,11 @@ container is built here (zipfile's headers change between Python patch releases)
 with a fixed layout.
 
 PNG: 8-bit colour (RGB, RGBA) is encoded by fpng (`fpng` on PyPI, py-fpng-nb: Richard Geldreich's fpng, its
-commit f614589 of 2024-08, in a nanobind module), grey and 16-bit images by OpenCV (libpng). For a 4344×2896
-view on one core: fpng 0.078 s CPU and 12.0 MB, OpenCV's default (libpng at level 1, sub filter, RLE) 0.25 s
-and 11.4 MB; Pillow at level 1, imagecodecs' libpng and libspng took 0.84, 0.40 and 0.73 s (benchmarks/README.md).
+commit f614589 of 2024-08, in a nanobind module), grey and 16-bit images by OpenCV (libpng), and so are masks
+whatever their channels (sdfstudio's are three: OpenCV encodes them row by row, where fpng holds ~100 MB more
+for a 12.6 MP view, and a mask compresses to a few kB). For a 4344×2896 view on one core: fpng 0.078 s CPU and
+12.0 MB, OpenCV's default (libpng at level 1, sub filter, RLE) 0.25 s and 11.4 MB; Pillow at level 1,
+imagecodecs' libpng and libspng took 0.84, 0.40 and 0.73 s (benchmarks/README.md).
 fpng is one pass of the `up` filter and its own deflate (RLE matches, pre-trained Huffman tables), one
 thread, no zlib: its bytes depend on the pixels alone (its SIMD paths compute what its scalar ones do), where
 libpng's depend on the system's libz.so.1 too (OpenCV's and Pillow's wheels link it: a zlib-ng-compat libz
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -161,6 +164,19 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
     return buf.getvalue()
+
+
+def npy_buffer(shape: tuple[int, ...], dtype: str) -> tuple[bytearray, np.ndarray]:
+    """The bytes of a .npy file of an array of `shape` and `dtype` (C order) as `npy_bytes` writes it, with the
+    array still to fill, and the array viewing them: the file made in place (a 12.6 MP float32 map is 50 MB
+    once, where `npy_bytes` of it holds the array, its stream and the bytes taken from it)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": shape})
+    start = header.tell()
+    data = bytearray(start + math.prod(shape) * np.dtype(dtype).itemsize)
+    data[:start] = header.getvalue()
+    return data, np.frombuffer(data, dtype, offset=start).reshape(shape)
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:

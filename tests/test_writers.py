@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fsconvert.errors import OutputError
-from fsconvert.writers import npz_bytes, png_bytes, write_png
+from fsconvert.writers import npy_buffer, npy_bytes, npz_bytes, png_bytes, write_png
 
 FPNG_CHUNK = b"fdEC"
 """fpng's private ancillary chunk: the PNGs fpng wrote carry it, OpenCV's do not."""
@@ -113,6 +113,16 @@ def test_png_write_errors_name_the_file(tmp_path: Path) -> None:
         write_png(target, IMAGES["bgr"])
     with pytest.raises(OutputError, match=r"1\.png: cannot encode a float64 image of shape \(4, 4, 2\) as \.png"):
         write_png(tmp_path / "1.png", np.zeros((4, 4, 2), np.float64))  # no PNG of two float channels
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((724, 1086), "<f4"), ((3,), "<f8"), ((5, 17, 2), "<u2")])
+def test_npy_buffer_filled_is_npy_bytes_of_its_array(shape, dtype):
+    """The .npy made in place is byte for byte what `npy_bytes` (numpy's writer) makes of the same array, and
+    numpy reads it back."""
+    data, array = npy_buffer(shape, dtype)
+    array[...] = np.random.default_rng(3).random(shape) * 1000
+    assert bytes(data) == npy_bytes(array)
+    assert np.array_equal(np.load(io.BytesIO(bytes(data))), array)
 
 
 def test_npz_is_read_by_numpy_and_fixed_by_its_arrays():
