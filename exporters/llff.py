@@ -45,7 +45,7 @@ from fsconvert.depthproducts import band_span, depth_bands, depth_range, subject
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, common_fov, frame_record, plan_views
 from fsconvert.imagestage import stems, uncovered_warnings, write_images
-from fsconvert.mesh import capture_mesh, capture_mesh_path
+from fsconvert.mesh import capture_geometry, capture_mesh_path
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -81,8 +81,8 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the export (see the module docstring): the near/far bounds from the mesh's Trimesh (import and parse
-    ~1 s) after the images (before them only for alpha "subject")."""
+    """Write the export (see the module docstring): the near/far bounds from the mesh's vertices and faces
+    (`capture_geometry`, numpy) after the images (the silhouettes of alpha "subject" before them)."""
     capture_mesh_path(capture, MESH_USE)  # refused before the images without one
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
@@ -102,7 +102,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     rows = np.zeros((len(plans), 17))
-    for i, bands in depth_bands(capture_mesh(capture, MESH_USE), plans, progress=progress):
+    for i, bands in depth_bands(capture_geometry(capture, MESH_USE), plans, progress=progress):
         bounds = depth_range(band_span(bands), options.depth_margin, plans[i].view.id)
         rows[i] = poses_bounds_row(plans[i].world_to_cam, plans[i].camera, bounds)
     write_bytes(folder / POSES, npy_bytes(rows))

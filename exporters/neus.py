@@ -49,7 +49,7 @@ from fsconvert.depthproducts import render_masks, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import write_images
-from fsconvert.mesh import capture_geometry, capture_mesh
+from fsconvert.mesh import capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -86,14 +86,15 @@ class Options:
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the export (see the module docstring): scale_mat from the mesh's vertices (numpy alone) before the
-    images, the masks from its Trimesh (import and parse ~1 s) after them."""
+    images, the masks from its vertices and faces again after them (read anew: a dense scan's are not held through
+    the images)."""
     vertices = capture_geometry(capture, MESH_USE).vertices  # also refuses a capture without a mesh before any work
     plans = plan_views(capture.views, options.image)
     if options.sphere == "mesh":
         centre, radius = cv.bounding_sphere(vertices)
     else:
         centre, radius = rig_sphere([p.world_to_cam for p in plans])
-    del vertices  # a dense scan's are 16 MB, not to be held beside its Trimesh while the masks render
+    del vertices  # a dense scan's are 16 MB, not to be held through the images
     scale_mat = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
@@ -103,7 +104,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                               subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     (folder / MASKS).mkdir()
-    for i, mask in render_masks(capture_mesh(capture, MESH_USE), plans, footprints, progress=progress):
+    for i, mask in render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress):
         write_png(folder / MASKS / f"{stems[i]}.png", mask)
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):

@@ -28,7 +28,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +37,12 @@ from fsconvert.errors import InputError, OutputError
 from fsconvert.fuse import RGBDFrame, integrate
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import stems, write_images
-from fsconvert.mesh import capture_mesh
+from fsconvert.mesh import Geometry, capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.threads import give_back_core, shares_cores, spare_core
 from fsconvert.writers import write_json, write_png
-
-if TYPE_CHECKING:
-    import trimesh
 
 NAME = "open3d"
 SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
@@ -85,7 +82,7 @@ class Options:
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the layout described in the module docstring; depth needs the capture's mesh."""
-    mesh = capture_mesh(capture, "the Open3D export (rendered depth)")
+    mesh = capture_geometry(capture, "the Open3D export (rendered depth)")
     plans = plan_views(capture.views, options.image)
     view_stems = stems(capture.views, digits=6)
     names = [f"{COLOR}/{s}{p.suffix}" for s, p in zip(view_stems, plans)]
@@ -239,7 +236,7 @@ def _second_core(workers: int) -> Iterator[bool]:
                 give_back_core()
 
 
-def _write_depths(mesh: trimesh.Trimesh, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool,
+def _write_depths(mesh: Geometry, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool,
                   encoder: Executor | None = None, beside: Future[Any] | None = None) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG, encoded here or on
     `encoder` while the next view renders (one map at a time); stop at the first error of the work `beside` it."""

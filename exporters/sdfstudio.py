@@ -57,7 +57,7 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import uncovered_warnings, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, show, text
-from fsconvert.mesh import capture_geometry, capture_mesh
+from fsconvert.mesh import capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
@@ -107,7 +107,8 @@ class Options:
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the export (see the module docstring): the unit sphere from the mesh's vertices (numpy alone) before
-    the images, masks and depth from its Trimesh (import and parse ~1 s) after them."""
+    the images, masks and depth from its vertices and faces again after them (read anew: a dense scan's are not
+    held through the images)."""
     centre, radius = cv.bounding_sphere(capture_geometry(capture, MESH_USE).vertices)
     worldtogt = cv.similarity_matrix(options.margin * radius, np.eye(3), centre)
     plans = plan_views(capture.views, options.image)
@@ -128,7 +129,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
 
     if options.depth:
         scale = float(worldtogt[0, 0])
-        for i, bands in depth_bands(capture_mesh(capture, MESH_USE), plans, progress=progress,
+        for i, bands in depth_bands(capture_geometry(capture, MESH_USE), plans, progress=progress,
                                     desc="masks/depth" if options.masks else "depth"):
             W, H = plans[i].camera.size
             data, depth = npy_buffer((H, W), "<f4")
@@ -144,7 +145,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
             if mask is not None:
                 write_mask(i, cv2.bitwise_and(mask, footprints[i].alpha(), dst=mask))
     elif options.masks:  # the same masks without z (`render_masks`)
-        for i, mask in render_masks(capture_mesh(capture, MESH_USE), plans, footprints, progress=progress):
+        for i, mask in render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress):
             write_mask(i, mask)
     scene_box, warnings = scene_box_for([np.asarray(f["camtoworld"])[:3, 3] for f in frames], options.collider)
     width, height = plans[0].camera.size

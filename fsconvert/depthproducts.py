@@ -20,12 +20,19 @@ from tqdm import tqdm
 from . import conventions as cv
 from .errors import InputError
 from .imagestage import Footprint
-from .mesh import capture_mesh
+from .mesh import capture_geometry
 from .model import UNDISTORT_CRITERIA, Camera, Capture
 from .render import Renderer, distorted_render
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import trimesh
+
+    from .mesh import Geometry
+
+    Surface: TypeAlias = trimesh.Trimesh | Geometry
+    """What is rendered: a Trimesh, or a mesh file's vertices and faces alone (`Renderer`)."""
 
 VISIBILITY_MAX_SIDE = 480
 """Default long side of the depth maps point visibility is tested on (observations stay exact)."""
@@ -58,7 +65,7 @@ Bands = Iterable[tuple[int, np.ndarray]]
 """A view's z-depth in bands of rows from the top: (first row, float32 rows; 0 = background)."""
 
 
-def depth_bands(mesh: trimesh.Trimesh, views: Sequence[Posed], *, progress: bool = False,
+def depth_bands(mesh: Surface, views: Sequence[Posed], *, progress: bool = False,
                 desc: str = "depth") -> Iterator[tuple[int, Bands]]:
     """(index into `views`, its z-depth through the view's camera, lens model included) for every view:
     landscape views first, then portrait ones, so that each orientation reuses one GL buffer (views of 12.6 MP
@@ -85,7 +92,7 @@ def depth_map(bands: Bands, size: tuple[int, int]) -> np.ndarray:
     return z
 
 
-def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequence[Footprint] | None = None, *,
+def render_masks(mesh: Surface, views: Sequence[Posed], footprints: Sequence[Footprint] | None = None, *,
                  progress: bool = False, desc: str = "masks") -> Iterator[tuple[int, np.ndarray]]:
     """(index into `views`, `silhouette` of its `depth_bands` depth and footprint), in the same order, the
     same bytes: pinhole views read only where the depth buffer was written (`Renderer.silhouette`: no z, ~0.07 s
@@ -102,7 +109,7 @@ def render_masks(mesh: trimesh.Trimesh, views: Sequence[Posed], footprints: Sequ
             yield i, mask
 
 
-def depth_pngs(mesh: trimesh.Trimesh, views: Sequence[Posed], scale: float, *, progress: bool = False,
+def depth_pngs(mesh: Surface, views: Sequence[Posed], scale: float, *, progress: bool = False,
                desc: str = "depth") -> Iterator[tuple[int, np.ndarray, float]]:
     """(index into `views`, round(z·scale) as uint16 with z its `depth_bands` depth (float32 arithmetic), the
     nearest z > 0 (inf: none)), in the same order, band by band."""
@@ -126,11 +133,13 @@ def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable
 def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *,
              progress: bool = False) -> list[Footprint] | None:
     """Each view's silhouette of the capture's mesh (depth > 0) for the image option alpha "subject", else None
-    (the mesh is loaded only then: `capture_mesh(capture, needed_for)`)."""
+    (the mesh is read only then, as `capture_geometry(capture, needed_for)`: a 1.3 M-face scan parsed by trimesh
+    would stay kept, ~90 MB, through the images that follow, its vertices and faces are freed before them)."""
     if image_alpha != "subject":
         return None
     found: list[Footprint | None] = [None] * len(plans)
-    for i, mask in render_masks(capture_mesh(capture, needed_for), plans, progress=progress, desc="silhouettes"):
+    geometry = capture_geometry(capture, needed_for)
+    for i, mask in render_masks(geometry, plans, progress=progress, desc="silhouettes"):
         found[i] = Footprint.of(mask)
     return [f for f in found if f is not None]
 
@@ -168,7 +177,7 @@ def silhouette(depth: np.ndarray, footprint: Footprint | None = None) -> np.ndar
     return mask
 
 
-def point_visibility(mesh: trimesh.Trimesh, views: Sequence[Posed], xyz: np.ndarray, tolerance: float, *,
+def point_visibility(mesh: Surface, views: Sequence[Posed], xyz: np.ndarray, tolerance: float, *,
                      max_side: int = VISIBILITY_MAX_SIDE, progress: bool = False,
                      desc: str = "visibility") -> list[tuple[np.ndarray, np.ndarray]]:
     """Per view: which world points `xyz` it sees (N bool), and where (M×2, corner-origin pixels as

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
+from .mesh import Geometry
 from .model import UNDISTORT_CRITERIA, Camera
 
 if TYPE_CHECKING:
@@ -87,10 +88,12 @@ class Render:
 class Renderer:
     """Renders one mesh, unlit, through any number of pinhole cameras, of any size, in one reused context.
 
-    Colours come from the mesh texture if it has one, else its vertex colours, else grey.
+    Colours come from the mesh texture if it has one, else its vertex colours, else grey. A mesh file's
+    `Geometry` (vertices and faces, read without trimesh) draws depth and silhouettes, the same values as its
+    Trimesh, and no colour.
     """
 
-    def __init__(self, mesh: trimesh.Trimesh, *, bg_color: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def __init__(self, mesh: trimesh.Trimesh | Geometry, *, bg_color: tuple[int, int, int] = (0, 0, 0)) -> None:
         if os.environ.get("PYOPENGL_PLATFORM") != "osmesa":
             raise RuntimeError("fsconvert renders with OSMesa: import fsconvert before OpenGL/pyrender, "
                                "with PYOPENGL_PLATFORM unset or 'osmesa'")
@@ -102,10 +105,8 @@ class Renderer:
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         self._buffer: np.ndarray | None = None
         """A band of the depth buffer as `silhouette` and `depth_rows` read it, kept from view to view."""
-        import trimesh  # loaded already: `mesh` is a Trimesh
-
-        # trimesh.bounds.corners has no annotations
-        self._corners: np.ndarray = trimesh.bounds.corners(mesh.bounds)
+        lo, hi = mesh.bounds
+        self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         self._platform: OSMesaPlatform | None = None
         self._gl: pyrender.Renderer | None = None
         self._closed = False
@@ -141,6 +142,8 @@ class Renderer:
         if depth_only:
             self._draw_depth(camera, w2c, pr_camera)
             return Render(None, _read_depth(camera.width, camera.height, znear, zfar))
+        if isinstance(self._mesh, Geometry):
+            raise ValueError("Renderer.render draws colour from a Trimesh; a Geometry draws depth only")
         if self._scene is None:
             self._scene = pyrender.Scene(bg_color=np.array([*self._bg, 255]) / 255.0)
             self._scene.add(_pyrender_mesh(self._mesh))
@@ -344,7 +347,7 @@ void main() { gl_Position = P * V * vec4(position, 1.0); }
 void main() {}
 """
 
-    def __init__(self, mesh: trimesh.Trimesh) -> None:
+    def __init__(self, mesh: trimesh.Trimesh | Geometry) -> None:
         from OpenGL import GL
         from OpenGL.GL import shaders
 

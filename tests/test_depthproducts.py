@@ -20,7 +20,8 @@ from fsconvert.depthproducts import (
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.imagestage import Footprint
-from fsconvert.mesh import load_mesh
+from fsconvert.mesh import load_mesh, read_geometry
+from fsconvert.render import Renderer
 
 
 @pytest.mark.parametrize("options", [ImageOptions(intrinsics="shared"), ImageOptions(undistort=False, scale=0.5)])
@@ -96,3 +97,17 @@ def test_depth_bands_are_the_whole_maps_and_their_span(capture, options):
     assert behind == (float("inf"), 0.0)
     with pytest.raises(InputError, match="not visible"):
         depth_range(behind, 0.1, 7)
+
+
+def test_a_mesh_files_geometry_draws_the_same_masks_and_depth_as_its_trimesh(capture):
+    """`read_geometry`'s vertices and faces (no trimesh) render the silhouettes and depth of the Trimesh, byte for
+    byte; a colour render asks for the Trimesh."""
+    plans = plan_views(capture.views, ImageOptions(intrinsics="shared"))
+    mesh, geometry = load_mesh(capture.mesh), read_geometry(capture.mesh)
+    for (i, a), (j, b) in zip(render_masks(mesh, plans), render_masks(geometry, plans), strict=True):
+        assert i == j and np.array_equal(a, b) and a.any(), i
+    for (i, a, near_a), (j, b, near_b) in zip(depth_pngs(mesh, plans, 100.0), depth_pngs(geometry, plans, 100.0),
+                                              strict=True):
+        assert i == j and near_a == near_b and np.array_equal(a, b), i
+    with Renderer(geometry) as renderer, pytest.raises(ValueError, match="depth only"):
+        renderer.render(plans[0].camera, plans[0].world_to_cam)
