@@ -125,8 +125,14 @@ def bound(kind: str, tuple_dir: Path, views: int, processes: int) -> float:
 
 
 def command(fmt: str, tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS in MB: its VmHWM, read every 10 ms while it runs) of the command in a new process."""
-    args = [str(Path(sys.executable).parent / "fsconvert"), *FORMATS[fmt], str(tuple_dir), "-o", str(out),
+    """(seconds, peak RSS in MB) of the format's command in a new process (`measured`)."""
+    return measured(FORMATS[fmt], tuple_dir, out, jobs, mesh)
+
+
+def measured(command: list[str], tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS in MB: its VmHWM, read every 10 ms while it runs) of `fsconvert COMMAND TUPLE -o OUT -j
+    JOBS --no-check` in a new process."""
+    args = [str(Path(sys.executable).parent / "fsconvert"), *command, str(tuple_dir), "-o", str(out),
             "-j", str(jobs), "--no-check", "-q", "--overwrite", "--force", *(["--mesh", str(mesh)] if mesh else [])]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL)

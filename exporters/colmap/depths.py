@@ -49,9 +49,10 @@ from fsconvert.writers import write_json, write_png
 from .layout import DEPTH_PARAMS, DEPTHS, INVDEPTH_MAX, INVDEPTH_STEPS, NAME, RELIABLE_SCALE, SPARSE, depth_key
 
 if TYPE_CHECKING:
-    import trimesh
     from pycolmap import Image as ColmapImage
     from pycolmap import Reconstruction
+
+    from fsconvert.mesh import Geometry
 
 SCALE_SPREAD = 4.0
 """Positive scales lie within this factor of the largest: inside 3DGS's [0.2, 5] × median."""
@@ -104,7 +105,7 @@ def spread_scales(nearest: np.ndarray) -> np.ndarray:
     return scales
 
 
-def write_depth_priors(mesh: trimesh.Trimesh, plans: Sequence[Posed], names: list[str], ids: list[int],
+def write_depth_priors(mesh: Geometry, plans: Sequence[Posed], names: list[str], ids: list[int],
                        folder: Path, *, progress: bool) -> tuple[dict[str, Any], list[str]]:
     """`depths/<key>.png` and `sparse/0/depth_params.json` (see the module docstring); (manifest record,
     warnings)."""

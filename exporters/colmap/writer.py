@@ -16,7 +16,7 @@ from fsconvert.depthproducts import point_visibility, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import read_image, stems, write_images
-from fsconvert.mesh import capture_mesh, face_areas, vertex_colors
+from fsconvert.mesh import capture_geometry, capture_mesh, face_areas, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 from fsconvert.writers import ply_vertices, write_ply, write_png
@@ -109,6 +109,13 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         assert footprints is not None  # write_images returns them when asked for
         for name, fp in zip(names, footprints):
             write_png(folder / MASKS / f"{name}.png", fp.alpha())
+    sparse = folder / SPARSE
+    sparse.mkdir(parents=True)
+    depths: dict[str, Any] = {}
+    depth_warnings: list[str] = []
+    if options.depths:  # before points3D: this GL context and its depth maps are gone before the mesh is parsed
+        depths, depth_warnings = write_depth_priors(capture_geometry(capture, "--depths"), plans, names,
+                                                    [p.view.id for p in plans], folder, progress=progress)
     rec = pycolmap.Reconstruction()
     keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
     stats = {"sampled": options.points, "kept": 0, "dropped": 0}
@@ -123,8 +130,6 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if options.points:
         _add_tracks(pycolmap, rec, cloud)
         rec.update_point_3d_errors()
-    sparse = folder / SPARSE
-    sparse.mkdir(parents=True)
     for ext in MODEL_FORMATS[options.model_format]:
         (rec.write_binary if ext == "bin" else rec.write_text)(str(sparse))
         for extra in ("rigs", "frames"):  # the legacy three files: every reader's (layout.MODEL_FILES)
@@ -134,12 +139,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
               f"{stats['dropped']} dropped", file=sys.stderr)
-    warnings = reader_warnings(pycolmap, plans, options)
-    depths: dict[str, Any] = {}
-    if options.depths:
-        depths, more = write_depth_priors(capture_mesh(capture, "--depths"), plans, names,
-                                          [p.view.id for p in plans], folder, progress=progress)
-        warnings += more
+    warnings = reader_warnings(pycolmap, plans, options) + depth_warnings
     return {"images": [str(IMAGES / n) for n in names], "points3D": stats, **frame_record(capture.views, options.image),
             **({"depths": depths} if depths else {}), **({"warnings": warnings} if warnings else {})}
 
