@@ -49,6 +49,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/bench_startup.py --repeat 5 --formats colmap,nerf,neus
 	$(VENV)/bin/python benchmarks/bench_tuple.py --repeat 3 --dataset 4
 	$(VENV)/bin/python benchmarks/bench_png.py --repeat 2
+	$(VENV)/bin/python benchmarks/bench_memory.py
 	$(VENV)/bin/python benchmarks/bench_check.py --repeat 2
 	$(VENV)/bin/python benchmarks/bench_batch.py --quick
 
