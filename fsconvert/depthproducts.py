@@ -70,8 +70,8 @@ def depth_bands(mesh: Surface, views: Sequence[Posed], *, progress: bool = False
     """(index into `views`, its z-depth through the view's camera, lens model included) for every view:
     landscape views first, then portrait ones, so that each orientation reuses one GL buffer (views of 12.6 MP
     alternating in orientation would re-create the context at every view, ~0.15 s each). Pinhole views come
-    _BAND_ROWS rows at a time (`Renderer.depth_rows`: a band is overwritten by the next, and a 12.6 MP view's
-    whole map, 50 MB, is never made), distorted ones as one band, their whole map (`render.distorted_render`).
+    256 rows at a time (`Renderer.depth_rows`: a band is overwritten by the next, and a 12.6 MP view's whole
+    map, 50 MB, is never made), distorted ones as one band, their whole map (`render.distorted_render`).
     Read a view's bands before the next view.
 
     The order is part of the output: OSMesa's depth differs in the last float bits with the size of
@@ -133,8 +133,8 @@ def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable
 def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *,
              progress: bool = False) -> list[Footprint] | None:
     """Each view's silhouette of the capture's mesh (depth > 0) for the image option alpha "subject", else None
-    (the mesh is read only then, as `capture_geometry(capture, needed_for)`: a 1.3 M-face scan parsed by trimesh
-    would stay kept, ~90 MB, through the images that follow, its vertices and faces are freed before them)."""
+    (the mesh is read only then, as `capture_geometry(capture, needed_for)`: parsed by trimesh, a 1.3 M-face scan
+    would stay kept, ~90 MB, through the images that follow; its vertices and faces are freed before them)."""
     if image_alpha != "subject":
         return None
     found: list[Footprint | None] = [None] * len(plans)
