@@ -140,8 +140,8 @@ class Renderer:
             return Render(None if depth_only else np.tile(self._bg, (*depth.shape, 1)), depth)
         znear, zfar = pr_camera.znear, pr_camera.zfar
         if depth_only:
-            self._draw_depth(camera, w2c, pr_camera)
-            return Render(None, _read_depth(camera.width, camera.height, znear, zfar))
+            framebuffer = self._draw_depth(camera, w2c, pr_camera)
+            return Render(None, _read_depth(camera.width, camera.height, znear, zfar, framebuffer))
         if isinstance(self._mesh, Geometry):
             raise ValueError("Renderer.render draws colour from a Trimesh; a Geometry draws depth only")
         if self._scene is None:
@@ -151,6 +151,9 @@ class Renderer:
             self._scene.remove_node(self._camera_node)
         self._camera_node = self._scene.add(pr_camera, pose=cv.w2c_cv_to_c2w_gl(w2c))
         drawer = self._context(camera.width, camera.height)
+        from OpenGL import GL
+
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, 0)  # the context's own buffer (a depth pass leaves its own bound)
         # double-sided, like the depth pass: a mesh with reversed winding must not be seen through
         drawer.render(self._scene, pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT)
         depth = _read_depth(camera.width, camera.height, znear, zfar)
@@ -190,15 +193,14 @@ class Renderer:
         rows = min(H, _BAND_ROWS)
         w2c = cv.homogeneous(world_to_cam)
         pr_camera = self._camera(camera, w2c)
-        if pr_camera is not None:
-            self._draw_depth(camera, w2c, pr_camera)
+        framebuffer = 0 if pr_camera is None else self._draw_depth(camera, w2c, pr_camera)
         for top in range(0, H, rows):
             n = min(rows, H - top)
             band = self._band(W, n)
             if pr_camera is None:
                 band[:] = 1
             else:  # GL rows run bottom-up: image rows top … top + n − 1 are GL rows H − top − 1 … H − top − n
-                cv2.flip(_read_depth_buffer(band, H - top - n), 0, dst=band)
+                cv2.flip(_read_depth_buffer(band, H - top - n, framebuffer), 0, dst=band)
             yield top, band, pr_camera
 
     def _band(self, width: int, rows: int) -> np.ndarray:
@@ -219,13 +221,15 @@ class Renderer:
         znear = max(float(z.min()) * 0.99, zfar * 1e-4)
         return pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
 
-    def _draw_depth(self, camera: Camera, w2c: np.ndarray, pr_camera: pyrender.IntrinsicsCamera) -> None:
-        """The depth pass through `pr_camera` (its znear and zfar) at `camera`'s size."""
-        self._context(camera.width, camera.height)
+    def _draw_depth(self, camera: Camera, w2c: np.ndarray, pr_camera: pyrender.IntrinsicsCamera) -> int:
+        """The depth pass through `pr_camera` (its znear and zfar) at `camera`'s size; the framebuffer it drew
+        into (its own, of the view's size: the context's buffer stays as small as colour renders leave it)."""
+        self._context(1, 1)
         if self._depth_pass is None:
             self._depth_pass = _DepthPass(self._mesh)
-        self._depth_pass.draw(cv.gl_view_matrix(w2c), pr_camera.get_projection_matrix(camera.width, camera.height),
-                              camera.width, camera.height)
+        return self._depth_pass.draw(cv.gl_view_matrix(w2c),
+                                     pr_camera.get_projection_matrix(camera.width, camera.height),
+                                     camera.width, camera.height)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
@@ -296,13 +300,13 @@ def _buffer_side(pixels: int) -> int:
     return math.ceil(pixels / _BUFFER_STEP) * _BUFFER_STEP
 
 
-def _read_depth(width: int, height: int, znear: float, zfar: float) -> np.ndarray:
+def _read_depth(width: int, height: int, znear: float, zfar: float, framebuffer: int = 0) -> np.ndarray:
     """z-depth (float32, 0 = background) of the current viewport: z = n·f / (f − d·(f − n)) for a depth
     buffer value d < 1. Read into one array and converted and flipped in place (a 12.6 MP view is
     50 MB per array); the background (d = 1, which linearises to a finite f) is multiplied by 0, not
     assigned through a boolean index (~8× slower). pyrender's read_depth_buf computes the same through
     NDC with masked indexing, ~3× slower (70 ms for a 12.6 MP view)."""
-    z = _linearised(_read_depth_buffer(np.empty((height, width), np.float32)), znear, zfar)
+    z = _linearised(_read_depth_buffer(np.empty((height, width), np.float32), 0, framebuffer), znear, zfar)
     return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
 
 
@@ -316,13 +320,13 @@ def _linearised(z: np.ndarray, znear: float, zfar: float) -> np.ndarray:
     return z
 
 
-def _read_depth_buffer(out: np.ndarray, first_row: int = 0) -> np.ndarray:
-    """The depth buffer values (float32 in [0, 1], rows bottom-up) of the current viewport's rows `first_row` (from
-    the bottom) on, into n×W `out`."""
+def _read_depth_buffer(out: np.ndarray, first_row: int = 0, framebuffer: int = 0) -> np.ndarray:
+    """The depth buffer values (float32 in [0, 1], rows bottom-up) of `framebuffer`'s rows `first_row` (from the
+    bottom) on, into n×W `out` (0: the context's own buffer, where colour renders draw)."""
     from OpenGL import GL
 
-    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
-    GL.glReadBuffer(GL.GL_FRONT)
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, framebuffer)
+    GL.glReadBuffer(GL.GL_FRONT if framebuffer == 0 else GL.GL_NONE)
     GL.glReadPixels(0, first_row, out.shape[1], out.shape[0], GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, out)
     return out
 
@@ -368,12 +372,27 @@ void main() {}
         GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, index_buffer)
         GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, GL.GL_STATIC_DRAW)
         GL.glBindVertexArray(0)
+        self._framebuffer: int = GL.glGenFramebuffers(1)
+        self._depth: int = GL.glGenRenderbuffers(1)
+        self._size = (0, 0)
 
-    def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> None:
-        """Draw into the lower-left `width`×`height` of the default framebuffer (depth cleared to 1)."""
+    def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> int:
+        """Draw into this pass's framebuffer, a `width`×`height` 24-bit depth buffer and no colour (depth cleared
+        to 1); return it, bound. The context's own buffer would hold a colour texture and the caller's colour
+        array besides, ~100 MB at 12.6 MP, that a depth pass never uses."""
         from OpenGL import GL
 
-        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, 0)
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._framebuffer)
+        if self._size != (width, height):  # a new buffer: storage re-specified in place stays held (~12 MB a size)
+            GL.glDeleteRenderbuffers(1, [self._depth])
+            self._depth = GL.glGenRenderbuffers(1)
+            GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, self._depth)
+            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, width, height)
+            GL.glFramebufferRenderbuffer(GL.GL_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, self._depth)
+            GL.glDrawBuffer(GL.GL_NONE)
+            if GL.glCheckFramebufferStatus(GL.GL_FRAMEBUFFER) != GL.GL_FRAMEBUFFER_COMPLETE:
+                raise RuntimeError(f"OpenGL cannot make a {width}×{height} depth framebuffer")
+            self._size = (width, height)
         GL.glViewport(0, 0, width, height)
         GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthMask(GL.GL_TRUE)
@@ -391,6 +410,7 @@ void main() {}
         GL.glUseProgram(0)
         GL.glColorMask(GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE)
         GL.glFlush()
+        return self._framebuffer
 
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:

@@ -44,8 +44,7 @@ def rotation_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
 
 def whole_depths(mesh, views) -> list[tuple[int, np.ndarray]]:
     """Each view's whole z-depth map in one piece (`distorted_render`, depth only): what
-    `depthproducts.depth_bands` gives band by band, in its order (landscape views first: OSMesa's last float
-    bits depend on the buffer a view is drawn into)."""
+    `depthproducts.depth_bands` gives band by band, in its order (landscape views first)."""
     order = sorted(range(len(views)), key=lambda i: views[i].camera.is_portrait)
     with Renderer(mesh) as renderer:
         return [(i, distorted_render(renderer, views[i].camera, views[i].world_to_cam, depth_only=True).depth)

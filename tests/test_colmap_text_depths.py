@@ -240,9 +240,8 @@ def gs_depth_priors(out: Path) -> dict[str, SimpleNamespace]:
 def mesh_inverse_depth(out: Path, capture) -> dict[str, np.ndarray]:
     """Image name → the mesh's z-depth rendered through the export's output camera (the plan's).
 
-    Landscape views first, then portrait ones, in one renderer: OSMesa's depth buffer differs in its last bits
-    with the size of the buffer a view is drawn into (a few pixels in 10⁵ by up to ~1.4e-5 relative, one
-    16-bit step here), and this is the order that sizes the buffers as the export's renders did."""
+    Each view drawn through its own depth buffer, as the export's renders are (its depth does not depend on the
+    views drawn before it)."""
     manifest = read_manifest(out)
     options = from_dict(colmap.Options, manifest["options"])
     plans = {p.view.id: p for p in plan_views(capture.views, options.image)}

@@ -111,3 +111,21 @@ def test_a_mesh_files_geometry_draws_the_same_masks_and_depth_as_its_trimesh(cap
         assert i == j and near_a == near_b and np.array_equal(a, b), i
     with Renderer(geometry) as renderer, pytest.raises(ValueError, match="depth only"):
         renderer.render(plans[0].camera, plans[0].world_to_cam)
+
+
+def test_a_views_depth_does_not_depend_on_what_was_drawn_before(capture):
+    """Each depth pass draws into a buffer of its own view's size: a landscape view's depth is the same drawn
+    alone, after a portrait view, and after a colour render of another size in the same renderer."""
+    mesh = load_mesh(capture.mesh)
+    plans = plan_views(capture.views, ImageOptions(orientation="keep"))
+    landscape = next(p for p in plans if not p.camera.is_portrait)
+    portrait = next(p for p in plans if p.camera.is_portrait)
+    with Renderer(mesh) as renderer:
+        alone = renderer.render(landscape.camera, landscape.world_to_cam, depth_only=True).depth
+    with Renderer(mesh) as renderer:
+        renderer.render(portrait.camera, portrait.world_to_cam, depth_only=True)
+        after_portrait = renderer.render(landscape.camera, landscape.world_to_cam, depth_only=True).depth
+        renderer.render(portrait.camera, portrait.world_to_cam)  # colour, in the context's own buffer
+        after_colour = renderer.render(landscape.camera, landscape.world_to_cam, depth_only=True).depth
+    assert (alone > 0).mean() > 0.05
+    assert np.array_equal(alone, after_portrait) and np.array_equal(alone, after_colour)

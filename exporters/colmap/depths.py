@@ -121,12 +121,11 @@ def write_depth_priors(mesh: Geometry, plans: Sequence[Posed], names: list[str],
         raise InputError("--depths: no view sees the mesh (3DGS would keep every all-zero prior)")
     scales = spread_scales(nearest)
     raised = [i for i in range(len(plans)) if scales[i] != written[i]]
-    if raised:  # views far behind the others: coarser steps, decoding as exact. Every view is drawn again, in
-        # the same order: OSMesa's depth changes in its last bits with the buffer a view is drawn into
-        for i, bands in depth_bands(mesh, plans, progress=progress, desc="depth priors"):
-            if i in raised:
-                write_png(folder / DEPTHS / f"{keys[i]}.png", _prior(depth_map(bands, plans[i].camera.size),
-                                                                     scales[i]))
+    if raised:  # views far behind the others: coarser steps, decoding as exact; drawn again (a view's depth does
+        # not depend on the views drawn before it, `depth_bands`)
+        for k, bands in depth_bands(mesh, [plans[i] for i in raised], progress=progress, desc="depth priors"):
+            i = raised[k]
+            write_png(folder / DEPTHS / f"{keys[i]}.png", _prior(depth_map(bands, plans[i].camera.size), scales[i]))
     write_json(folder / SPARSE / DEPTH_PARAMS, {k: {"scale": float(s), "offset": 0.0} for k, s in zip(keys, scales)})
     unseen = [ids[i] for i in range(len(plans)) if nearest[i] == 0]
     warnings = []
