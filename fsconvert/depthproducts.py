@@ -1,6 +1,6 @@
 """Depth products: what formats derive from the mesh through the output cameras, made here for all of them.
 
-Depth maps through any cameras (distorted ones exactly, grouped by orientation to reuse the GL
+Depth maps through any cameras (distorted ones exactly, grouped by orientation to reuse the depth
 buffer), silhouette masks, depth ranges, and which views see which surface points. Formats only
 encode the values their own way (depth units, alpha channels, file names). `fsconvert.render` imports
 pyrender and OpenGL (~1 s) on first use, and `fsconvert.mesh` trimesh: listing formats or `--help` does not pay them.
@@ -68,8 +68,8 @@ Bands = Iterable[tuple[int, np.ndarray]]
 def depth_bands(mesh: Surface, views: Sequence[Posed], *, progress: bool = False,
                 desc: str = "depth") -> Iterator[tuple[int, Bands]]:
     """(index into `views`, its z-depth through the view's camera, lens model included) for every view:
-    landscape views first, then portrait ones, so that each orientation reuses one GL buffer (views of 12.6 MP
-    alternating in orientation would re-create the context at every view, ~0.15 s each). Pinhole views come
+    landscape views first, then portrait ones, so that each orientation reuses one depth buffer (it is made anew
+    for each new size). Pinhole views come
     256 rows at a time (`Renderer.depth_rows`: a band is overwritten by the next, and a 12.6 MP view's whole
     map, 50 MB, is never made), distorted ones as one band, their whole map (`render.distorted_render`).
     Read a view's bands before the next view.
