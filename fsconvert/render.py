@@ -378,22 +378,24 @@ void main() {}
         self._size = (0, 0)
 
     def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> int:
-        """Draw into this pass's framebuffer, a `width`×`height` 24-bit depth buffer and no colour (depth cleared
-        to 1); return it, bound. The context's own buffer would hold a colour texture and the caller's colour
-        array besides, ~100 MB at 12.6 MP, that a depth pass never uses."""
+        """Draw into the lower-left `width`×`height` of this pass's framebuffer, a 24-bit depth buffer and no colour
+        (depth cleared to 1); return it, bound. The context's own buffer would hold a colour texture and the
+        caller's colour array besides, ~100 MB at 12.6 MP, that a depth pass never uses. The depth buffer grows to
+        the largest width and height drawn (rounded up to _BUFFER_STEP) and never shrinks: Mesa 22 keeps a deleted
+        buffer's memory until the context goes (~12 MB per 3 MP size, measured on Debian 12)."""
         from OpenGL import GL
 
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._framebuffer)
-        if self._size != (width, height):  # a new buffer: storage re-specified in place stays held (~12 MB a size)
+        if width > self._size[0] or height > self._size[1]:
+            self._size = (_buffer_side(max(width, self._size[0])), _buffer_side(max(height, self._size[1])))
             GL.glDeleteRenderbuffers(1, [self._depth])
             self._depth = GL.glGenRenderbuffers(1)
             GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, self._depth)
-            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, width, height)
+            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, *self._size)
             GL.glFramebufferRenderbuffer(GL.GL_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, self._depth)
             GL.glDrawBuffer(GL.GL_NONE)
             if GL.glCheckFramebufferStatus(GL.GL_FRAMEBUFFER) != GL.GL_FRAMEBUFFER_COMPLETE:
-                raise RuntimeError(f"OpenGL cannot make a {width}×{height} depth framebuffer")
-            self._size = (width, height)
+                raise RuntimeError(f"OpenGL cannot make a {self._size[0]}×{self._size[1]} depth framebuffer")
         GL.glViewport(0, 0, width, height)
         GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthMask(GL.GL_TRUE)
