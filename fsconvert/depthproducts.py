@@ -170,11 +170,9 @@ def depth_range(span: tuple[float, float], margin: float, view: int) -> tuple[fl
     return max(near - pad, near / 2), far + pad
 
 
-def silhouette(depth: np.ndarray, footprint: Footprint | None = None) -> np.ndarray:
-    """uint8 mask: 255 where the mesh is (depth > 0) and, with a footprint, the pixel has source data."""
+def silhouette(depth: np.ndarray) -> np.ndarray:
+    """uint8 mask: 255 where the mesh is (depth > 0), else 0."""
     mask: np.ndarray = cv2.compare(depth, 0.0, cv2.CMP_GT)  # type: ignore[call-overload]  # stubs: no scalars
-    if footprint is not None:
-        cv2.bitwise_and(mask, footprint.alpha(), dst=mask)
     return mask
 
 

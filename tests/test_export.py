@@ -14,7 +14,6 @@ import pytest
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import facescape
-from fsconvert.depthproducts import silhouette
 from fsconvert.errors import OutputError
 from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions, plan_views
@@ -105,7 +104,6 @@ def test_footprints_are_where_the_remap_reads_source_pixels(capture, tmp_path: P
                 assert mask.all()
             if options.undistort:
                 assert 0 < mask.mean() < 1  # undistortion leaves an empty border
-            depth = np.ones(mask.shape, np.float32)
-            assert np.array_equal(silhouette(depth, footprint) == 255, mask)
+            assert np.array_equal(footprint.alpha() == 255, mask)
         assert write_images(plans, names, tmp_path / f"again{id(options)}") is None
         assert cv2.imread(str(tmp_path / str(id(options)) / names[0])) is not None
