@@ -6,10 +6,11 @@ are linked or copied, after a 1/8-size verification decode.
 
 `workers` > 1 runs the views on that many THREADS of this process, not processes. Each view's work is
 native code that releases the GIL for its whole length (simplejpeg's decode, `cv2.remap`, `cv2.imencode`,
-the file read and write), so threads run it on as many cores, and they start at once: spawned worker
-processes re-import the package (numpy, OpenCV, the renderer) before their first view, which for one
-tuple of ~20 views costs about what the views do (measured: `-j 2` no faster than `-j 1`), and each one
-would pickle its plans in and its previews and footprints out. The rules that keep it correct:
+the file read and write; fpng does not, so each thread has a helper process encode its PNGs, the pixels made
+in the memory they share, `fsconvert.pngprocess`), so threads run it on as many cores, and they start at
+once: spawned worker processes re-import the package (numpy, OpenCV, the renderer) before their first view,
+which for one tuple of ~20 views costs about what the views do (measured: `-j 2` no faster than `-j 1`), and
+each one would pickle its plans in and its previews and footprints out. The rules that keep it correct:
 
 - each thread has its own scratch arrays (`remapmaps.SCRATCH` is a `threading.local`: the decoded image,
   the undistortion maps and the remapped image of one thread are never another's; the preview and
@@ -52,6 +53,7 @@ from . import conventions as cv
 from .errors import InputError, OutputError
 from .imageplan import REDUCTIONS, ImageOptions, ViewPlan
 from .model import View
+from .pngprocess import FpngProcess, FpngProcesses
 from .remapmaps import SCRATCH
 from .threads import check_stop, give_back_core, opencv_threads, shares_cores, spare_core
 from .writers import encoded, png_bytes, write_bytes
@@ -136,11 +138,12 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
 
 
-def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False) -> bytes:
+def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False,
+                fpng: FpngProcess | None = None) -> bytes:
     """Encode and write; return the bytes written. Write errors (disk full, read-only) become OutputError.
-    `overwrite`: `img` may be left changed (`writers.png_bytes`)."""
+    `overwrite`: `img` may be left changed (`writers.png_bytes`); `fpng`: the process that encodes a PNG."""
     if options.image_format == "png":
-        data = png_bytes(img, path, overwrite=overwrite)
+        data = png_bytes(img, path, overwrite=overwrite, fpng_encode=None if fpng is None else fpng.encode)
     else:
         data = encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality], path)
     write_bytes(path, data)
@@ -191,11 +194,11 @@ class _Job:
     written: WrittenCallback | None = None
 
 
-def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
+def _produce(job: _Job, fpng: FpngProcesses | None = None) -> tuple[Footprint | None, np.ndarray | None]:
     """Write the output image; with `footprint`, also return where it has source data, with `preview` a
     copy at `preview_size` (none for originals placed unchanged). With the plan's `alpha`, an RGBA PNG
     whose alpha is 255 where the pixel has source data (and, "subject", the mesh covers it), else 0 with
-    RGB 0."""
+    RGB 0. `fpng`: a PNG is encoded by this thread's helper process (started now, while the view decodes)."""
     plan, dest, alpha = job.plan, job.dest, job.plan.options.alpha != "none"
     footprint = job.footprint or alpha
     view = plan.view
@@ -204,6 +207,7 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
         verify_jpeg(view.image, view.id, allow_corrupt=allow)
         _place_original(view.image, dest, plan.options.link)
         return Footprint.full(plan.camera.size) if footprint else None, None
+    encoder = fpng.for_this_thread() if fpng is not None and plan.options.image_format == "png" else None
     img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow, scratch=True)
     if img.shape[1::-1] != cv.reduced_size(view.camera.size, plan.reduce):
         img = read_image(view.image, 1, view.id, allow_corrupt=allow, scratch=True)
@@ -225,9 +229,11 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
     if _needs_remap(plan):
         W, H = plan.camera.size
         # with alpha, each band is remapped into a band of scratch and goes on into the RGBA image at once: no
-        # 3-channel image of the whole view beside it (a 12.6 MP view's is 38 MB)
-        out = SCRATCH.array("rgba", (H, W, 4), np.uint8) if alpha else \
-            SCRATCH.array("remapped", (H, W, *img.shape[2:]), np.uint8)
+        # 3-channel image of the whole view beside it (a 12.6 MP view's is 38 MB); a PNG for a helper process
+        # is made in the memory it encodes from
+        shape = (H, W, 4) if alpha else (H, W, *img.shape[2:])
+        out = encoder.pixels(shape) if encoder is not None else SCRATCH.array("rgba" if alpha else "remapped", shape,
+                                                                              np.uint8)
         bits = np.empty((H, -(-W // 8)), np.uint8) if footprint else None
         for y, mx, my in plan.map_bands(MAP_ROWS, scratch=True):
             band = slice(y, y + len(mx))
@@ -247,7 +253,8 @@ def _produce(job: _Job) -> tuple[Footprint | None, np.ndarray | None]:
         img = cv2.flip(img, -1)
     shown = img[..., :3] if alpha else img
     preview = shrink(shown, preview_size(plan.camera.size)) if job.preview else None
-    data = write_image(dest, img, plan.options, overwrite=img is not decoded)  # the source goes on to `written`
+    # the decoded source goes on to `written`: only a remapped image may be overwritten
+    data = write_image(dest, img, plan.options, overwrite=img is not decoded, fpng=encoder)
     if job.written is not None:
         job.written(plan, dest, decoded, data)
     return found if job.footprint else None, preview
@@ -412,6 +419,7 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
     order: deque[Future[_Result]] = deque()  # started, not yet yielded, in task order
     todo = iter(tasks)
     following = next(todo, None)
+    fpng = FpngProcesses() if any(t.plan.options.image_format == "png" for t in tasks) else None
     with opencv_threads(1):
         try:
             while order or following is not None:
@@ -427,7 +435,7 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
                         lanes.append(ThreadPoolExecutor(1, thread_name_prefix=f"fsconvert-images-{len(lanes)}"))
                         free.append(lanes[-1])
                     lane = free.pop()
-                    future = lane.submit(_produce, following)
+                    future = lane.submit(_produce, following, fpng)
                     running[future] = lane
                     order.append(future)
                     following = next(todo, None)
@@ -438,6 +446,8 @@ def _results(tasks: Sequence[_Job], workers: int) -> Generator[_Result, None, No
         finally:  # done, an error, or the consumer stopped: the running views finish, their cores go back
             for lane in lanes:
                 lane.shutdown()
+            if fpng is not None:
+                fpng.close()
             for _ in range(len(running) - own):
                 give_back_core()
 

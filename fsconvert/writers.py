@@ -15,9 +15,8 @@ fpng is one pass of the `up` filter and its own deflate (RLE matches, pre-traine
 thread, no zlib: its bytes depend on the pixels alone (its SIMD paths compute what its scalar ones do), where
 libpng's depend on the system's libz.so.1 too (OpenCV's and Pillow's wheels link it: a zlib-ng-compat libz
 writes other bytes). Its files carry fpng's private ancillary chunk `fdEC`, which readers skip. Its binding
-holds the GIL while it encodes, so the image stage's threads encode PNGs one at a time (measured: 2 threads
-decoding, remapping and encoding 4344×2896 views ran 1.01× one thread's rate, 2.04× with OpenCV's PNG; per
-view, one thread with fpng still beat two with OpenCV on 2 cores).
+holds the GIL while it encodes, so the image stage's threads hand their PNGs to helper processes
+(`fsconvert.pngprocess`, `png_bytes`' `fpng_encode`) that run the same fpng.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -86,25 +85,27 @@ def write_png(path: Path, img: np.ndarray, *, overwrite: bool = False) -> None:
     write_bytes(path, png_bytes(img, path, overwrite=overwrite))
 
 
-def png_bytes(img: np.ndarray, path: Path | None = None, *, overwrite: bool = False) -> bytes:
+def png_bytes(img: np.ndarray, path: Path | None = None, *, overwrite: bool = False,
+              fpng_encode: Callable[[np.ndarray], bytes] | None = None) -> bytes:
     """A PNG of `img` (grey H×W or H×W×1, BGR H×W×3 or BGRA H×W×4, as OpenCV holds images; uint8 or uint16),
     decoded by PIL, OpenCV and imageio to the same pixels: 8-bit BGR(A) through fpng (see the module's notes),
     anything else through OpenCV, 16-bit with the `up` filter at zlib level 1 (a 12.6 MP depth map: 0.11 s and
     2.1 MB, against 0.14 s and 3.6 MB with `up` and RLE, 0.15 s and 5.2 MB by default). `path` names the file
     in errors. `overwrite`: 8-bit colour may be reordered to RGB(A) in `img` itself, which is then left so,
-    instead of in a copy (a 12.6 MP RGBA view's is 50 MB, beside fpng's own ~100 MB while it encodes)."""
+    instead of in a copy (a 12.6 MP RGBA view's is 50 MB, beside fpng's own ~100 MB while it encodes).
+    `fpng_encode`: what runs fpng on the RGB(A) pixels instead of its binding here (`pngprocess.FpngProcess`)."""
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
-        return _fpng(img, path, overwrite)
+        return _fpng(img, path, overwrite, fpng_encode or fpng.fpng_ext.encode_ndarray)
     return encoded(img, ".png", _UINT16_PNG if img.dtype == np.uint16 else (), path)
 
 
-def _fpng(img: np.ndarray, path: Path | None, overwrite: bool) -> bytes:
+def _fpng(img: np.ndarray, path: Path | None, overwrite: bool, encode: Callable[[np.ndarray], bytes]) -> bytes:
     """fpng's PNG of 8-bit BGR or BGRA pixels (it takes RGB(A): channels swapped first, into a new array or, with
     `overwrite`, in place)."""
     code = cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
     rgb = cv2.cvtColor(img, code, dst=img) if overwrite and img.flags.c_contiguous else cv2.cvtColor(img, code)
     # fpng's binding returns empty bytes where fpng fails (its error is constructed, never thrown)
-    data: bytes = fpng.fpng_ext.encode_ndarray(rgb)
+    data = encode(rgb)
     if not data.startswith(_PNG_SIGNATURE):
         raise OutputError(f"{path or 'PNG'}: fpng cannot encode a {img.shape[1]}×{img.shape[0]} image")
     return data

@@ -401,14 +401,14 @@ def test_a_worker_runs_more_views_at_once_only_on_spare_cores(dataset: Path, tmp
 
     waiter = threading.Thread(target=other_job)
 
-    def counting(job):
+    def counting(job, *fpng):
         with lock:
             seen["running"] += 1
             seen[seen["phase"]] = max(seen[seen["phase"]], seen["running"])
             seen["threads"].add(threading.get_ident())
         try:
             time.sleep(0.05)  # long enough for two views to overlap when two cores are there
-            return produce(job)
+            return produce(job, *fpng)
         finally:
             with lock:
                 seen["running"] -= 1

@@ -29,6 +29,10 @@ PLAN_SETS = {
     "shared-frame-alpha-png": ImageOptions(intrinsics="shared", border="crop", image_format="png", alpha="coverage",
                                            scale=0.5),
     "per-view": ImageOptions(),
+    # PNGs from threads are encoded by helper processes: made in their shared memory (remapped), or copied there
+    # (an upright view only turned)
+    "per-view-png-scaled": ImageOptions(image_format="png", scale=0.5),
+    "per-view-png-keep-upright": ImageOptions(undistort=False, upright=True, image_format="png"),
     "per-view-upright-scaled": ImageOptions(upright=True, scale=0.5),
     "per-view-keep-scaled": ImageOptions(undistort=False, scale=0.5),
     "per-view-originals": ImageOptions(undistort=False, link="copy"),
@@ -131,11 +135,11 @@ def test_first_error_in_view_order_is_raised_and_the_rest_cancelled(sample_tuple
     # 4 copies of the 7 views; the 2nd fails at once: at most 2 × workers views are submitted ahead of it
     produce, started = imagestage._produce, []
 
-    def failing(job):
+    def failing(job, *fpng):
         started.append(job.dest.name)
         if job.dest.name == "1.jpg":
             raise OutputError("view 1 fails")
-        return produce(job)
+        return produce(job, *fpng)
 
     monkeypatch.setattr(imagestage, "_produce", failing)
     many, baseline = clean * 4, threading.active_count()
@@ -158,7 +162,7 @@ def test_threads_never_exceed_workers(sample_tuple: Path, tmp_path: Path, monkey
     seen = {"threads": set(), "running": 0, "most": 0, "active": 0, "cv2": set()}
     baseline = threading.active_count()
 
-    def counting(job):
+    def counting(job, *fpng):
         with lock:
             seen["running"] += 1
             seen["most"] = max(seen["most"], seen["running"])
@@ -167,7 +171,7 @@ def test_threads_never_exceed_workers(sample_tuple: Path, tmp_path: Path, monkey
             seen["cv2"].add(cv2.getNumThreads())
         try:
             time.sleep(0.02)  # let every thread of the pool get views
-            return produce(job)
+            return produce(job, *fpng)
         finally:
             with lock:
                 seen["running"] -= 1
@@ -210,8 +214,8 @@ def test_each_thread_has_its_own_scratch_freed_after(sample_tuple: Path, tmp_pat
 
     produce, returned = imagestage._produce, []
 
-    def checked(job):
-        footprint, preview = produce(job)
+    def checked(job, *fpng):
+        footprint, preview = produce(job, *fpng)
         mine = list(SCRATCH.buffers.values())  # this thread's, at the end of the view
         assert not any(np.shares_memory(out, buf) for out in (footprint.bits, preview) for buf in mine)
         returned.append(preview)
