@@ -72,6 +72,22 @@ def gl_view_matrix(w2c: np.ndarray) -> np.ndarray:
     return np.linalg.inv(w2c_cv_to_c2w_gl(w2c))
 
 
+def gl_projection_matrix(K: np.ndarray, width: int, height: int, znear: float, zfar: float) -> np.ndarray:
+    """OpenGL's projection matrix of pinhole `K` (no skew) for a `width`×`height` viewport and clip range znear..zfar,
+    computed as pyrender's IntrinsicsCamera computes it (`pyrender/camera.py`, `get_projection_matrix`) from
+    `pyrender_intrinsics`: the same float64 operations, so the same matrix to the last bit."""
+    fx, fy, cx, cy = pyrender_intrinsics(K)
+    P = np.zeros((4, 4))
+    P[0][0] = 2.0 * fx / float(width)
+    P[1][1] = 2.0 * fy / float(height)
+    P[0][2] = 1.0 - 2.0 * cx / float(width)
+    P[1][2] = 2.0 * cy / float(height) - 1.0
+    P[3][2] = -1.0
+    P[2][2] = (zfar + znear) / (znear - zfar)
+    P[2][3] = (2 * zfar * znear) / (znear - zfar)
+    return P
+
+
 def c2w_gl_to_w2c_cv(c2w_gl: np.ndarray) -> np.ndarray:
     """OpenGL camera→world to OpenCV world→camera."""
     return c2w_to_w2c(homogeneous(c2w_gl) @ CV_TO_GL)

@@ -1,25 +1,24 @@
 """Headless rendering of a mesh through internal-convention cameras, pinhole and distorted.
 
-`Renderer` draws into one OSMesa context, double-sided: colour renders with pyrender, unlit, so
+`Renderer` draws into one OSMesa context at a time, double-sided: colour renders with pyrender, unlit, so
 colours equal the texture (or vertex colours) in every view; depth-only renders with a depth-only GL
-pass (`_DepthPass`, same matrices). Depth is z-depth in mesh units (0 = background), sampled at
+pass (`DepthPass`, same matrices). Depth is z-depth in mesh units (0 = background), sampled at
 pixel centres. Distorted cameras are rendered as a pinhole image on a canvas that covers the
 undistorted footprint, then resampled: for every distorted pixel, its exactly undistorted ray.
 Where that ray falls between pinhole samples across a depth discontinuity (silhouettes, occlusion
 edges), its depth is ray-cast exactly (open3d, imported on first use).
 
-pyrender and PyOpenGL (with trimesh and scipy ~1 s to import) are imported by the functions that draw, the
-first time a context is made: importing this module (the check and its settings, hence every command's
-start-up) does not load them.
+PyOpenGL is imported by the functions that draw, the first time a context is made, and pyrender (with trimesh
+and scipy, ~0.75 s and ~100 MB) by the first colour render only: depth passes draw on an OSMesa context of their
+own (`DepthContext`). Importing this module (the check and its settings, hence every command's start-up) loads
+neither.
 
-One module of ~535 lines on purpose: the context, pyrender's colour pass, the depth pass (read as depth or as
-a silhouette) and the distorted renders share the renderer's GL state and its buffer-growth rules.
+One module of ~450 lines on purpose: the context, pyrender's colour pass and the distorted renders share the
+renderer's GL state and its buffer-growth rules (the depth pass itself is `fsconvert.depthpass`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,15 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
+from .depthpass import (
+    DepthContext,
+    DepthPass,
+    buffer_side,
+    compare_gl_contexts_by_address,
+    linearised,
+    read_depth_buffer,
+    return_freed_memory,
+)
 from .mesh import Geometry
 from .model import UNDISTORT_CRITERIA, Camera
 
@@ -48,29 +56,8 @@ _GREY = (0.5, 0.5, 0.5, 1.0)
 _BAND_ROWS = 256
 """Depth-buffer rows `Renderer.silhouette` and `depth_rows` read at a time (4.4 MB of float32 at 4344 px, a whole
 view's 50 MB)."""
-_BUFFER_STEP = 256
-"""The OSMesa buffer grows in steps of this many pixels per side."""
 _SHARED_BUFFER_PIXELS = 2048 * 2048
 """Largest buffer grown to fit every size asked so far (larger ones fit the current request)."""
-
-
-def _compare_gl_contexts_by_address() -> None:
-    """PyOpenGL 3.1.10 (the version tested) hashes OSMesa/EGL context pointers by address but compares them by
-    identity, and returns a new pointer object on every query. pyrender keys its shader cache on the
-    current context, so every render missed the cache and compiled a new program, and PyOpenGL's own
-    per-context storage grew alike: ~0.8 MB per render, never freed. Equality by address makes the keys
-    match, as the hash intends. Still needed with pyrender-maintained 1.0.1 (its renderer.py is 0.1.45's,
-    unchanged): without it tests/test_render.py::test_many_renders_do_not_accumulate_memory fails."""
-    from OpenGL import _opaque
-
-    def same_address(a: Any, b: object) -> bool:  # a: an _opaque_pointer (ctypes; PyOpenGL is untyped)
-        return isinstance(b, _opaque._opaque_pointer) and (
-            ctypes.cast(a, ctypes.c_void_p).value == ctypes.cast(b, ctypes.c_void_p).value)
-
-    if "__eq__" not in vars(_opaque._opaque_pointer):
-        hash_by_address = _opaque._opaque_pointer.__hash__
-        _opaque._opaque_pointer.__eq__ = same_address
-        _opaque._opaque_pointer.__hash__ = hash_by_address
 
 
 @dataclass(frozen=True)
@@ -100,7 +87,7 @@ class Renderer:
         self._bg = np.array(bg_color, np.uint8)
         self._scene: pyrender.Scene | None = None
         self._camera_node: pyrender.Node | None = None
-        self._depth_pass: _DepthPass | None = None
+        self._depth_pass: DepthPass | None = None
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         self._buffer: np.ndarray | None = None
@@ -108,6 +95,7 @@ class Renderer:
         lo, hi = mesh.bounds
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         self._platform: OSMesaPlatform | None = None
+        self._depth_context: DepthContext | None = None
         self._gl: pyrender.Renderer | None = None
         self._closed = False
 
@@ -131,19 +119,20 @@ class Renderer:
             raise ValueError("pyrender cannot render a camera with skew")
         if self._closed:
             raise RuntimeError("Renderer is closed")
-        import pyrender
-
         w2c = cv.homogeneous(world_to_cam)
-        pr_camera = self._camera(camera, w2c)
-        if pr_camera is None:  # the whole mesh is behind the camera
+        clip = self._clip(w2c)
+        if clip is None:  # the whole mesh is behind the camera
             depth = np.zeros((camera.height, camera.width), np.float32)
             return Render(None if depth_only else np.tile(self._bg, (*depth.shape, 1)), depth)
-        znear, zfar = pr_camera.znear, pr_camera.zfar
+        znear, zfar = clip
         if depth_only:
-            framebuffer = self._draw_depth(camera, w2c, pr_camera)
+            framebuffer = self._draw_depth(camera, w2c, clip)
             return Render(None, _read_depth(camera.width, camera.height, znear, zfar, framebuffer))
         if isinstance(self._mesh, Geometry):
             raise ValueError("Renderer.render draws colour from a Trimesh; a Geometry draws depth only")
+        import pyrender
+
+        pr_camera = pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
         if self._scene is None:
             self._scene = pyrender.Scene(bg_color=np.array([*self._bg, 255]) / 255.0)
             self._scene.add(_pyrender_mesh(self._mesh))
@@ -173,18 +162,18 @@ class Renderer:
         """The z-depth through a pinhole `camera`, value for value `render(..., depth_only=True).depth`, in bands
         of _BAND_ROWS rows from the top: (first row, float32 band: this renderer's array, overwritten by
         the next band). A 12.6 MP view's whole map is 50 MB, a band 4.4 MB."""
-        for top, band, pr_camera in self._buffer_bands(camera, world_to_cam, "depth_rows"):
-            if pr_camera is None:
+        for top, band, clip in self._buffer_bands(camera, world_to_cam, "depth_rows"):
+            if clip is None:
                 band[:] = 0
             else:
-                _linearised(band, pr_camera.znear, pr_camera.zfar)
+                linearised(band, *clip)
             yield top, band
 
     def _buffer_bands(self, camera: Camera, world_to_cam: np.ndarray, caller: str
-                      ) -> Iterator[tuple[int, np.ndarray, pyrender.IntrinsicsCamera | None]]:
+                      ) -> Iterator[tuple[int, np.ndarray, tuple[float, float] | None]]:
         """The depth pass through a pinhole `camera`, its buffer read back _BAND_ROWS rows at a time from
-        the top: (first image row, the band top-down in this renderer's array, pyrender's camera; None when the
-        whole mesh is behind the camera: nothing drawn, every band 1, the background)."""
+        the top: (first image row, the band top-down in this renderer's array, the clip range (`_clip`); None
+        when the whole mesh is behind the camera: nothing drawn, every band 1, the background)."""
         if camera.has_distortion or camera.K[0, 1] != 0:
             raise ValueError(f"Renderer.{caller} needs a pinhole camera without skew")
         if self._closed:
@@ -192,16 +181,16 @@ class Renderer:
         W, H = camera.size
         rows = min(H, _BAND_ROWS)
         w2c = cv.homogeneous(world_to_cam)
-        pr_camera = self._camera(camera, w2c)
-        framebuffer = 0 if pr_camera is None else self._draw_depth(camera, w2c, pr_camera)
+        clip = self._clip(w2c)
+        framebuffer = 0 if clip is None else self._draw_depth(camera, w2c, clip)
         for top in range(0, H, rows):
             n = min(rows, H - top)
             band = self._band(W, n)
-            if pr_camera is None:
+            if clip is None:
                 band[:] = 1
             else:  # GL rows run bottom-up: image rows top … top + n − 1 are GL rows H − top − 1 … H − top − n
-                cv2.flip(_read_depth_buffer(band, H - top - n, framebuffer), 0, dst=band)
-            yield top, band, pr_camera
+                cv2.flip(read_depth_buffer(band, H - top - n, framebuffer), 0, dst=band)
+            yield top, band, clip
 
     def _band(self, width: int, rows: int) -> np.ndarray:
         """This renderer's rows×width float32 scratch array (`silhouette`, `depth_rows`)."""
@@ -209,26 +198,28 @@ class Renderer:
             self._buffer = np.empty(width * rows, np.float32)
         return self._buffer[:width * rows].reshape(rows, width)
 
-    def _camera(self, camera: Camera, w2c: np.ndarray) -> pyrender.IntrinsicsCamera | None:
-        """pyrender's camera for `camera` at 4×4 `w2c`, its clip range around the mesh's bounding box; None when
-        the whole mesh is behind the camera."""
-        import pyrender
-
+    def _clip(self, w2c: np.ndarray) -> tuple[float, float] | None:
+        """(znear, zfar) around the mesh's bounding box seen from 4×4 `w2c`; None when the whole mesh is behind
+        the camera."""
         z = self._corners @ w2c[2, :3] + w2c[2, 3]
         if z.max() <= 0:
             return None
         zfar = float(z.max()) * 1.01
-        znear = max(float(z.min()) * 0.99, zfar * 1e-4)
-        return pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
+        return max(float(z.min()) * 0.99, zfar * 1e-4), zfar
 
-    def _draw_depth(self, camera: Camera, w2c: np.ndarray, pr_camera: pyrender.IntrinsicsCamera) -> int:
-        """The depth pass through `pr_camera` (its znear and zfar) at `camera`'s size; the framebuffer it drew
-        into (its own, of the view's size: the context's buffer stays as small as colour renders leave it)."""
-        self._context(1, 1)
+    def _draw_depth(self, camera: Camera, w2c: np.ndarray, clip: tuple[float, float]) -> int:
+        """The depth pass through `camera` at 4×4 `w2c` with clip range `clip`; the framebuffer it drew into (its
+        own, of the view's size: the context's buffer stays as small as colour renders leave it)."""
+        if self._platform is not None:
+            self._platform.make_current()
+        else:
+            if self._depth_context is None:
+                self._depth_context = DepthContext()
+            self._depth_context.make_current()
         if self._depth_pass is None:
-            self._depth_pass = _DepthPass(self._mesh)
+            self._depth_pass = DepthPass(self._mesh)
         return self._depth_pass.draw(cv.gl_view_matrix(w2c),
-                                     pr_camera.get_projection_matrix(camera.width, camera.height),
+                                     cv.gl_projection_matrix(camera.K, camera.width, camera.height, *clip),
                                      camera.width, camera.height)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
@@ -249,24 +240,26 @@ class Renderer:
 
     def _context(self, width: int, height: int) -> pyrender.Renderer:
         """The current OSMesa context with a `width`×`height` viewport in the lower-left corner of its buffer (where
-        colour renders draw; depth passes draw into their own framebuffer, `_DepthPass`, and ask for 1×1).
+        colour renders draw; depth passes draw into their own framebuffer, `DepthPass`, and ask for 1×1).
 
         A buffer that is too small is re-created (~0.15 s, mesh re-uploaded; swapping only OSMesa's buffer
         would be cheaper, but Mesa then keeps ~100 MB per buffer size until the context is destroyed). Up
         to _SHARED_BUFFER_PIXELS it grows to the largest width and height asked (rounded up to
-        _BUFFER_STEP), so that landscape and portrait views and per-view canvases share one context;
+        BUFFER_STEP), so that landscape and portrait views and per-view canvases share one context;
         beyond, it fits the request: a square buffer for 12.6 MP views of both orientations would hold
         ~70 MB more (render such views grouped by orientation).
         """
         import pyrender
         from pyrender.platforms.osmesa import OSMesaPlatform
 
+        if self._depth_context is not None:  # depth passes drew without pyrender so far: its context takes over
+            self._free_context()
         old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
         if width > old[0] or height > old[1]:
-            _compare_gl_contexts_by_address()  # before pyrender keys its first shader on this context
-            grown = [_buffer_side(max(n, o)) for n, o in zip((width, height), old)]
+            compare_gl_contexts_by_address()  # before pyrender keys its first shader on this context
+            grown = [buffer_side(max(n, o)) for n, o in zip((width, height), old)]
             if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
-                grown = [_buffer_side(n) for n in (width, height)]
+                grown = [buffer_side(n) for n in (width, height)]
             self._free_context()
             self._platform = OSMesaPlatform(*grown)
             self._platform.init_context()
@@ -284,21 +277,11 @@ class Renderer:
             self._gl.delete()
             self._platform.delete_context()
             self._platform = self._gl = self._depth_pass = None
-            _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim): Mesa frees a context's buffers and
-    the mesh's vertex data into the heap, where they would stay resident through the work that follows (80 MB
-    after a 1.3 M-face mesh's 12.6 MP renders, measured). Nothing where the C library has no malloc_trim."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-def _buffer_side(pixels: int) -> int:
-    """`pixels` rounded up to a multiple of _BUFFER_STEP."""
-    return math.ceil(pixels / _BUFFER_STEP) * _BUFFER_STEP
+            return_freed_memory()
+        if self._depth_context is not None:
+            self._depth_context.delete()
+            self._depth_context = self._depth_pass = None
+            return_freed_memory()
 
 
 def _read_depth(width: int, height: int, znear: float, zfar: float, framebuffer: int = 0) -> np.ndarray:
@@ -307,113 +290,8 @@ def _read_depth(width: int, height: int, znear: float, zfar: float, framebuffer:
     50 MB per array); the background (d = 1, which linearises to a finite f) is multiplied by 0, not
     assigned through a boolean index (~8× slower). pyrender's read_depth_buf computes the same through
     NDC with masked indexing, ~3× slower (70 ms for a 12.6 MP view)."""
-    z = _linearised(_read_depth_buffer(np.empty((height, width), np.float32), 0, framebuffer), znear, zfar)
+    z = linearised(read_depth_buffer(np.empty((height, width), np.float32), 0, framebuffer), znear, zfar)
     return cv2.flip(z, 0, dst=z)  # GL rows run bottom-up
-
-
-def _linearised(z: np.ndarray, znear: float, zfar: float) -> np.ndarray:
-    """Depth buffer values `z` made z-depth in place (0 for the background), element by element."""
-    foreground = z < 1
-    z *= np.float32(zfar - znear)
-    np.subtract(np.float32(zfar), z, out=z)
-    np.divide(np.float32(znear * zfar), z, out=z)
-    np.multiply(z, foreground, out=z)
-    return z
-
-
-def _read_depth_buffer(out: np.ndarray, first_row: int = 0, framebuffer: int = 0) -> np.ndarray:
-    """The depth buffer values (float32 in [0, 1], rows bottom-up) of `framebuffer`'s rows `first_row` (from the
-    bottom) on, into n×W `out` (0: the context's own buffer, where colour renders draw)."""
-    from OpenGL import GL
-
-    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, framebuffer)
-    GL.glReadBuffer(GL.GL_FRONT if framebuffer == 0 else GL.GL_NONE)
-    GL.glReadPixels(0, first_row, out.shape[1], out.shape[0], GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, out)
-    return out
-
-
-class _DepthPass:
-    """Depth-only renders of one mesh in the current context: its positions and faces in GL buffers, drawn
-    double-sided by a program that writes nothing but depth, with pyrender's own V and P matrices.
-
-    pyrender has no such pass (its DEPTH_ONLY pass culls back faces, which would see through a mesh with
-    reversed winding); its colour pass runs the full material shader for every fragment. In llvmpipe
-    this pass takes ~0.7× the time (12.6 MP: 0.25 → 0.18 s at 20 000 faces, 0.53 → 0.41 s at 1.3 M).
-    Made per context: the context's end frees its objects.
-    """
-
-    _VERTEX = """#version 330 core
-layout(location = 0) in vec3 position;
-uniform mat4 V;
-uniform mat4 P;
-void main() { gl_Position = P * V * vec4(position, 1.0); }
-"""
-    _FRAGMENT = """#version 330 core
-void main() {}
-"""
-
-    def __init__(self, mesh: trimesh.Trimesh | Geometry) -> None:
-        from OpenGL import GL
-        from OpenGL.GL import shaders
-
-        self._program = shaders.compileProgram(shaders.compileShader(self._VERTEX, GL.GL_VERTEX_SHADER),
-                                               shaders.compileShader(self._FRAGMENT, GL.GL_FRAGMENT_SHADER),
-                                               validate=False)
-        self._view, self._projection = (GL.glGetUniformLocation(self._program, name) for name in ("V", "P"))
-        positions = np.ascontiguousarray(mesh.vertices, np.float32)
-        indices = np.ascontiguousarray(mesh.faces, np.uint32)
-        self._count = indices.size
-        self._vao = GL.glGenVertexArrays(1)
-        GL.glBindVertexArray(self._vao)
-        vertex_buffer, index_buffer = GL.glGenBuffers(2)
-        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, vertex_buffer)
-        GL.glBufferData(GL.GL_ARRAY_BUFFER, positions.nbytes, positions, GL.GL_STATIC_DRAW)
-        GL.glEnableVertexAttribArray(0)
-        GL.glVertexAttribPointer(0, 3, GL.GL_FLOAT, GL.GL_FALSE, 0, None)
-        GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, index_buffer)
-        GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, GL.GL_STATIC_DRAW)
-        GL.glBindVertexArray(0)
-        self._framebuffer: int = GL.glGenFramebuffers(1)
-        self._depth: int = GL.glGenRenderbuffers(1)
-        self._size = (0, 0)
-
-    def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> int:
-        """Draw into the lower-left `width`×`height` of this pass's framebuffer, a 24-bit depth buffer and no colour
-        (depth cleared to 1); return it, bound. The context's own buffer would hold a colour texture and the
-        caller's colour array besides, ~100 MB at 12.6 MP, that a depth pass never uses. The depth buffer grows to
-        the largest width and height drawn (rounded up to _BUFFER_STEP) and never shrinks: Mesa 22 keeps a deleted
-        buffer's memory until the context goes (~12 MB per 3 MP size, measured on Debian 12)."""
-        from OpenGL import GL
-
-        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._framebuffer)
-        if width > self._size[0] or height > self._size[1]:
-            self._size = (_buffer_side(max(width, self._size[0])), _buffer_side(max(height, self._size[1])))
-            GL.glDeleteRenderbuffers(1, [self._depth])
-            self._depth = GL.glGenRenderbuffers(1)
-            GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, self._depth)
-            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, *self._size)
-            GL.glFramebufferRenderbuffer(GL.GL_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, self._depth)
-            GL.glDrawBuffer(GL.GL_NONE)
-            if GL.glCheckFramebufferStatus(GL.GL_FRAMEBUFFER) != GL.GL_FRAMEBUFFER_COMPLETE:
-                raise RuntimeError(f"OpenGL cannot make a {self._size[0]}×{self._size[1]} depth framebuffer")
-        GL.glViewport(0, 0, width, height)
-        GL.glEnable(GL.GL_DEPTH_TEST)
-        GL.glDepthMask(GL.GL_TRUE)
-        GL.glDepthFunc(GL.GL_LESS)
-        GL.glDepthRange(0.0, 1.0)
-        GL.glDisable(GL.GL_CULL_FACE)
-        GL.glColorMask(GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE)
-        GL.glClear(GL.GL_DEPTH_BUFFER_BIT)
-        GL.glUseProgram(self._program)
-        GL.glUniformMatrix4fv(self._view, 1, GL.GL_TRUE, view.astype(np.float32))
-        GL.glUniformMatrix4fv(self._projection, 1, GL.GL_TRUE, projection.astype(np.float32))
-        GL.glBindVertexArray(self._vao)
-        GL.glDrawElements(GL.GL_TRIANGLES, self._count, GL.GL_UNSIGNED_INT, None)
-        GL.glBindVertexArray(0)
-        GL.glUseProgram(0)
-        GL.glColorMask(GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE)
-        GL.glFlush()
-        return self._framebuffer
 
 
 def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:

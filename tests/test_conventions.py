@@ -188,6 +188,17 @@ def test_pyrender_intrinsics_are_corner_origin():
     assert cv.pyrender_intrinsics(cv.K_matrix(100, 90, 31.5, 23.0)) == (100.0, 90.0, 32.0, 23.5)
 
 
+@pytest.mark.parametrize("size", [(640, 480), (2896, 4344), (333, 17)])
+def test_gl_projection_matrix_is_pyrenders_to_the_bit(rng, size):
+    import pyrender
+
+    for _ in range(5):
+        K = cv.K_matrix(*rng.uniform(200, 5000, 2), *(rng.uniform(0.2, 0.8, 2) * size))
+        znear, zfar = sorted(rng.uniform(0.01, 900, 2))
+        theirs = pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(K), znear=znear, zfar=zfar)
+        assert np.array_equal(cv.gl_projection_matrix(K, *size, znear, zfar), theirs.get_projection_matrix(*size))
+
+
 def test_similarity_inverse_and_nerfstudio_record(rng):
     S = cv.similarity_matrix(2.75, Rotation.random(random_state=5).as_matrix(), rng.normal(size=3))
     assert np.abs(cv.invert_similarity(S) - np.linalg.inv(S)).max() < 1e-12

@@ -66,7 +66,12 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
     assert modules & HEAVY == set()
     printed, modules = imported("to-colmap", *common, "-o", str(tmp_path / "colmap"))
     assert printed.startswith(f"wrote {tmp_path / 'colmap'} (colmap, 7 views)")
-    assert {"trimesh", "pycolmap", "pyrender", "OpenGL"} <= modules  # points3D: sampled and tested for visibility
+    # points3D: sampled by trimesh, tested for visibility on depth passes (OpenGL without pyrender)
+    assert {"trimesh", "pycolmap", "OpenGL"} <= modules and "pyrender" not in modules
+    printed, modules = imported("to-neus", *common, "-o", str(tmp_path / "neus"))
+    assert printed.startswith(f"wrote {tmp_path / 'neus'} (neus, 7 views)")
+    # its masks are depth passes: OpenGL on an OSMesa context of the renderer's own, without pyrender
+    assert modules & HEAVY == {"OpenGL"}
 
 
 def ply_bytes(vertices: np.ndarray, faces: np.ndarray, *, endian: str = "<", vertex_type: str = "float",
