@@ -36,7 +36,9 @@ the stop NeuS and IDR would hit. IDR opens `cameras.npz` unless its dataset is g
 
 from __future__ import annotations
 
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,14 +47,15 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_masks, subjects
+from fsconvert.depthproducts import render_masks, silhouettes, subjects
 from fsconvert.errors import InputError
-from fsconvert.imageplan import ImageOptions, frame_record, plan_views, size_warnings
-from fsconvert.imagestage import write_images
+from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
+from fsconvert.imagestage import Footprint, write_images
 from fsconvert.mesh import capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
+from fsconvert.threads import second_core
 from fsconvert.writers import npz_bytes, write_bytes, write_png
 
 NAME = "neus"
@@ -100,11 +103,22 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
     alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=alpha)
-    assert footprints is not None  # write_images returns them when asked for
+    with second_core(workers) as overlap:
+        if not overlap:
+            footprints = _stage_images(plans, names, folder, workers, progress, alpha)
+            masks = render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress)
+        else:  # the silhouettes render on a second thread while the images are made
+            stop = threading.Event()
+            with ThreadPoolExecutor(1, thread_name_prefix="fsconvert-masks") as helper:
+                seen = helper.submit(silhouettes, capture_geometry(capture, MESH_USE), plans, stop=stop)
+                try:
+                    footprints = _stage_images(plans, names, folder, workers, progress, alpha)
+                except BaseException:
+                    stop.set()
+                    raise
+                masks = ((i, (s & f).alpha()) for i, (s, f) in enumerate(zip(seen.result(), footprints)))
     (folder / MASKS).mkdir()
-    for i, mask in render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress):
+    for i, mask in masks:
         write_png(folder / MASKS / f"{stems[i]}.png", mask)
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
@@ -115,6 +129,15 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     warnings = size_warnings(plans, NAME, "NeuS and IDR")
     return {"images": names, "scale_mat": scale_mat.tolist(), **frame_record(capture.views, options.image),
             **({"warnings": warnings} if warnings else {})}
+
+
+def _stage_images(plans: list[ViewPlan], names: list[str], folder: Path, workers: int, progress: bool,
+            alpha: list[Footprint] | None) -> list[Footprint]:
+    """The image stage; each image's footprint."""
+    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                              subjects=alpha)
+    assert footprints is not None  # write_images returns them when asked for
+    return footprints
 
 
 def rig_sphere(w2cs: list[np.ndarray]) -> tuple[np.ndarray, float]:

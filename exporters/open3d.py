@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from fsconvert.mesh import Geometry, capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
-from fsconvert.threads import give_back_core, shares_cores, spare_core
+from fsconvert.threads import second_core
 from fsconvert.writers import write_json, write_png
 
 NAME = "open3d"
@@ -95,12 +93,12 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         **({"unit": capture.alignment.units} if capture.alignment else {}),
     }
     depth_paths = [folder / DEPTH / f"{s}.png" for s in view_stems]
-    with _second_core(workers) as overlap:
+    with second_core(workers) as overlap:  # see _write_depths
         if not overlap:
             write_images(plans, names, folder, workers=workers, progress=progress)
             _write_depths(mesh, plans, depth_paths, scale, progress)
             _write_cameras(plans, view_stems, folder)
-        else:  # see _second_core
+        else:
             with ThreadPoolExecutor(2, thread_name_prefix="fsconvert-open3d") as helpers:
                 colour = helpers.submit(write_images, plans, names, folder, workers=workers - 1, progress=progress)
                 try:
@@ -211,35 +209,17 @@ def _max_depth(vertices: np.ndarray, plans: list[ViewPlan]) -> float:
     return max(float(np.max(vertices @ p.world_to_cam[2, :3] + p.world_to_cam[2, 3])) for p in plans)
 
 
-@contextmanager
-def _second_core(workers: int) -> Iterator[bool]:
-    """Whether the depth maps may overlap the colour images (held while open): with `workers` > 1, and in a
-    dataset run sharing the machine's cores (`fsconvert.threads`) only on a spare core of its budget.
-
-    Overlapped, this thread renders every depth map (OSMesa's context is one thread's; measured 0.25 s per
-    12.6 MP view at 1.3 M faces), a helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit
-    PNG is encoded on the other helper thread while the next view renders; the cameras follow both, once the
-    GL context is gone: Open3D's import (~2 s, ~200 MB: it loads its ML and plotting stacks) beside a dense
-    scan's context took a worker to 770 MB at -j 2, 660–677 MB after it. Serial otherwise: colour images, depth
-    maps, cameras.
-    """
-    if workers <= 1:
-        yield False
-    elif not shares_cores():
-        yield True
-    else:
-        taken = spare_core()
-        try:
-            yield taken
-        finally:
-            if taken:
-                give_back_core()
-
-
 def _write_depths(mesh: Geometry, plans: list[ViewPlan], paths: list[Path], scale: float, progress: bool,
                   encoder: Executor | None = None, beside: Future[Any] | None = None) -> None:
     """Render z-depth through every output camera; write round(z·scale) as uint16 PNG, encoded here or on
-    `encoder` while the next view renders (one map at a time); stop at the first error of the work `beside` it."""
+    `encoder` while the next view renders (one map at a time); stop at the first error of the work `beside` it.
+
+    `write` overlaps the depth maps with the colour images on a second core (`threads.second_core`): this thread
+    renders every depth map (OSMesa's context is one thread's; measured 0.25 s per 12.6 MP view at 1.3 M faces), a
+    helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit PNG is encoded on the other helper
+    thread while the next view renders; the cameras follow both, once the GL context is gone: Open3D's import (~2 s,
+    ~200 MB: it loads its ML and plotting stacks) beside a dense scan's context took a worker to 770 MB at -j 2,
+    660–677 MB after it. Serial otherwise: colour images, depth maps, cameras."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     waiting: deque[Future[None]] = deque()
     for i, png, near in depth_pngs(mesh, plans, scale, progress=progress):

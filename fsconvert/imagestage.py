@@ -168,6 +168,10 @@ class Footprint:
         """Every pixel of a width×height image."""
         return cls(np.full((size[1], (size[0] + 7) // 8), 255, np.uint8), size[0])
 
+    def __and__(self, other: Footprint) -> Footprint:
+        """The pixels in both."""
+        return Footprint(np.bitwise_and(self.bits, other.bits), self.width)
+
     def mask(self) -> np.ndarray:
         """H×W bool."""
         return np.unpackbits(self.bits, axis=1, count=self.width).view(bool)

@@ -113,6 +113,23 @@ def give_back_core() -> None:
     _budget.permits.release()
 
 
+@contextmanager
+def second_core(workers: int) -> Iterator[bool]:
+    """Whether a second thread of work may run beside this one (held while open): with `workers` > 1, and in a
+    process drawing on a core budget only on a spare core of it (`spare_core`, given back on leaving)."""
+    if workers <= 1:
+        yield False
+    elif not shares_cores():
+        yield True
+    else:
+        taken = spare_core()
+        try:
+            yield taken
+        finally:
+            if taken:
+                give_back_core()
+
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _stopped: list[int] = []  # the signals that came
 _raised = False  # whether the stop has been raised (then the run is unwinding: a later signal must not cut it)

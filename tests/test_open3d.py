@@ -28,7 +28,7 @@ from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.model import Capture
 from fsconvert.protocol import read_manifest
-from fsconvert.threads import CoreBudget, share_cores
+from fsconvert.threads import CoreBudget, second_core, share_cores
 
 EXPORTS = {
     "scale1": ex.Options(fuse=True),
@@ -194,7 +194,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 def test_overlapped_depth_writes_the_serial_bytes(capture: Capture, exports: dict[str, Path], tmp_path: Path) -> None:
     # -j 2: depth maps rendered on this thread while a helper writes the colour images and cameras and the
-    # other encodes the 16-bit PNGs (`_second_core`); -j 1: one after another, as the fixture's export ran.
+    # other encodes the 16-bit PNGs (`threads.second_core`); -j 1: one after another, as the fixture's export ran.
     key = "scale1/4-upright"
     overlapped = export(capture, ex, tmp_path / "j2", EXPORTS[key], thresholds=None, workers=2).out_dir
     serial, found = _files(exports[key]), _files(overlapped)
@@ -203,18 +203,18 @@ def test_overlapped_depth_writes_the_serial_bytes(capture: Capture, exports: dic
 
 
 def test_depth_overlaps_only_on_a_second_core() -> None:
-    with ex._second_core(1) as overlap:
+    with second_core(1) as overlap:
         assert not overlap
-    with ex._second_core(2) as overlap:  # no core budget: the caller's -j
+    with second_core(2) as overlap:  # no core budget: the caller's -j
         assert overlap
     budget = CoreBudget(multiprocessing.get_context("spawn"), 1)  # a dataset run's, its one core held by this job
     budget.permits.acquire()
     share_cores(budget)
     try:
-        with ex._second_core(2) as overlap:
+        with second_core(2) as overlap:
             assert not overlap  # no spare core: serial
         budget.permits.release()  # another job finished: one core spare
-        with ex._second_core(2) as overlap:
+        with second_core(2) as overlap:
             assert overlap and not budget.permits.acquire(False)  # held while open ...
         assert budget.permits.acquire(False)  # ... and given back
     finally:

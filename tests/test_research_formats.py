@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from exporters import llff, mvsnet, neus
 from exporters.mvsnet import writer as mvsnet_writer
 from fsconvert.check import check_export
 from fsconvert.cli import main
+from fsconvert.errors import InputError
+from fsconvert.export import export
 from fsconvert.imageplan import ImageOptions
+from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
 from fsconvert.protocol import read_manifest
 from fsconvert.render import Renderer
@@ -151,6 +155,34 @@ def test_neus_cameras_sphere_is_outside_every_camera(exported, capture):
     assert {"camera_mat_0", "camera_mat_inv_0", "world_mat_inv_0", "scale_mat_inv_0"} <= keys
     for view in neus_load(result.out_dir):
         assert np.linalg.norm(view["pose"][:3, 3]) > 1.5  # the camera centre, in unit-sphere coordinates
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The format's files (not the manifest, nor the check)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] not in ("fsconvert", "check")}
+
+
+def test_neus_masks_rendered_beside_the_images_are_the_serial_bytes(exported, capture, tmp_path):
+    # -j 2: the silhouettes render on a second thread while the images are made, then meet their footprints;
+    # the fixture's export ran at -j 1: the images, then each mask rendered with its footprint
+    overlapped = export(capture, neus, tmp_path / "j2", CASES["neus"][1], thresholds=None, workers=2).out_dir
+    serial, found = _files(exported("neus").out_dir), _files(overlapped)
+    assert sorted(found) == sorted(serial) and len([n for n in found if n.startswith(f"{neus.MASKS}/")]) == 7
+    assert [n for n in serial if found[n] != serial[n]] == []
+
+
+def test_neus_image_error_stops_the_silhouettes_beside_it(sample_tuple, capture, tmp_path):
+    tuple_dir = shutil.copytree(sample_tuple, tmp_path / "tuple")
+    path = tuple_dir / "1.jpg"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = np.random.default_rng(5).integers(0, 256, 4096, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    corrupt = load_capture(tuple_dir, mesh=capture.mesh)
+    with pytest.raises(InputError, match=r"1\.jpg.*view 1.*corrupt JPEG data"):
+        export(corrupt, neus, tmp_path / "out", neus.Options(image=SHARED_HALF), thresholds=None, workers=2)
+    assert not (tmp_path / "out").exists()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fsconvert-masks")]
 
 
 # ---- MVSNet `preprocess.py` rules -------------------------------------------------------------------
