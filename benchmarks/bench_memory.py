@@ -3,9 +3,10 @@
 On bench_png's cached tuple (`--views` 4344×2896 views hard-linked from 6 rendered ones, and the same mesh as a
 1.3 M-face dense scan, `fsconvert.synthetic.dense_scan`), each command below runs end to end in a new process
 with `--mesh DENSE --no-check`, at `-j 1` and at `-j N` (N = the machine's cores), and its peak RSS (VmHWM, read
-every 10 ms) is printed beside its seconds. The options are those that read or render the mesh: points3D,
-depth maps, masks, silhouettes for alpha "subject", depth ranges, the unit sphere, the mesh written out. One
-process is one dataset worker: a dataset run holds this per worker.
+every 10 ms) is printed beside its seconds, with that of its PNG encoder processes (`fsconvert.pngprocess`, one
+per image thread at `-j N` where the format writes 8-bit PNGs: "+ n × MB", the largest). The options are those
+that read or render the mesh: points3D, depth maps, masks, silhouettes for alpha "subject", depth ranges, the
+unit sphere, the mesh written out. One process is one dataset worker: a dataset run holds this per worker.
 
     .venv/bin/python benchmarks/bench_memory.py [--views 12] [--cache DIR] [--only neus,open3d]
 """
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_png import LONG_SIDE, measured, sample
+from bench_png import LONG_SIDE, helpers_mb, measured, sample
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from fsconvert.loader import load_capture
@@ -52,17 +53,17 @@ def main() -> None:
     n = len(load_capture(tuple_dir).views)
     print(f"{n} views of {LONG_SIDE}×{LONG_SIDE * 2 // 3}, the {dense.name} dense scan, {cores} cores, "
           f"python {sys.version.split()[0]}; peak RSS per process (target < {TARGET_MB} MB)")
-    print(f"{'':>12}  {'command':<64} {'-j 1':>14} {f'-j {cores}':>14}")
+    print(f"{'':>12}  {'command':<64} {'-j 1':>14} {f'-j {cores}':>28}")
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     over = []
     for name, command in cases.items():
         cells = []
         for jobs in (1, cores):
-            seconds, peak = measured(command, tuple_dir, work / name, jobs, dense)
-            cells.append(f"{seconds:5.1f} s {peak:4d} MB")
+            seconds, peak, children = measured(command, tuple_dir, work / name, jobs, dense)
+            cells.append(f"{seconds:5.1f} s {peak:4d} MB" + (f" + {helpers_mb(children)}" if children else ""))
             if peak >= TARGET_MB:
                 over.append(f"{name} -j {jobs}")
-        print(f"{name:>12}  {' '.join(command):<64} {cells[0]:>14} {cells[1]:>14}", flush=True)
+        print(f"{name:>12}  {' '.join(command):<64} {cells[0]:>14} {cells[1]:>28}", flush=True)
     print(f"at or over {TARGET_MB} MB: {', '.join(over) if over else 'none'}")
 
 

@@ -5,14 +5,15 @@ On a synthetic full-size tuple (6 unique 4344-px views from `fsconvert.synthetic
 `--views`, with the mesh also as a 1.3 M-face dense scan, `fsconvert.synthetic.dense_scan`; cached):
 
 - bound: per view, the JPEG decoded by simplejpeg (reduced like the stage), one `cv2.remap` with the plan's maps
-  computed beforehand, then the format's encode, nothing written: neus `png_bytes` of BGR; nerf --variant
+  computed beforehand, then the format's encodes, nothing written: neus `png_bytes` of BGR and of the view's mask
+  (rendered beforehand, as NeuS writes it: OpenCV's grey PNG); nerf --variant
   blender the alpha (source coverage, computed beforehand) merged on (`cv2.merge`) and `png_bytes` of BGRA;
   open3d a JPEG (quality 95) and `png_bytes` of the view's uint16 depth map (rendered beforehand). "1" is one
   process, "N" is one process per core at once, each on its share of the views, timed from a common start (a
   barrier) to the last one's end: the machine's bound, which threads of one process cannot exceed;
 - command: `fsconvert to-neus|to-nerf --variant blender|to-open3d TUPLE -o OUT -j 1` and `-j N`, `--no-check`,
   end to end in a new process, with its peak RSS; each also with the dense mesh (`--mesh`);
-- for reference, neus's bound with OpenCV's PNG writer (what fsconvert used before).
+- for reference, neus's bound with OpenCV's PNG writer for its images (what fsconvert used before).
 
 Each round runs everything in turn and prints the load average; the end prints the medians: views/s, each command
 ÷ its bound (-j 1 ÷ bound 1, -j N ÷ bound N; targets ≥ 0.85 for the PNG formats, ≥ 0.7 for open3d), -j N ÷ -j 1,
@@ -83,6 +84,14 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
     alphas = [np.where((mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1), 255, 0).astype(np.uint8)
               for (mx, my), (w, h) in zip(maps, sizes)]
     depths: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    if kind.startswith("neus"):
+        from fsconvert.depthproducts import render_masks
+        from fsconvert.mesh import capture_geometry
+
+        geometry = capture_geometry(load_capture(tuple_dir), "the bound's masks")
+        found = dict(render_masks(geometry, plans))
+        masks = [found[k] for k in range(len(plans))]
     if kind == "open3d":
         import exporters.open3d as o3d_format
         from fsconvert.depthproducts import depth_pngs
@@ -100,8 +109,10 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
         img = cv2.remap(img, *maps[k], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         if kind == "neus":
             png_bytes(img)
+            png_bytes(masks[k])
         elif kind == "neus-opencv":
             encoded(img, ".png")
+            png_bytes(masks[k])
         elif kind == "blender":
             png_bytes(cv2.merge([*cv2.split(img), alphas[k]]))
         else:
@@ -124,30 +135,47 @@ def bound(kind: str, tuple_dir: Path, views: int, processes: int) -> float:
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def command(fmt: str, tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS in MB) of the format's command in a new process (`measured`)."""
+def command(fmt: str, tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int, list[int]]:
+    """(seconds, peak RSS in MB, its helper processes' peaks) of the format's command in a new process
+    (`measured`)."""
     return measured(FORMATS[fmt], tuple_dir, out, jobs, mesh)
 
 
-def measured(command: list[str], tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS in MB: its VmHWM, read every 10 ms while it runs) of `fsconvert COMMAND TUPLE -o OUT -j
-    JOBS --no-check` in a new process."""
+def measured(command: list[str], tuple_dir: Path, out: Path, jobs: int,
+             mesh: Path | None = None) -> tuple[float, int, list[int]]:
+    """(seconds, peak RSS in MB: its VmHWM, read every 10 ms while it runs, and the same of each of its child
+    processes: the PNG encoders of its image threads) of `fsconvert COMMAND TUPLE -o OUT -j JOBS --no-check` in a
+    new process."""
     args = [str(Path(sys.executable).parent / "fsconvert"), *command, str(tuple_dir), "-o", str(out),
             "-j", str(jobs), "--no-check", "-q", "--overwrite", "--force", *(["--mesh", str(mesh)] if mesh else [])]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL)
-    peak = 0
+    peak, children = 0, {}
     while proc.poll() is None:
+        peak = max(peak, _peak_mb(proc.pid))
         try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) // 1024)
-        except (OSError, IndexError):  # exiting
+            for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                children[child] = max(children.get(child, 0), _peak_mb(int(child)))
+        except OSError:  # exiting
             pass
         time.sleep(0.01)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} exited {proc.returncode}")
-    return seconds, peak
+    return seconds, peak, sorted(mb for mb in children.values() if mb)
+
+
+def _peak_mb(pid: int) -> int:
+    """VmHWM of process `pid` in MB (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) // 1024
+    except (OSError, IndexError):
+        return 0
+
+
+def helpers_mb(peaks: list[int]) -> str:
+    """The helper processes' peaks, as "n × MB" (their largest), or "" without any."""
+    return f"{len(peaks)} × {max(peaks)} MB" if peaks else ""
 
 
 def main() -> None:
@@ -168,8 +196,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-png-"))
     runs = {}
     for kind in ("neus", "blender", "open3d", "neus-opencv"):
-        runs[f"{kind} bound 1"] = lambda kind=kind: (bound(kind, tuple_dir, n, 1), 0)
-        runs[f"{kind} bound {cores}"] = lambda kind=kind: (bound(kind, tuple_dir, n, cores), 0)
+        runs[f"{kind} bound 1"] = lambda kind=kind: (bound(kind, tuple_dir, n, 1), 0, [])
+        runs[f"{kind} bound {cores}"] = lambda kind=kind: (bound(kind, tuple_dir, n, cores), 0, [])
     for fmt in FORMATS:
         for jobs in (1, cores):
             runs[f"{fmt} -j {jobs}"] = lambda fmt=fmt, jobs=jobs: command(fmt, tuple_dir, work / fmt, jobs)
@@ -179,15 +207,17 @@ def main() -> None:
                                                                                 jobs, dense)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, int] = {}
+    helpers: dict[str, list[int]] = {}
     loads = []
     try:
         for r in range(repeat):
             loads.append(os.getloadavg()[0])
             line = [f"round {r + 1}: load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}"]
             for name, fn in runs.items():
-                seconds, mb = fn()
+                seconds, mb, children = fn()
                 times[name].append(seconds)
                 rss[name] = max(rss.get(name, 0), mb)
+                helpers[name] = max(helpers.get(name, []), children, key=lambda c: (max(c, default=0), len(c)))
                 line.append(f"{name} {seconds:.2f} s")
             print(";  ".join(line), flush=True)
     finally:
@@ -195,7 +225,7 @@ def main() -> None:
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"\nmedian of {repeat} round(s) (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f})")
-    print(f"{'':22}{'seconds':>9}{'views/s':>9}{'÷ bound':>9}{'÷ -j 1':>8}{'peak RSS':>10}")
+    print(f"{'':22}{'seconds':>9}{'views/s':>9}{'÷ bound':>9}{'÷ -j 1':>8}{'peak RSS':>10}  PNG helpers' peak")
     for name, t in med.items():
         kind, _, what = name.rpartition(" ")
         if " bound " in name or name.startswith("neus-opencv"):
@@ -205,7 +235,7 @@ def main() -> None:
         base = "open3d" if kind.startswith("open3d") else kind.split(" ")[0]
         ratio = med[f"{base} bound {jobs}"] / t
         speedup = f"{med[f'{kind} 1'] / t:8.2f}" if jobs > 1 else f"{'':8}"
-        print(f"{name:22}{t:9.2f}{n / t:9.2f}{ratio:9.2f}{speedup}{rss[name]:7d} MB")
+        print(f"{name:22}{t:9.2f}{n / t:9.2f}{ratio:9.2f}{speedup}{rss[name]:7d} MB  {helpers_mb(helpers[name])}")
     for jobs in (1, cores):
         print(f"open3d dense ÷ light at -j {jobs}: {med[f'open3d dense -j {jobs}'] / med[f'open3d -j {jobs}']:.2f}"
               " (target ≤ 1.25)")

@@ -132,7 +132,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
 
 
 def _stage_images(plans: list[ViewPlan], names: list[str], folder: Path, workers: int, progress: bool,
-            alpha: list[Footprint] | None) -> list[Footprint]:
+                  alpha: list[Footprint] | None) -> list[Footprint]:
     """The image stage; each image's footprint."""
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=alpha)

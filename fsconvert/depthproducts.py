@@ -3,7 +3,8 @@
 Depth maps through any cameras (distorted ones exactly, grouped by orientation to reuse the depth
 buffer), silhouette masks, depth ranges, and which views see which surface points. Formats only
 encode the values their own way (depth units, alpha channels, file names). `fsconvert.render` imports
-pyrender and OpenGL (~1 s) on first use, and `fsconvert.mesh` trimesh: listing formats or `--help` does not pay them.
+OpenGL on first use (depth passes need no pyrender), and `fsconvert.mesh` trimesh only where a Trimesh is asked
+for: listing formats or `--help` does not pay them.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ and the job record; split, each part would import the others' internals.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sys
@@ -143,7 +144,8 @@ def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite
     """Encode and write; return the bytes written. Write errors (disk full, read-only) become OutputError.
     `overwrite`: `img` may be left changed (`writers.png_bytes`); `fpng`: the process that encodes a PNG."""
     if options.image_format == "png":
-        data = png_bytes(img, path, overwrite=overwrite, fpng_encode=None if fpng is None else fpng.encode)
+        data = png_bytes(img, path, overwrite=overwrite,
+                         fpng_encode=None if fpng is None else functools.partial(fpng.encode, path=path))
     else:
         data = encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality], path)
     write_bytes(path, data)
