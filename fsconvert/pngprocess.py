@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -49,9 +50,12 @@ class FpngProcess:
         self._shared = os.memfd_create("fsconvert-fpng")
         self._memory: mmap.mmap | None = None
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), _HUGE_PAGES]))
+        # the helper runs the copy of this package its parent imported (which a script may have found on sys.path alone)
+        found_in = str(Path(__file__).resolve().parent.parent)
+        python_path = os.pathsep.join(filter(None, [found_in, os.environ.get("PYTHONPATH")]))
         self._process = subprocess.Popen([sys.executable, "-m", __name__, str(self._shared)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, pass_fds=(self._shared,),
-                                         env={**os.environ, "GLIBC_TUNABLES": tunables})
+                                         env={**os.environ, "GLIBC_TUNABLES": tunables, "PYTHONPATH": python_path})
         assert self._process.stdin is not None and self._process.stdout is not None  # both are pipes
         self._to, self._from = self._process.stdin, self._process.stdout
 
