@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +54,7 @@ from fsconvert.mesh import capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
-from fsconvert.threads import second_core
+from fsconvert.threads import beside
 from fsconvert.writers import npz_bytes, write_bytes, write_png
 
 NAME = "neus"
@@ -103,20 +102,18 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
     alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    with second_core(workers) as overlap:
-        if not overlap:
+    stop = threading.Event()  # the images failed: the silhouettes beside them stop at their next view
+    with beside(workers, lambda: silhouettes(capture_geometry(capture, MESH_USE), plans, stop=stop),
+                "fsconvert-masks") as seen:
+        try:
             footprints = _stage_images(plans, names, folder, workers, progress, alpha)
-            masks = render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress)
-        else:  # the silhouettes render on a second thread while the images are made
-            stop = threading.Event()
-            with ThreadPoolExecutor(1, thread_name_prefix="fsconvert-masks") as helper:
-                seen = helper.submit(silhouettes, capture_geometry(capture, MESH_USE), plans, stop=stop)
-                try:
-                    footprints = _stage_images(plans, names, folder, workers, progress, alpha)
-                except BaseException:
-                    stop.set()
-                    raise
-                masks = ((i, (s & f).alpha()) for i, (s, f) in enumerate(zip(seen.result(), footprints)))
+        except BaseException:
+            stop.set()
+            raise
+    if seen is None:
+        masks = render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress)
+    else:  # rendered on a second core while the images were made
+        masks = ((i, (s & f).alpha()) for i, (s, f) in enumerate(zip(seen.result(), footprints)))
     (folder / MASKS).mkdir()
     for i, mask in masks:
         write_png(folder / MASKS / f"{stems[i]}.png", mask)

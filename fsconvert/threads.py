@@ -7,8 +7,10 @@ The core budget: the local engine's worker processes (`fsconvert.engines`) share
 one core's work); its image stage (`fsconvert.imagestage`) runs one view on that permit and more views at once
 only on permits that are spare at that moment (`spare_core`: never waits, and leaves a permit to a job waiting
 for one), each given back after its view. So at most N views and jobs compute at once on the machine, and when
-fewer tuples than processes remain, the last ones take the cores the finished ones gave back. A process without
-a budget (one tuple, Dask and Ray tasks) uses the threads it is told to.
+fewer tuples than processes remain, the last ones take the cores the finished ones gave back. Work a format runs
+beside its images (NeuS's silhouettes, COLMAP's points3D: `beside`; open3d's depth maps: `second_core`) takes a
+spare permit the same way. A process without a budget (one tuple, Dask and Ray tasks) uses the threads it is told
+to.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from types import FrameType
+from typing import TypeVar
 
 import cv2
+
+T = TypeVar("T")
 
 RENDER_AND_OPENMP = ("LP_NUM_THREADS", "OMP_NUM_THREADS")
 """Read when llvmpipe creates its first context and when Open3D loads: set them before either."""
@@ -128,6 +134,28 @@ def second_core(workers: int) -> Iterator[bool]:
         finally:
             if taken:
                 give_back_core()
+
+
+@contextmanager
+def beside(workers: int, work: Callable[[], T], name: str) -> Iterator[Future[T] | None]:
+    """`work()` on a thread of its own (named `name`) while the block runs, on a second core: with `workers` > 1,
+    and in a process drawing on a core budget only on a spare core of it, taken for `work`'s run alone (given back
+    as it ends, for the block's other threads to take). None where there is no second core: the caller does the work
+    itself. Leaving the block waits for `work` to end (an error of the block propagates after it)."""
+    if workers <= 1 or (shares_cores() and not spare_core()):
+        yield None
+        return
+    taken = shares_cores()
+
+    def run() -> T:
+        try:
+            return work()
+        finally:
+            if taken:
+                give_back_core()
+
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as thread:
+        yield thread.submit(run)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -33,7 +33,7 @@ from fsconvert.measure import Thresholds
 from fsconvert.protocol import RECORD
 from fsconvert.runpage import RUN_PAGE
 from fsconvert.settings import DATASET_OVERLAYS
-from fsconvert.threads import CoreBudget, core, share_cores
+from fsconvert.threads import CoreBudget, beside, core, share_cores
 
 SUBJECTS = ("1", "2", "3")
 EXPRESSIONS = ("1_neutral", "2_smile")
@@ -436,3 +436,28 @@ def test_a_worker_runs_more_views_at_once_only_on_spare_cores(dataset: Path, tmp
     assert (seen["held"], seen["freed"], seen["claimed"]) == (1, 2, 1) and len(seen["threads"]) == 2
     alone = {p.name: p.read_bytes() for p in (tmp_path / "alone").iterdir()}
     assert len(alone) == 12 and {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()} == alone
+
+
+def test_work_beside_holds_a_spare_core_only_while_it_runs():
+    """`threads.beside`: none at -j 1 or without a spare core of the budget; else the work runs on a thread of its
+    own, its core given back when it ends (the block's image threads may take it), not when the block does."""
+    with beside(1, lambda: 1, "t") as seen:
+        assert seen is None
+    with beside(2, lambda: threading.current_thread().name, "fsconvert-test") as seen:  # no budget: the caller's -j
+        assert seen is not None and seen.result().startswith("fsconvert-test")
+    budget = CoreBudget(multiprocessing.get_context("spawn"), 2)  # a dataset run's; this job holds one core
+    budget.permits.acquire()
+    share_cores(budget)
+    try:
+        release = threading.Event()
+        with beside(2, release.wait, "t") as seen:
+            assert seen is not None and not budget.permits.acquire(False)  # the spare core is the work's ...
+            release.set()
+            seen.result()
+            assert budget.permits.acquire(False)  # ... until it ends, inside the block
+            with beside(2, lambda: 1, "t") as none:
+                assert none is None  # no spare core left: the caller works alone
+            budget.permits.release()
+    finally:
+        share_cores(None)
+

@@ -363,6 +363,18 @@ def test_tracks_are_photo_consistent(export, case):
     assert np.abs(colours - np.rint(means)).max() == 0
 
 
+@pytest.mark.parametrize("point_colors", ["mesh", "image"])
+def test_points_beside_the_images_are_the_serial_bytes(export, capture, tmp_path, point_colors):
+    # -j 2: points3D are sampled and tested for visibility on a second thread while the images are made (image
+    # colours after them); the fixture's export ran at -j 1, one after the other
+    options = colmap.Options(image=image_options("undistort", 0.25), point_colors=point_colors)
+    overlapped = export_to(capture, colmap, tmp_path / "j2", options, thresholds=None, workers=2).out_dir
+    serial = export("undistort", 0.25, point_colors=point_colors)
+    files = {p.relative_to(serial).as_posix() for p in serial.rglob("*") if p.is_file() and "fsconvert" not in p.parts}
+    assert {"sparse/0/points3D.bin", "sparse/0/points3D.ply"} <= files
+    assert [f for f in sorted(files) if (overlapped / f).read_bytes() != (serial / f).read_bytes()] == []
+
+
 # ---- files, readers and third-party tools ----------------------------------------------------------
 
 

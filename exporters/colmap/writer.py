@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +19,7 @@ from fsconvert.imagestage import read_image, stems, write_images
 from fsconvert.mesh import capture_geometry, capture_mesh, face_areas, vertex_colors
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
+from fsconvert.threads import beside
 from fsconvert.writers import ply_vertices, write_ply, write_png
 
 from .depths import write_depth_priors
@@ -102,8 +103,13 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
     masks = options.target == "3dgs" and options.image.border != "crop" and options.image.alpha == "none"
     alpha = subjects(capture, "--alpha subject", plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, [str(IMAGES / n) for n in names], folder, workers=workers, progress=progress,
-                              footprints=masks, subjects=alpha)
+    image_paths = [str(IMAGES / n) for n in names]
+    # points3D beside the images on a second core; not with --depths, whose priors go first (see below)
+    with beside(workers if options.points and not options.depths else 1,
+                lambda: _seen_points(capture, plans, options, False), "fsconvert-points3D") as seen:
+        footprints = write_images(plans, image_paths, folder, workers=workers, progress=progress,
+                                  footprints=masks, subjects=alpha)
+    cloud = None if seen is None else seen.result()
     if masks:  # COLMAP's mask naming: masks/<image name>.png, 0 where the pixel has no source data
         (folder / MASKS).mkdir()
         assert footprints is not None  # write_images returns them when asked for
@@ -120,21 +126,24 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     keypoints: list[np.ndarray] = [np.zeros((0, 2))] * len(plans)
     stats = {"sampled": options.points, "kept": 0, "dropped": 0}
     if options.points:
-        cloud = _mesh_points(capture, plans, options, folder / IMAGES, names, progress)
+        if cloud is None:
+            cloud = _seen_points(capture, plans, options, progress)
+        if options.point_colors == "image":
+            cloud = replace(cloud, rgb=_image_colors(cloud.seen, cloud.obs, [folder / IMAGES / n for n in names]))
         keypoints = cloud.obs
         stats |= {"kept": len(cloud.xyz), "dropped": options.points - len(cloud.xyz)}
     for i, (plan, name) in enumerate(zip(plans, names), start=1):
         rec.add_camera_with_trivial_rig(_colmap_camera(pycolmap, i, plan.camera))
         image = pycolmap.Image(name=name, keypoints=keypoints[i - 1], camera_id=i, image_id=i)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(plan.world_to_cam[:3, :4]))
-    if options.points:
+    if cloud is not None:
         _add_tracks(pycolmap, rec, cloud)
         rec.update_point_3d_errors()
     for ext in MODEL_FORMATS[options.model_format]:
         (rec.write_binary if ext == "bin" else rec.write_text)(str(sparse))
         for extra in ("rigs", "frames"):  # the legacy three files: every reader's (layout.MODEL_FILES)
             (sparse / f"{extra}.{ext}").unlink(missing_ok=True)
-    if options.points:
+    if cloud is not None:
         write_ply(sparse / PLY, ply_vertices(cloud.xyz, cloud.normals, cloud.rgb))
     if progress and options.points:
         print(f"{NAME}: {stats['kept']} of {stats['sampled']} surface points seen by ≥ 2 views; "
@@ -249,8 +258,8 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
     return xyz, normals, rgb
 
 
-def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, images: Path, names: list[str],
-                 progress: bool) -> _Cloud:
+def _seen_points(capture: Capture, plans: list[ViewPlan], options: Options, progress: bool) -> _Cloud:
+    """Surface points sampled on the mesh, kept where ≥ 2 views see them, coloured from the mesh."""
     mesh = capture_mesh(capture, "points3D")
     xyz, normals, rgb = sample_surface(mesh, options.points)
     # points on the full mesh, their depth test against its render proxy (a dense scan's ~100 000-face copy)
@@ -270,11 +279,7 @@ def _mesh_points(capture: Capture, plans: list[ViewPlan], options: Options, imag
     if not keep.any():
         raise InputError(f"no mesh point is seen by 2 or more views (of {len(plans)}); use --points 0",
                          file=capture.mesh)
-    if options.point_colors == "image":
-        rgb = _image_colors(seen, obs, [images / n for n in names])
-    else:
-        rgb = rgb[keep]
-    return _Cloud(xyz[keep], normals[keep], rgb, seen, obs)
+    return _Cloud(xyz[keep], normals[keep], rgb[keep], seen, obs)
 
 
 def _image_colors(seen: np.ndarray, obs: list[np.ndarray], paths: list[Path]) -> np.ndarray:
