@@ -4,14 +4,17 @@ fpng's binding holds the GIL for its whole encode (~0.1 s for a 12.6 MP view), s
 encode PNGs one at a time, and a thread whose GIL-free work (decode, remap) ends meanwhile waits for it too
 (measured on 2 cores: `to-neus -j 2`'s image stage 1.35× its `-j 1`; a JPEG format's 1.9×). With `workers` > 1
 each thread of the image stage gets a process of its own that runs this module: it imports numpy and fpng
-alone (~0.2 s, started when the thread's first view starts decoding) and encodes what its thread sends, the
+alone (~0.1 s, started when the thread's first view starts decoding) and encodes what its thread sends, the
 same fpng on the same pixels, so the same bytes. Its thread waits on a pipe meanwhile, without the GIL.
 
-The pipe carries, per image, a header (height, width, channels: three little-endian uint32) and the RGB(A)
-pixels row by row; back comes the PNG's length (uint64; 0 where fpng cannot encode it) and its bytes. The
-helper ends at the end of its input: when its thread's stage closes it, and when the parent dies whatever
-killed it (the pipe closes with the process). It ignores SIGINT: a Ctrl-C reaches the whole process group,
-and the parent, which stops on it (`fsconvert.threads`), closes its pipe.
+The pixels cross in memory both processes map (a memfd, grown to the largest image; the thread remaps a view
+straight into it, `FpngProcess.pixels`), and so does the PNG on its way back, or on the pipe where it is larger
+than the pixels were (noise). The pipe carries only a request (height, width, channels, the memory's size) and
+a reply (the PNG's length, 0 where fpng cannot encode the pixels; where it is). Sending the pixels on the pipe
+instead cost ~85 ms of kernel time per 12.6 MP view, as much as the encode. The helper ends at the end of its
+requests: when its thread's stage closes it, and when the parent dies whatever killed it (the pipe closes with
+the process). It ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent, which stops on it
+(`fsconvert.threads`), closes its pipe.
 """
 
 from __future__ import annotations
