@@ -118,6 +118,20 @@ def test_a_signal_stops_one_tuple_on_threads_and_a_rerun_completes_it(dataset: P
     assert every_file(out) == every_file(clean_tuple) and list(out.parent.iterdir()) == [out]
 
 
+@pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT-group"])
+def test_a_signal_ends_the_png_encoder_processes_too(dataset: Path, tmp_path: Path, signum: int, group: bool):
+    # -j 2 PNGs: each image thread's fpng runs in a child process (`fsconvert.pngprocess`); the signal reaches the
+    # command alone (its children then see their pipe close) or the whole group (they ignore SIGINT)
+    out = tmp_path / "png" / "out"
+    argv = ["to-colmap", str(dataset / "images" / "2" / "1_neutral"), "-o", str(out), "-j", "2", "--image-format",
+            "png", "--points", "0"]
+    stopped, seconds = run_and_signal(argv, out.parent, signum, group, least=3)  # the command and its 2 encoders
+    assert stopped.returncode == 128 + signum and stopped.stderr == STOPPED[signum] + "\n"
+    assert seconds < 10
+    assert list(out.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("engine", ["dask", "ray"])
 def test_sigterm_ends_the_cluster_a_run_started(dataset: Path, clean: Path, tmp_path: Path, engine: str):
     """The local Dask or Ray cluster the run started goes with it: no scheduler, nanny, raylet or worker left."""
