@@ -13,8 +13,9 @@ than the pixels were (noise). The pipe carries only a request (height, width, ch
 a reply (the PNG's length, 0 where fpng cannot encode the pixels; where it is). Sending the pixels on the pipe
 instead cost ~85 ms of kernel time per 12.6 MP view, as much as the encode. The helper ends at the end of its
 requests: when its thread's stage closes it, and when the parent dies whatever killed it (the pipe closes with
-the process). It ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent, which stops on it
-(`fsconvert.threads`), closes its pipe.
+the process). It runs in a process group of its own: a terminal's Ctrl-C, sent to the foreground group, would
+otherwise interrupt a helper still starting up, which prints "Fatal Python error" (the signal test caught it);
+the parent, which stops on it (`fsconvert.threads`), closes its pipe instead. It ignores SIGINT once started.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import OutputError
+from .threads import check_stop
 
 _HUGE_PAGES = "glibc.malloc.hugetlb=1"
 """glibc (2.35 on) then asks for transparent huge pages where it maps memory: fpng's ~100 MB of buffers per 12.6 MP
@@ -57,7 +59,7 @@ class FpngProcess:
         found_in = str(Path(__file__).resolve().parent.parent)
         python_path = os.pathsep.join(filter(None, [found_in, os.environ.get("PYTHONPATH")]))
         self._process = subprocess.Popen([sys.executable, "-m", __name__, str(self._shared)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, pass_fds=(self._shared,),
+                                         stdout=subprocess.PIPE, pass_fds=(self._shared,), process_group=0,
                                          env={**os.environ, "GLIBC_TUNABLES": tunables, "PYTHONPATH": python_path})
         assert self._process.stdin is not None and self._process.stdout is not None  # both are pipes
         self._to, self._from = self._process.stdin, self._process.stdout
@@ -90,6 +92,7 @@ class FpngProcess:
             code: int | None = self._process.wait(1)
         except subprocess.TimeoutExpired:
             code = None
+        check_stop()  # killed with this process (Slurm signals every process of a job step): the run stops, not fails
         raise OutputError(f"{path or 'PNG'}: the PNG encoder process ended"
                           + ("" if code is None else f" (exit status {code})"))
 

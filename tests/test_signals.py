@@ -55,12 +55,13 @@ def every_file(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_and_signal(argv: list[str], watched: Path, signum: int, group: bool,
+def run_and_signal(argv: list[str], watched: Path, signum: int, group: bool | str,
                    least: int) -> tuple[subprocess.CompletedProcess, float]:
     """Run `fsconvert ARGV` (its own process group), send `signum` once a staging folder appears below
-    `watched` (to the command, or to its whole group as a terminal's Ctrl-C and Slurm do), while at least
-    `least` processes of the run are alive; return its exit and its seconds from the signal to its exit,
-    once no process of the run is left (processes carry a marker in their environment: orphans too)."""
+    `watched` (to the command; `group` True: to its whole group, as a terminal's Ctrl-C does; "every": to every
+    process of the run at once, as Slurm signals a job step), while at least `least` processes of the run are alive;
+    return its exit and its seconds from the signal to its exit, once no process of the run is left (processes
+    carry a marker in their environment: orphans too)."""
     marker = f"FSCONVERT_TEST_{uuid.uuid4().hex}"
     proc = subprocess.Popen([sys.executable, "-m", "fsconvert.cli", *argv, "-q"], env={**os.environ, marker: "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -70,7 +71,8 @@ def run_and_signal(argv: list[str], watched: Path, signum: int, group: bool,
         time.sleep(0.005)
     assert proc.poll() is None and list(watched.rglob(".*.partial")) and len(alive(marker)) >= least
     sent = time.monotonic()
-    (os.killpg if group else os.kill)(proc.pid, signum)
+    for pid in alive(marker) if group == "every" else [proc.pid]:
+        (os.killpg if group is True else os.kill)(pid, signum)
     _, stderr = proc.communicate(timeout=120)
     seconds = time.monotonic() - sent
     end = time.monotonic() + 10
@@ -118,11 +120,12 @@ def test_a_signal_stops_one_tuple_on_threads_and_a_rerun_completes_it(dataset: P
     assert every_file(out) == every_file(clean_tuple) and list(out.parent.iterdir()) == [out]
 
 
-@pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
-                         ids=["SIGTERM", "SIGINT-group"])
-def test_a_signal_ends_the_png_encoder_processes_too(dataset: Path, tmp_path: Path, signum: int, group: bool):
-    # -j 2 PNGs: each image thread's fpng runs in a child process (`fsconvert.pngprocess`); the signal reaches the
-    # command alone (its children then see their pipe close) or the whole group (they ignore SIGINT)
+@pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGINT, True), (signal.SIGTERM, "every")],
+                         ids=["SIGTERM", "SIGINT-group", "SIGTERM-every-process"])
+def test_a_signal_ends_the_png_encoder_processes_too(dataset: Path, tmp_path: Path, signum: int, group: bool | str):
+    # -j 2 PNGs: each image thread's fpng runs in a child process (`fsconvert.pngprocess`, a process group of its
+    # own); the signal reaches the command alone or its group (the children see their pipe close), or every process
+    # (an encoder killed under a view: the run still stops, it does not fail)
     out = tmp_path / "png" / "out"
     argv = ["to-colmap", str(dataset / "images" / "2" / "1_neutral"), "-o", str(out), "-j", "2", "--image-format",
             "png", "--points", "0"]
