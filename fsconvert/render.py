@@ -239,8 +239,9 @@ class Renderer:
         return np.where(np.isfinite(t), t, 0).astype(np.float32)
 
     def _context(self, width: int, height: int) -> pyrender.Renderer:
-        """The current OSMesa context with a `width`×`height` viewport in the lower-left corner of its buffer (where
-        colour renders draw; depth passes draw into their own framebuffer, `DepthPass`, and ask for 1×1).
+        """pyrender's current OSMesa context with a `width`×`height` viewport in the lower-left corner of its buffer
+        (where colour renders draw; depth passes draw into their own framebuffer, `DepthPass`, on this context once
+        it exists, else on a `DepthContext`).
 
         A buffer that is too small is re-created (~0.15 s, mesh re-uploaded; swapping only OSMesa's buffer
         would be cheaper, but Mesa then keeps ~100 MB per buffer size until the context is destroyed). Up
