@@ -76,7 +76,7 @@ def depth_bands(mesh: Surface, views: Sequence[Posed], *, progress: bool = False
     map, 50 MB, is never made), distorted ones as one band, their whole map (`render.distorted_render`).
     Read a view's bands before the next view.
 
-    Each view is drawn into a depth buffer of its own size (`render._DepthPass`), so its depth does not depend
+    Each view is drawn into a depth buffer of its own size (`depthpass.DepthPass`), so its depth does not depend
     on the views drawn before it (in the context's shared buffer, it did in the last float bits: ±1 step in
     ~0.02 % of nerf's uint16 depth pixels).
     """

@@ -32,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+import fpng
 import numpy as np
 
 from .errors import OutputError
@@ -70,7 +71,7 @@ class FpngProcess:
         size = math.prod(shape)
         return np.frombuffer(self._room(size), np.uint8, size).reshape(shape)
 
-    def encode(self, rgb: np.ndarray, path: object = None) -> bytes:
+    def encode(self, rgb: np.ndarray, path: Path | None = None) -> bytes:
         """fpng's PNG of C-contiguous H×W×3 RGB or H×W×4 RGBA uint8 pixels (`fpng_ext.encode_ndarray`), or b""
         where fpng cannot encode them, copied into the shared memory first unless they are `pixels`' array;
         `path` names the file in errors."""
@@ -144,8 +145,6 @@ class FpngProcesses:
 def _serve(shared: int, requests: BinaryIO, replies: BinaryIO) -> None:
     """The helper's loop: per request, encode the pixels in the shared memory and put the PNG in their place,
     or, larger than that memory, on the pipe; until the end of `requests`."""
-    import fpng
-
     memory: mmap.mmap | None = None
     while len(request := requests.read(_REQUEST.size)) == _REQUEST.size:
         height, width, channels, size = _REQUEST.unpack(request)

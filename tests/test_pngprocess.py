@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,11 +70,19 @@ def test_a_helper_that_died_is_an_error_naming_the_file() -> None:
 def test_each_thread_has_its_own_helper_and_close_ends_them_all() -> None:
     helpers = FpngProcesses()
     img = _photo(np.random.default_rng(5), 120, 90, 3)
+    together = threading.Barrier(3)  # three threads at once: three helpers
+
+    def ask(_: int) -> tuple[int, FpngProcess, FpngProcess]:
+        together.wait()
+        return threading.get_ident(), helpers.for_this_thread(), helpers.for_this_thread()
+
     try:
         with ThreadPoolExecutor(3) as pool:
-            used = list(pool.map(lambda _: helpers.for_this_thread(), range(3)))
-            assert all(u.encode(img) == fpng.fpng_ext.encode_ndarray(img) for u in used)
-        assert len(_helpers_of(os.getpid())) == len({id(u) for u in used}) >= 1
+            asked = list(pool.map(ask, range(3)))
+        assert len({ident for ident, _, _ in asked}) == len({id(first) for _, first, _ in asked}) == 3
+        assert all(first is again for _, first, again in asked)  # a thread keeps its helper
+        assert all(first.encode(img) == fpng.fpng_ext.encode_ndarray(img) for _, first, _ in asked)
+        assert len(_helpers_of(os.getpid())) == 3
     finally:
         helpers.close()
     assert _helpers_of(os.getpid()) == []
