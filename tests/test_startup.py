@@ -72,6 +72,10 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
     assert printed.startswith(f"wrote {tmp_path / 'neus'} (neus, 7 views)")
     # its masks are depth passes: OpenGL on an OSMesa context of the renderer's own, without pyrender
     assert modules & HEAVY == {"OpenGL"}
+    printed, modules = imported("to-mvsnet", *common, "-o", str(tmp_path / "mvsnet"))
+    assert printed.startswith(f"wrote {tmp_path / 'mvsnet'} (mvsnet, 7 views)")
+    # depth ranges and view selection: depth passes on the mesh file's vertices and faces, without trimesh
+    assert modules & HEAVY == {"OpenGL"}
 
 
 def ply_bytes(vertices: np.ndarray, faces: np.ndarray, *, endian: str = "<", vertex_type: str = "float",

@@ -14,7 +14,7 @@ from fsconvert.depthproducts import depth_bands, depth_range, foreground_span, p
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import write_images
-from fsconvert.mesh import capture_mesh, capture_mesh_path
+from fsconvert.mesh import capture_geometry, capture_mesh_path
 from fsconvert.model import Capture
 from fsconvert.options import option
 from fsconvert.writers import write_bytes
@@ -57,15 +57,15 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the export (see the package docstring): depth ranges and view selection from the mesh's Trimesh
-    (import and parse ~1 s) after the images."""
+    """Write the export (see the package docstring): depth ranges and view selection from the mesh's vertices and
+    faces after the images (`capture_geometry`: depth passes and their visibility tests need no trimesh)."""
     needed_for = "the MVSNet export (depth ranges, view selection)"
     capture_mesh_path(capture, needed_for)  # refused before the images without one
     plans = plan_views(capture.views, options.image)
     stems = [f"{p.view.id:08d}" for p in plans]
     names = [f"{IMAGES}/{s}.jpg" for s in stems]
     write_images(plans, names, folder, workers=workers, progress=progress)
-    mesh = capture_mesh(capture, needed_for)
+    mesh = capture_geometry(capture, needed_for)
     if options.depths:
         (folder / DEPTHS).mkdir()
     ranges: list[tuple[float, float]] = [(0.0, 0.0)] * len(plans)
