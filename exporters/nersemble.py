@@ -71,7 +71,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -83,14 +83,11 @@ from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import stems, write_images
 from fsconvert.jsonvalues import matrix, number, read_object, rigid
-from fsconvert.mesh import capture_geometry, capture_mesh, vertex_colors
+from fsconvert.mesh import Geometry, capture_geometry
 from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.writers import npy_bytes, ply_vertices, write_bytes, write_encoded, write_json, write_ply
-
-if TYPE_CHECKING:
-    import trimesh
 
 NAME = "nersemble"
 SUMMARY = "VHAP's NeRSemble layout: camera_params.json (one K, OpenCV world_2_cam, metres) + images/ + alpha_maps/"
@@ -161,7 +158,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     names = [f"{subject}/{sequence}/{IMAGES}/{stem}.{SUFFIX}" for stem in stems_]
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True)
     assert footprints is not None  # write_images returns them when asked for
-    mesh = capture_mesh(capture, MESH_USE)
+    mesh = capture_geometry(capture, MESH_USE, colors=True)
     (sequence_dir / ALPHA_MAPS).mkdir()
     for k, mask in render_masks(mesh, plans, footprints, progress=progress, desc="alpha maps"):
         write_encoded(sequence_dir / ALPHA_MAPS / f"{stems_[k]}.{SUFFIX}", mask, f".{SUFFIX}",
@@ -223,11 +220,9 @@ def camera_params(plans: list[ViewPlan], ids: list[str], S: np.ndarray, world: d
             WORLD_KEY: world}
 
 
-def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
+def _write_mesh(path: Path, mesh: Geometry, S: np.ndarray) -> None:
     """The scan in the metric world: double x y z, colours when it has any, faces."""
-    coloured = getattr(mesh.visual, "kind", None) in ("vertex", "texture")
-    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), rgb=vertex_colors(mesh) if coloured else None,
-                          xyz_type="<f8")
+    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), rgb=mesh.colors, xyz_type="<f8")
     write_ply(path, vertex, mesh.faces, comment=f"fsconvert {NAME}: metres, the cameras' world")
 
 

@@ -31,7 +31,7 @@ from .imageplan import plan_views
 from .imagestage import PREVIEW_MAX_SIDE
 from .loader import load_capture
 from .measure import Thresholds, ViewCheck, measure_view
-from .mesh import capture_mesh, subsample
+from .mesh import capture_geometry, capture_mesh, subsample
 from .model import Capture
 from .options import from_dict
 from .protocol import CHECK_DIR, CHECK_JSON, RIG, ExportedView, read_manifest
@@ -185,7 +185,7 @@ def check_export(
     if dropped:
         report.problems.append(f"source view(s) {dropped} are not in the export manifest")
 
-    points = subsample(np.asarray(capture_mesh(capture, "the check").vertices, dtype=np.float64), max_points)
+    points = subsample(capture_geometry(capture, "the check").vertices, max_points)
     out_dir = export_dir / CHECK_DIR
     _clear(out_dir)
     sampled = overlay_sample(policy, len(manifest["views"]))

@@ -1,9 +1,10 @@
 """Load and validate the tuple's mesh (SfM units, the cameras' world frame), and its light render proxy.
 
 trimesh takes ~1 s to import (scipy, networkx): the functions that parse or build a Trimesh import it.
-`read_geometry` reads a binary PLY of triangles (FaceScape's meshes) with numpy alone, so that loading
-a tuple (which proves its mesh readable) and `fsconvert info` start without it: an export's first view
-does not wait for trimesh.
+`read_geometry` reads a binary PLY of triangles (FaceScape's meshes) with numpy alone, its vertex colours
+too, so that loading a tuple (which proves its mesh readable), `fsconvert info` and the formats that write
+point clouds and meshes from it (`fsconvert.surface` holds trimesh's arithmetic) go without it; only colour
+renders (pyrender draws a Trimesh) and other files (OBJ, textures) need it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from . import conventions as cv
+from . import surface
 from .errors import InputError
 from .model import Capture
 
@@ -35,10 +37,20 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
 
 
 class Geometry(NamedTuple):
-    """A mesh file's vertices (N×3 float64, as trimesh holds them) and triangles (M×3 vertex indices)."""
+    """A mesh file's vertices (N×3 float64, as trimesh holds them) and triangles (M×3 vertex indices), and,
+    where asked for (`read_geometry`), its vertex colours."""
 
     vertices: np.ndarray
     faces: np.ndarray
+    colors: np.ndarray | None = None
+    """N×3 uint8 RGB as trimesh gives them (a texture's sampled at the vertices), None where the mesh has none
+    or they were not read."""
+
+    def rgb(self) -> np.ndarray:
+        """N×3 uint8 vertex colours, mid grey where the mesh has none."""
+        if self.colors is None:
+            return np.full((len(self.vertices), 3), 128, np.uint8)
+        return self.colors
 
     @property
     def bounds(self) -> np.ndarray:
@@ -48,17 +60,19 @@ class Geometry(NamedTuple):
         return np.array([self.vertices[used].min(axis=0), self.vertices[used].max(axis=0)])
 
 
-def read_geometry(path: str | Path) -> Geometry:
+def read_geometry(path: str | Path, *, colors: bool = False) -> Geometry:
     """The vertices and faces `load_mesh` gives for the file at `path`, validated alike (the same one-line
-    InputErrors). A binary PLY whose elements are vertex and face and whose faces are all triangles is
-    read with numpy (~25 ms for a 1.3 M-face scan): hand-written so that loading a tuple and `info` do not
-    import trimesh (~1 s, see the module docstring). Any other file, or one that does not match its own
-    header, goes through `load_mesh`, whose messages then say what is wrong."""
+    InputErrors), with `colors` also its vertex colours. A binary PLY whose elements are vertex and face and
+    whose faces are all triangles is read with numpy (~25 ms for a 1.3 M-face scan): hand-written so that
+    loading a tuple and `info` do not import trimesh (~1 s, see the module docstring); its colours too where
+    they are uchar red, green, blue (alpha ignored, as here everywhere) and no texture coordinates. Any other
+    file, or one that does not match its own header, goes through `load_mesh`, whose messages then say what is
+    wrong."""
     key = _key(path)
-    read = _binary_triangle_ply(key[0]) if key[0].suffix.lower() == ".ply" else None
+    read = _binary_triangle_ply(key[0], colors) if key[0].suffix.lower() == ".ply" else None
     if read is None:
         mesh = _parse(*key)
-        return Geometry(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+        return Geometry(np.asarray(mesh.vertices), np.asarray(mesh.faces), _colors(mesh) if colors else None)
     _validate(read.vertices, read.faces, key[0])
     return read
 
@@ -68,11 +82,14 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short":
               "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
 _PLY_ENDIAN = {"binary_little_endian": "<", "binary_big_endian": ">"}
 _PLY_MAX_HEADER_LINES = 1000
+_PLY_COLORS = ("red", "green", "blue", "alpha")
+_PLY_TEXTURE_COORDINATES = {"texture_u", "texture_v", "u", "v", "s", "t"}
+"""Vertex properties trimesh reads as texture coordinates (its colours then come from a texture)."""
 
 
-def _binary_triangle_ply(path: Path) -> Geometry | None:
+def _binary_triangle_ply(path: Path, colors: bool) -> Geometry | None:
     """`read_geometry`'s numpy path (not validated); None where the file is not such a PLY or cannot be read
-    (trimesh's reader then says why)."""
+    (trimesh's reader then says why), or, with `colors`, where trimesh would make its colours otherwise."""
     header: list[list[str]] = []
     try:
         with path.open("rb") as file:
@@ -92,7 +109,17 @@ def _binary_triangle_ply(path: Path) -> Geometry | None:
     f = np.frombuffer(data, face, count=n_faces, offset=vertex.itemsize * n_vertices)
     if not (f["n"] == 3).all():
         return None
-    return Geometry(np.column_stack([v["x"], v["y"], v["z"]]).astype(np.float64), f["i"])
+    rgb = None
+    if colors:
+        assert vertex.names is not None  # _ply_layout found x, y, z
+        named = [name for name in _PLY_COLORS if name in vertex.names]
+        if _PLY_TEXTURE_COORDINATES & set(vertex.names) or any(vertex[name] != np.uint8 for name in named):
+            return None
+        if len(named) >= 3:  # trimesh's rule: three or more of them are colours
+            if named[:3] != ["red", "green", "blue"]:
+                return None
+            rgb = np.column_stack([v["red"], v["green"], v["blue"]])
+    return Geometry(np.column_stack([v["x"], v["y"], v["z"]]).astype(np.float64), f["i"], rgb)
 
 
 def _ply_layout(header: list[list[str]]) -> tuple[np.dtype, int, np.dtype, int]:
@@ -132,7 +159,7 @@ PROXY_CELLS = 112
 """Clustering cells along the longest side of the bounding box (a head: ~90 000 faces)."""
 
 
-def render_proxy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+def render_proxy(mesh: Geometry) -> Geometry:
     """A vertex-clustered copy of `mesh` of at most PROXY_MAX_FACES faces (a dense scan's 1–3 M become
     ~90 000), or `mesh` itself when it is that small already.
 
@@ -149,20 +176,18 @@ def render_proxy(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return proxy
 
 
-def _cluster(mesh: trimesh.Trimesh, cells: int) -> trimesh.Trimesh:
-    import trimesh
-
+def _cluster(mesh: Geometry, cells: int) -> Geometry:
     v = np.asarray(mesh.vertices, np.float64)
     lo = v.min(axis=0)
     cell = float(np.ptp(v, axis=0).max()) / cells or 1.0
     ijk = np.minimum(((v - lo) / cell).astype(np.int64), cells)
     key = (ijk[:, 0] * (cells + 1) + ijk[:, 1]) * (cells + 1) + ijk[:, 2]
     _, cluster = np.unique(key, return_inverse=True)
-    sums = [np.bincount(cluster, weights=c) for c in (*v.T, *vertex_colors(mesh).T.astype(np.float64))]
+    sums = [np.bincount(cluster, weights=c) for c in (*v.T, *mesh.rgb().T.astype(np.float64))]
     mean = np.column_stack(sums) / np.bincount(cluster)[:, None]
     faces = cluster[mesh.faces]
     faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-    return trimesh.Trimesh(mean[:, :3], faces, vertex_colors=np.rint(mean[:, 3:]).astype(np.uint8), process=False)
+    return Geometry(mean[:, :3], faces, np.rint(mean[:, 3:]).astype(np.uint8))
 
 
 def _key(path: str | Path) -> tuple[Path, int, int]:
@@ -189,8 +214,11 @@ def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray | None = None) -> trimesh.
 
 
 @functools.lru_cache(maxsize=1)
-def _proxy(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
-    return render_proxy(_parse(path, size, mtime_ns))
+def _proxy(path: Path, size: int, mtime_ns: int) -> Geometry | None:
+    """The file's render proxy with its colours, None where the mesh is its own."""
+    mesh = read_geometry(path, colors=True)
+    proxy = render_proxy(mesh)
+    return None if proxy is mesh else proxy
 
 
 def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
@@ -243,8 +271,8 @@ def subsample(points: np.ndarray, n: int) -> np.ndarray:
     return points[np.unique(np.linspace(0, len(points) - 1, n).round().astype(np.intp))]
 
 
-def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
-    """N×3 uint8 vertex colours (mid grey where the mesh has none)."""
+def _colors(mesh: trimesh.Trimesh) -> np.ndarray | None:
+    """`Geometry.colors` of a Trimesh: N×3 uint8 vertex colours, a texture's sampled at the vertices, or None."""
     import trimesh
 
     visual = mesh.visual
@@ -253,66 +281,74 @@ def vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     if isinstance(visual, trimesh.visual.TextureVisuals):  # kind "texture"
         # TextureVisuals.to_color has no annotations
         return np.asarray(visual.to_color().vertex_colors)[:, :3].astype(np.uint8)
-    return np.full((len(mesh.vertices), 3), 128, np.uint8)
+    return None
 
 
-def face_areas(mesh: trimesh.Trimesh) -> np.ndarray:
-    """`mesh.area_faces`, bit for bit, computed in chunks and not cached on the mesh."""
-    import trimesh
-
-    # trimesh.triangles.area has no annotations
-    return np.concatenate([trimesh.triangles.area(crosses=trimesh.triangles.cross(t))
-                           for t in _triangles(mesh)])
+def face_areas(mesh: Geometry) -> np.ndarray:
+    """trimesh's `area_faces`, bit for bit, computed in chunks."""
+    return np.concatenate([surface.areas(surface.cross(t)) for t in _triangles(mesh)])
 
 
-def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
-    """`mesh.vertex_normals` (angle-weighted, trimesh's own sum), bit for bit, from face normals and angles
-    computed in chunks: trimesh's properties build and cache the triangles, cross products, normals and
-    angles of every face (~1.5 s and ~300 MB at 1.3 M faces)."""
-    import trimesh
-
+def vertex_normals(mesh: Geometry) -> np.ndarray:
+    """trimesh's `vertex_normals` (angle-weighted), bit for bit, from face normals and angles computed in chunks:
+    trimesh's properties build and cache the triangles, cross products, normals and angles of every face (~1.5 s
+    and ~300 MB at 1.3 M faces)."""
     normals, angles = [], []
-    # trimesh.triangles.normals and angles and trimesh.geometry.weighted_vertex_normals have no annotations
     for t in _triangles(mesh):
-        unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(t))
+        unit, valid = surface.normals(surface.cross(t))
         padded = np.zeros((len(t), 3))
         padded[valid] = unit
         normals.append(padded)
-        angles.append(trimesh.triangles.angles(t))
-    weighted: np.ndarray = trimesh.geometry.weighted_vertex_normals(
-        len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals), np.concatenate(angles))
-    return weighted
+        angles.append(surface.angles(t))
+    return surface.weighted_vertex_normals(len(mesh.vertices), np.asarray(mesh.faces), np.concatenate(normals),
+                                           np.concatenate(angles))
 
 
-def _triangles(mesh: trimesh.Trimesh, chunk: int = 1 << 18) -> Iterator[np.ndarray]:
+def _triangles(mesh: Geometry, chunk: int = 1 << 18) -> Iterator[np.ndarray]:
     v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces)
     for i in range(0, len(f), chunk):
         yield v[f[i:i + chunk]]
 
 
 def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
-    """The capture's mesh in the capture's frame (`Capture.world` applied), or a one-line InputError
-    saying what needs it; with `proxy`, its render proxy (`render_proxy`, made once per file version: for
-    renders that test cameras or visibility, not for products). Every use of a capture's mesh goes through here
-    or, for its vertices and faces alone, through `capture_geometry`.
+    """The capture's mesh as a Trimesh (what pyrender draws in colour) in the capture's frame (`Capture.world`
+    applied), or a one-line InputError saying what needs it; with `proxy`, its render proxy (`capture_proxy`).
+    Every use of a capture's mesh goes through here or, as arrays, through `capture_geometry`.
 
     Without a `Capture.world` it is the process's kept mesh itself (no ~50 MB copy per million faces
     and per use): callers read it and must not change it.
     """
     path = capture_mesh_path(capture, needed_for)
-    mesh = _proxy(*_key(path)) if proxy else load_mesh(path)
+    if proxy and (found := _proxy(*_key(path))) is not None:
+        import trimesh
+
+        vertices = found.vertices if capture.world is None else cv.apply_similarity(capture.world, found.vertices)
+        return trimesh.Trimesh(vertices, found.faces, vertex_colors=found.colors, process=False)
+    mesh = load_mesh(path)
     if capture.world is None:
         return mesh
     return _copy(mesh, vertices=cv.apply_similarity(capture.world, mesh.vertices))
 
 
-def capture_geometry(capture: Capture, needed_for: str) -> Geometry:
-    """The vertices (in the capture's frame) and faces of `capture_mesh(capture, needed_for)`, by
-    `read_geometry` (no trimesh for a binary PLY)."""
-    geometry = read_geometry(capture_mesh_path(capture, needed_for))
+def capture_geometry(capture: Capture, needed_for: str, *, colors: bool = False) -> Geometry:
+    """The vertices (in the capture's frame) and faces of `capture_mesh(capture, needed_for)`, with `colors`
+    also its vertex colours, by `read_geometry` (no trimesh for a binary PLY)."""
+    geometry = read_geometry(capture_mesh_path(capture, needed_for), colors=colors)
     if capture.world is None:
         return geometry
     return geometry._replace(vertices=cv.apply_similarity(capture.world, geometry.vertices))
+
+
+def capture_proxy(capture: Capture, needed_for: str) -> Geometry:
+    """`capture_geometry` of the mesh's render proxy (`render_proxy`, made once per file version, with its
+    colours): for renders that test cameras or visibility, not for products."""
+    path = capture_mesh_path(capture, needed_for)
+    found = _proxy(*_key(path))
+    if found is None:
+        return capture_geometry(capture, needed_for)
+    if capture.world is None:
+        return found
+    return found._replace(vertices=cv.apply_similarity(capture.world, found.vertices))
 
 
 def capture_mesh_path(capture: Capture, needed_for: str) -> Path:

@@ -28,7 +28,7 @@ from fsconvert.errors import InputError
 from fsconvert.export import export as export_to
 from fsconvert.imageplan import ImageOptions, plan_views
 from fsconvert.loader import load_capture
-from fsconvert.mesh import load_mesh
+from fsconvert.mesh import load_mesh, read_geometry
 from fsconvert.model import Camera
 from fsconvert.protocol import read_manifest
 
@@ -470,7 +470,7 @@ def test_points_ply_matches_points3D(export, capture):
               for k, p in enumerate(order) for i, _ in points[p].track]
     assert min(facing) > 0
     # the surviving surface samples, with the mesh's face normals and interpolated vertex colours (default)
-    all_xyz, all_normals, all_rgb = colmap.sample_surface(load_mesh(capture.mesh), 20000)
+    all_xyz, all_normals, all_rgb = colmap.sample_surface(read_geometry(capture.mesh, colors=True), 20000)
     where = {tuple(p): k for k, p in enumerate(all_xyz)}
     index = np.array([where[tuple(p)] for p in xyz])
     assert np.abs(normals - all_normals[index]).max() <= 1e-6

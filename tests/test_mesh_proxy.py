@@ -1,9 +1,11 @@
 """The render proxy of a dense mesh: few faces, close to the mesh, the same silhouettes and depths; light meshes
-are their own proxy; load_mesh copies stay independent of the cache."""
+are their own proxy; the Trimesh of a capture's proxy is its arrays; face areas, vertex normals and surface samples
+of the numpy reader's arrays are trimesh's own."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +18,17 @@ from fsconvert.loader import load_capture
 from fsconvert.mesh import (
     PROXY_CELLS,
     PROXY_MAX_FACES,
+    capture_mesh,
+    capture_proxy,
     face_areas,
     load_mesh,
+    read_geometry,
     render_proxy,
-    vertex_colors,
     vertex_normals,
 )
 from fsconvert.model import Camera
 from fsconvert.render import Renderer
-from fsconvert.synthetic import dense_scan
+from fsconvert.synthetic import RT_SCALE_DICT, dense_scan
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +41,20 @@ def dense(sample_root: Path, tmp_path_factory) -> Path:
     return path
 
 
-def test_light_mesh_is_its_own_proxy(sample_root: Path):
+def test_light_mesh_is_its_own_proxy(sample_root: Path, sample_tuple: Path):
     (ply,) = sample_root.glob("models/*/*.ply")
-    mesh = load_mesh(ply)
+    mesh = read_geometry(ply, colors=True)
     assert len(mesh.faces) <= PROXY_MAX_FACES
     assert render_proxy(mesh) is mesh
-    proxy = render_proxy(load_mesh(ply))
+    capture = load_capture(sample_tuple)
+    assert capture_mesh(capture, "the test", proxy=True) is load_mesh(ply)  # the Trimesh, texture and all
+    proxy = capture_proxy(capture, "the test")
     assert np.array_equal(proxy.vertices, mesh.vertices) and np.array_equal(proxy.faces, mesh.faces)
 
 
 def test_dense_proxy_is_small_and_close(dense: Path):
-    mesh = load_mesh(dense)
-    proxy = render_proxy(load_mesh(dense))
+    mesh = read_geometry(dense, colors=True)
+    proxy = render_proxy(mesh)
     assert len(mesh.faces) > PROXY_MAX_FACES >= len(proxy.faces) > 10_000
     extent = np.ptp(mesh.vertices, axis=0).max()
     cell = extent / PROXY_CELLS
@@ -61,17 +67,32 @@ def test_dense_proxy_is_small_and_close(dense: Path):
     dist = scene.compute_distance(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32))).numpy()
     assert dist.max() < np.sqrt(3) * cell * 1.2 and np.quantile(dist, 0.99) < 0.1 * cell
     # colours are the cluster means of the mesh's vertex colours
-    assert np.abs(vertex_colors(proxy).astype(int).mean(0) - vertex_colors(mesh).astype(int).mean(0)).max() < 2
+    assert np.abs(proxy.rgb().astype(int).mean(0) - mesh.rgb().astype(int).mean(0)).max() < 2
+
+
+def test_the_trimesh_of_a_dense_proxy_is_its_arrays(dense: Path, sample_root: Path, sample_tuple: Path):
+    """What the check draws in colour (`capture_mesh(proxy=True)`) is the proxy `capture_proxy` gives depth passes,
+    with its colours, in the capture's frame."""
+    capture = replace(load_capture(sample_tuple), mesh=dense)
+    proxy, drawn = capture_proxy(capture, "the test"), capture_mesh(capture, "the test", proxy=True)
+    assert len(proxy.faces) <= PROXY_MAX_FACES
+    assert np.array_equal(drawn.vertices, proxy.vertices) and np.array_equal(drawn.faces, proxy.faces)
+    assert drawn.visual.kind == "vertex" and np.array_equal(drawn.visual.vertex_colors[:, :3], proxy.colors)
+    moved = replace(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT), mesh=dense)
+    assert moved.world is not None
+    assert np.array_equal(capture_proxy(moved, "the test").vertices, cv.apply_similarity(moved.world, proxy.vertices))
+    assert np.array_equal(capture_mesh(moved, "the test", proxy=True).vertices,
+                          cv.apply_similarity(moved.world, proxy.vertices))
 
 
 def test_proxy_renders_agree_with_the_mesh(dense: Path, sample_tuple: Path):
     """At the check's render size the proxy's silhouette and depth match the full mesh's."""
     views = load_capture(sample_tuple, require_mesh=False).views
-    with Renderer(load_mesh(dense)) as full, Renderer(render_proxy(load_mesh(dense))) as proxy:
+    with Renderer(load_mesh(dense)) as full, Renderer(render_proxy(read_geometry(dense))) as proxy:
         for view in views:
             cam = view.camera.pinhole()
             small = Camera(-(-cam.width // 2), -(-cam.height // 2), cv.resize_K(cam.K, 0.5, 0.5))
-            a, b = full.render(small, view.world_to_cam, depth_only=True), proxy.render(small, view.world_to_cam)
+            a, b = (r.render(small, view.world_to_cam, depth_only=True) for r in (full, proxy))
             union = np.count_nonzero(a.mask | b.mask)
             both = a.mask & b.mask
             assert np.count_nonzero(both) / union > 0.995
@@ -88,23 +109,27 @@ def test_load_mesh_parses_each_file_version_once(dense: Path):
 
 
 def test_lean_face_geometry_is_trimesh_bit_for_bit(dense: Path):
-    """Face areas, vertex normals and surface samples computed in chunks equal trimesh's own cached
-    properties exactly (the exports that use them stay byte-identical), here over two chunks."""
+    """Face areas, vertex normals and surface samples of the numpy reader's arrays, computed in chunks, equal
+    trimesh's own cached properties exactly (the exports that use them stay byte-identical), here over two
+    chunks."""
     from exporters.colmap import SAMPLE_SEED, sample_surface
 
-    mine = load_mesh(dense)
+    mine = read_geometry(dense, colors=True)
     theirs = trimesh.load(dense, process=False)
     assert len(mine.faces) > 1 << 18
     assert np.array_equal(face_areas(mine), theirs.area_faces)
     assert np.array_equal(vertex_normals(mine), theirs.vertex_normals)
-    xyz, normals, _ = sample_surface(mine, 5000)
+    xyz, normals, rgb = sample_surface(mine, 5000)
     samples, faces = trimesh.sample.sample_surface(theirs, 5000, seed=SAMPLE_SEED)
     assert np.array_equal(xyz, samples)
     assert np.array_equal(normals, theirs.face_normals[faces])
+    bary = trimesh.triangles.points_to_barycentric(theirs.triangles[faces], samples)
+    colours = np.einsum("ni,nic->nc", bary, theirs.visual.vertex_colors[theirs.faces[faces], :3].astype(float))
+    assert np.array_equal(rgb, np.clip(np.rint(colours), 0, 255).astype(np.uint8))
 
 
 def test_loading_keeps_the_file_and_its_colours(dense: Path):
     """A single-mesh file is taken as trimesh parses it (no scene round trip): same arrays as force="mesh"."""
     mine, forced = load_mesh(dense), trimesh.load(dense, force="mesh", process=False)
     assert np.array_equal(mine.vertices, forced.vertices) and np.array_equal(mine.faces, forced.faces)
-    assert np.array_equal(vertex_colors(mine), vertex_colors(forced))
+    assert np.array_equal(mine.visual.vertex_colors, forced.visual.vertex_colors)

@@ -1,5 +1,6 @@
 """Start-up: which libraries a command imports before it works (never a timing), and the mesh reader that
-lets loading a tuple and `info` go without trimesh.
+lets loading a tuple, `info` and the exports that draw depth or write point clouds and meshes from a binary PLY
+go without trimesh.
 
 `--help`, `info` and an export before its first mesh use must not import trimesh (with scipy and networkx
 ~1 s), the renderer's pyrender and PyOpenGL, matplotlib, open3d, pycolmap, Dask or Ray. numpy, OpenCV,
@@ -66,8 +67,13 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
     assert modules & HEAVY == set()
     printed, modules = imported("to-colmap", *common, "-o", str(tmp_path / "colmap"))
     assert printed.startswith(f"wrote {tmp_path / 'colmap'} (colmap, 7 views)")
-    # points3D: sampled by trimesh, tested for visibility on depth passes (OpenGL without pyrender)
-    assert {"trimesh", "pycolmap", "OpenGL"} <= modules and "pyrender" not in modules
+    # points3D: sampled with trimesh's arithmetic (fsconvert.surface), tested for visibility on depth passes
+    # (OpenGL without pyrender)
+    assert modules & HEAVY == {"pycolmap", "OpenGL"}
+    printed, modules = imported("to-nerf", *common, "--masks", "-o", str(tmp_path / "nerf"))
+    assert printed.startswith(f"wrote {tmp_path / 'nerf'} (nerf, 7 views)")
+    # mesh.ply and points3d.ply (vertex normals, colours) from the numpy reader's arrays; masks on depth passes
+    assert modules & HEAVY == {"OpenGL"}
     printed, modules = imported("to-neus", *common, "-o", str(tmp_path / "neus"))
     assert printed.startswith(f"wrote {tmp_path / 'neus'} (neus, 7 views)")
     # its masks are depth passes: OpenGL on an OSMesa context of the renderer's own, without pyrender
@@ -79,18 +85,27 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
 
 
 def ply_bytes(vertices: np.ndarray, faces: np.ndarray, *, endian: str = "<", vertex_type: str = "float",
-              count_type: str = "uchar", index_type: str = "int", colors: bool = True) -> bytes:
-    """A binary PLY written field by field (trimesh writes only one kind)."""
+              count_type: str = "uchar", index_type: str = "int", colors: bool = True, rgb: np.ndarray | None = None,
+              color_type: str = "uchar", alpha: bool = False, uv: bool = False) -> bytes:
+    """A binary PLY written field by field (trimesh writes only one kind): vertex colours `rgb` (zeros if not
+    given) of `color_type`, with an alpha of 255 and texture coordinates u, v where asked."""
     types = {"float": "f4", "double": "f8", "uchar": "u1", "ushort": "u2", "int": "i4", "uint": "u4"}
-    fields = [(axis, endian + types[vertex_type]) for axis in "xyz"] + ([(c, "u1") for c in "rgb"] if colors else [])
+    names = [*("red", "green", "blue")[:3 if colors else 0], *(["alpha"] if alpha else [])]
+    fields = ([(axis, endian + types[vertex_type]) for axis in "xyz"] + [(c, endian + types[color_type]) for c in names]
+              + ([(c, endian + "f4") for c in "uv"] if uv else []))
     vertex = np.zeros(len(vertices), fields)
     for k, axis in enumerate("xyz"):
         vertex[axis] = vertices[:, k]
+    if colors and rgb is not None:
+        for k, c in enumerate(("red", "green", "blue")):
+            vertex[c] = rgb[:, k]
+    if alpha:
+        vertex["alpha"] = 255
     face = np.zeros(len(faces), [("n", endian + types[count_type]), ("i", endian + types[index_type], 3)])
     face["n"], face["i"] = 3, faces
     header = ["ply", f"format binary_{'little' if endian == '<' else 'big'}_endian 1.0", "comment made by a test",
               f"element vertex {len(vertices)}", *[f"property {vertex_type} {a}" for a in "xyz"],
-              *([f"property uchar {c}" for c in ("red", "green", "blue")] if colors else []),
+              *[f"property {color_type} {c}" for c in names], *(["property float u", "property float v"] if uv else []),
               f"element face {len(faces)}", f"property list {count_type} {index_type} vertex_indices", "end_header"]
     return ("\n".join(header) + "\n").encode() + vertex.tobytes() + face.tobytes()
 
@@ -110,7 +125,7 @@ def test_read_geometry_reads_what_trimesh_reads(variant: str, tmp_path: Path):
         path.write_bytes(ply_bytes(SPHERE.vertices, SPHERE.faces, **VARIANTS[variant]))
     else:
         SPHERE.export(path)
-    fast = _binary_triangle_ply(path)
+    fast = _binary_triangle_ply(path, False)
     assert fast is not None  # read by numpy, not by the trimesh fallback
     mesh = load_mesh(path)
     geometry = read_geometry(path)
@@ -118,6 +133,39 @@ def test_read_geometry_reads_what_trimesh_reads(variant: str, tmp_path: Path):
     assert np.array_equal(geometry.faces, mesh.faces) and np.array_equal(geometry.bounds, mesh.bounds)
     tolerance = 1e-6 if VARIANTS[variant].get("vertex_type") != "double" else 0  # float32 in the file
     assert np.allclose(geometry.vertices, SPHERE.vertices, rtol=0, atol=tolerance)
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (len(SPHERE.vertices), 3)).astype(np.uint8)
+COLOURED = {  # how the file holds colours; whether numpy reads them
+    "uchar rgb": ({"rgb": RGB}, True),
+    "uchar rgba": ({"rgb": RGB, "alpha": True}, True),
+    "none": ({"colors": False}, True),
+    "one grey": ({"rgb": np.full_like(RGB, 77)}, True),
+    "float colours": ({"rgb": RGB, "color_type": "float"}, False),
+    "texture coordinates": ({"rgb": RGB, "uv": True}, False),
+}
+
+
+@pytest.mark.parametrize("variant", COLOURED)
+def test_read_geometry_reads_the_colours_trimesh_makes(variant: str, tmp_path: Path):
+    """`Geometry.colors` equal the vertex colours trimesh makes of the file (None where it has none), read by
+    numpy where the file holds uchar colours and no texture coordinates, else through trimesh."""
+    path = tmp_path / "m.ply"
+    layout, by_numpy = COLOURED[variant]
+    path.write_bytes(ply_bytes(SPHERE.vertices, SPHERE.faces, **layout))
+    assert _binary_triangle_ply(path, False) is not None  # the geometry alone is numpy's either way
+    assert (_binary_triangle_ply(path, True) is not None) == by_numpy
+    mesh, geometry = trimesh.load(path, process=False), read_geometry(path, colors=True)
+    if mesh.visual.kind is None:
+        assert variant == "none" and geometry.colors is None
+        assert np.array_equal(geometry.rgb(), np.full((len(SPHERE.vertices), 3), 128))
+    else:
+        colours = mesh.visual.vertex_colors if mesh.visual.kind == "vertex" else mesh.visual.to_color().vertex_colors
+        assert geometry.colors is not None and geometry.colors.dtype == np.uint8
+        assert np.array_equal(geometry.colors, np.asarray(colours)[:, :3])
+    if by_numpy and variant != "none":
+        assert np.array_equal(geometry.colors, RGB if variant != "one grey" else np.full_like(RGB, 77))
+    assert read_geometry(path).colors is None  # not asked for
 
 
 def test_read_geometry_leaves_other_files_to_trimesh(tmp_path: Path):
@@ -130,7 +178,7 @@ def test_read_geometry_leaves_other_files_to_trimesh(tmp_path: Path):
     truncated = tmp_path / "truncated.ply"
     truncated.write_bytes(data[:-7])
     for path in (quads, ascii_ply, truncated):
-        assert _binary_triangle_ply(path) is None
+        assert _binary_triangle_ply(path, False) is None
     assert np.array_equal(read_geometry(ascii_ply).faces, SPHERE.faces)  # through trimesh
     with pytest.raises(InputError, match="not a readable mesh") as exc:
         read_geometry(truncated)
@@ -154,7 +202,7 @@ def test_read_geometry_rejects_what_load_mesh_rejects(damage: str, message: str,
         faces = faces[:0]
     path = tmp_path / "m.ply"
     path.write_bytes(ply_bytes(vertices, faces))
-    assert _binary_triangle_ply(path) is not None
+    assert _binary_triangle_ply(path, False) is not None
     for read in (read_geometry, load_mesh):
         with pytest.raises(InputError) as exc:
             read(path)

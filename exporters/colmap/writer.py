@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from fsconvert import conventions as cv
+from fsconvert import surface
 from fsconvert.depthproducts import point_visibility, subjects
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import read_image, stems, write_images
-from fsconvert.mesh import capture_geometry, capture_mesh, face_areas, vertex_colors
+from fsconvert.mesh import Geometry, capture_geometry, capture_proxy, face_areas
 from fsconvert.model import Camera, Capture
 from fsconvert.options import check_choices, option
 from fsconvert.threads import beside
@@ -39,7 +40,6 @@ from .layout import (
 )
 
 if TYPE_CHECKING:  # pycolmap's own stubs; at run time the module comes from require_pycolmap
-    import trimesh
     from pycolmap import Camera as ColmapCamera
     from pycolmap import Reconstruction
 
@@ -230,15 +230,14 @@ class _Cloud:
     """Per view, the observations of the points it sees, in point order."""
 
 
-def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_surface(mesh: Geometry, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` area-uniform surface points (deterministic), their face normals and interpolated vertex colours.
 
-    The points of `trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)`, bit for bit, with
-    only face areas computed for every face (in chunks): trimesh's own pass builds and caches the
-    triangles, edge vectors and normals of all faces (~290 MB at 1.3 M faces, for 20 000 points).
+    The points of `trimesh.sample.sample_surface(mesh, count, seed=SAMPLE_SEED)`, bit for bit (with trimesh's
+    arithmetic, `fsconvert.surface`), with only face areas computed for every face (in chunks): trimesh's own
+    pass builds and caches the triangles, edge vectors and normals of all faces (~290 MB at 1.3 M faces, for
+    20 000 points).
     """
-    import trimesh  # loaded already: `mesh` is a Trimesh
-
     v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces)
     weight_cum = np.cumsum(face_areas(mesh))
     random = np.random.default_rng(SAMPLE_SEED).random
@@ -249,21 +248,19 @@ def sample_surface(mesh: trimesh.Trimesh, count: int) -> tuple[np.ndarray, np.nd
     xyz = (vectors * np.abs(lengths)).sum(axis=1) + origins
     triangles = v[f[faces]]
     normals = np.zeros((count, 3))
-    # trimesh.triangles.normals and points_to_barycentric carry no annotations
-    unit, valid = trimesh.triangles.normals(crosses=trimesh.triangles.cross(triangles))
+    unit, valid = surface.normals(surface.cross(triangles))
     normals[valid] = unit
-    bary = trimesh.triangles.points_to_barycentric(triangles, xyz)
-    colors = vertex_colors(mesh)[f[faces]].astype(np.float64)
+    bary = surface.barycentric(triangles, xyz)
+    colors = mesh.rgb()[f[faces]].astype(np.float64)
     rgb = np.clip(np.rint(np.einsum("ni,nic->nc", bary, colors)), 0, 255).astype(np.uint8)
     return xyz, normals, rgb
 
 
 def _seen_points(capture: Capture, plans: list[ViewPlan], options: Options, progress: bool) -> _Cloud:
     """Surface points sampled on the mesh, kept where ≥ 2 views see them, coloured from the mesh."""
-    mesh = capture_mesh(capture, "points3D")
-    xyz, normals, rgb = sample_surface(mesh, options.points)
+    xyz, normals, rgb = sample_surface(capture_geometry(capture, "points3D", colors=True), options.points)
     # points on the full mesh, their depth test against its render proxy (a dense scan's ~100 000-face copy)
-    visibility = point_visibility(capture_mesh(capture, "points3D", proxy=True), plans, xyz, options.depth_tolerance,
+    visibility = point_visibility(capture_proxy(capture, "points3D"), plans, xyz, options.depth_tolerance,
                                   progress=progress, desc="points3D")
     seen = np.array([visible for visible, _ in visibility]).reshape(len(plans), len(xyz))
     obs = [uv for _, uv in visibility]

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -17,7 +17,7 @@ from fsconvert.depthproducts import Bands, depth_bands, render_masks, silhouette
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
-from fsconvert.mesh import capture_geometry, capture_mesh, vertex_colors, vertex_normals
+from fsconvert.mesh import Geometry, capture_geometry, vertex_normals
 from fsconvert.model import Capture
 from fsconvert.options import check_choices, option
 from fsconvert.writers import ply_vertices, write_json, write_ply, write_png
@@ -36,9 +36,6 @@ from .layout import (
     SPLITS,
     TRANSFORMS,
 )
-
-if TYPE_CHECKING:
-    import trimesh
 
 SUMMARY = "NeRF transforms.json (nerfstudio, instant-ngp) or Blender transforms_*.json (NeRF, 3DGS)"
 
@@ -126,8 +123,8 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the export (see the module docstring). The mesh's vertices (numpy alone) normalize the world before
-    the images; its Trimesh (import and parse ~1 s) comes after them, or before them for alpha "subject"."""
+    """Write the export (see the module docstring). The mesh's vertices normalize the world before the images;
+    the mesh, its colours, masks and depth come after them (numpy alone for a binary PLY: `capture_geometry`)."""
     vertices = capture_geometry(capture, MESH_USE).vertices
     options = replace(options, image=effective_image_options(capture, options))
     plans = plan_views(capture.views, options.image)
@@ -153,7 +150,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
                               subjects=alpha)
-    mesh = capture_mesh(capture, MESH_USE)
+    mesh = capture_geometry(capture, MESH_USE, colors=True)
     if masks or options.depth:
         _write_renders(mesh, plans, view_stems, footprints, options, depth_step, folder, progress)
     if blender:
@@ -317,7 +314,7 @@ def _write_blender(folder: Path, frames: list[dict[str, Any]], splits: list[int]
 # ---- masks and depth -------------------------------------------------------------------------------
 
 
-def _write_renders(mesh: trimesh.Trimesh, plans: list[ViewPlan], stems: list[str], footprints: list[Footprint] | None,
+def _write_renders(mesh: Geometry, plans: list[ViewPlan], stems: list[str], footprints: list[Footprint] | None,
                    options: Options, depth_step: float, folder: Path, progress: bool) -> None:
     """masks/ and depths/ PNGs of every output camera (source world, lens model included)."""
     for wanted, sub in ((options.masks, MASKS), (options.depth, DEPTHS)):
@@ -361,18 +358,17 @@ def depth_png(bands: Bands, size: tuple[int, int], unit: float, view: int, mask:
 # ---- mesh and point cloud --------------------------------------------------------------------------
 
 
-def _write_mesh(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
+def _write_mesh(path: Path, mesh: Geometry, S: np.ndarray) -> None:
     """The mesh in the normalized frame: double x y z, vertex colours (texture baked) when it has any."""
-    coloured = getattr(mesh.visual, "kind", None) in ("vertex", "texture")
-    rgb = vertex_colors(mesh) if coloured else None
-    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), rgb=rgb, xyz_type="<f8")
+    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), rgb=mesh.colors, xyz_type="<f8")
     write_ply(path, vertex, mesh.faces, comment=PLY_COMMENT)
 
 
-def _write_points(path: Path, mesh: trimesh.Trimesh, S: np.ndarray) -> None:
-    """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue."""
+def _write_points(path: Path, mesh: Geometry, S: np.ndarray) -> None:
+    """Mesh vertices as the splatting point cloud: double x y z, float nx ny nz, uchar red green blue (mid grey
+    where the mesh has no colours)."""
     normals = vertex_normals(mesh) @ cv.split_similarity(S)[1].T
-    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), normals, vertex_colors(mesh), xyz_type="<f8")
+    vertex = ply_vertices(cv.apply_similarity(S, mesh.vertices), normals, mesh.rgb(), xyz_type="<f8")
     write_ply(path, vertex, comment=PLY_COMMENT)
 
 
