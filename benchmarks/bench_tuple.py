@@ -12,7 +12,8 @@ thread as the command line sets it (`--threads 1`):
 - command 1 / command N: `fsconvert to-colmap TUPLE -o OUT -j 1` and `-j N` with `--no-check`, end to end
   (a new process: imports, loading, the image stage, points3D, the model files);
 - dataset N: `fsconvert to-colmap DATASET -o OUT -j N --no-check` on a dataset of `--dataset` copies of the tuple
-  (hard links; 3 by default: with 2 cores an odd count leaves the last tuple alone), end to end, as a ratio to the
+  (hard links; 2 × cores + 1 by default: at least twice the cores, and odd, so that with 2 workers the last tuple
+  is alone), end to end, as a ratio to the
   all-core bound of its views (every core busy to the last view: the last tuple's views take the cores the
   finished workers gave back), and the seconds the last tuple ran alone (from the second-to-last record to the
   last); `--against DIR` also runs another checkout's package (`git archive REV | tar -x -C DIR`) in each round.
@@ -21,7 +22,7 @@ Each round runs them all in turn (a shared machine's load falls on all of them a
 the end prints the medians of the rounds, each stage as a ratio to the all-core bound (views/s over views/s, target
 ≥ 0.85) and the N-worker runs against their own one-worker runs (target ≥ 1.7 on 2 cores).
 
-    .venv/bin/python benchmarks/bench_tuple.py [--views 23] [--repeat 5] [--cache DIR] [--no-command] [--dataset 3]
+    .venv/bin/python benchmarks/bench_tuple.py [--views 23] [--repeat 5] [--cache DIR] [--no-command] [--dataset N]
         [--against DIR]
 """
 
@@ -152,12 +153,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fsconvert-bench-tuple")
     parser.add_argument("--no-command", action="store_true", help="skip the end-to-end command")
-    parser.add_argument("--dataset", type=int, default=3, metavar="TUPLES",
-                        help="tuples in the dataset run (copies of the tuple; 0 skips it)")
+    parser.add_argument("--dataset", type=int, metavar="TUPLES",
+                        help="tuples in the dataset run (copies of the tuple; default 2 × cores + 1; 0 skips it)")
     parser.add_argument("--against", type=Path, metavar="DIR", help="also the dataset run of the checkout in DIR")
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
+    if args.dataset is None:
+        args.dataset = 2 * cores + 1
     cv2.setNumThreads(1)  # as the command line sets it (--threads 1); the stage's pool sets 1 itself
     tuple_dir = sample(args.cache, args.views)
     plans = plan_views(load_capture(tuple_dir).views, get("colmap").Options().image)
