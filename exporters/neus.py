@@ -110,13 +110,21 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         except BaseException:
             stop.set()
             raise
-    if seen is None:
-        masks = render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress)
-    else:  # rendered on a second core while the images were made
-        masks = ((i, (s & f).alpha()) for i, (s, f) in enumerate(zip(seen.result(), footprints)))
     (folder / MASKS).mkdir()
-    for i, mask in masks:
-        write_png(folder / MASKS / f"{stems[i]}.png", mask)
+    if seen is None:
+        for i, mask in render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress):
+            write_png(folder / MASKS / f"{stems[i]}.png", mask)
+    else:  # rendered on a second core while the images were made; ANDed and encoded on two (~35 ms a view)
+        views = seen.result()
+
+        def write_masks(part: range) -> None:
+            for i in part:
+                write_png(folder / MASKS / f"{stems[i]}.png", (views[i] & footprints[i]).alpha())
+
+        with beside(workers, lambda: write_masks(range(1, len(plans), 2)), "fsconvert-masks") as odd:
+            write_masks(range(0, len(plans), 1 if odd is None else 2))
+        if odd is not None:
+            odd.result()
     arrays: dict[str, np.ndarray] = {}
     for k, plan in enumerate(plans):
         arrays |= camera_arrays(k, plan.camera.K, plan.world_to_cam, scale_mat, options.idr_keys)
