@@ -340,8 +340,9 @@ def capture_geometry(capture: Capture, needed_for: str, *, colors: bool = False)
 
 
 def capture_proxy(capture: Capture, needed_for: str) -> Geometry:
-    """`capture_geometry` of the mesh's render proxy (`render_proxy`, made once per file version, with its
-    colours): for renders that test cameras or visibility, not for products."""
+    """The mesh's render proxy as arrays in the capture's frame: the clustered copy `render_proxy` makes of a dense
+    mesh (once per file version, colours and all), else `capture_geometry`; for renders that test cameras or
+    visibility, not for products."""
     path = capture_mesh_path(capture, needed_for)
     found = _proxy(*_key(path))
     if found is None:
