@@ -1,6 +1,6 @@
 """The render proxy of a dense mesh: few faces, close to the mesh, the same silhouettes and depths; light meshes
-are their own proxy; the Trimesh of a capture's proxy is its arrays; face areas, vertex normals and surface samples
-of the numpy reader's arrays are trimesh's own."""
+are their own proxy; the Trimesh of a capture's proxy is its arrays; load_mesh parses each file version once; face
+areas, vertex normals and surface samples of the numpy reader's arrays are trimesh's own."""
 
 from __future__ import annotations
 
