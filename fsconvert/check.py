@@ -31,7 +31,7 @@ from .imageplan import plan_views
 from .imagestage import PREVIEW_MAX_SIDE
 from .loader import load_capture
 from .measure import Thresholds, ViewCheck, measure_view
-from .mesh import capture_geometry, capture_mesh, subsample
+from .mesh import capture_drawn, capture_geometry, subsample
 from .model import Capture
 from .options import from_dict
 from .protocol import CHECK_DIR, CHECK_JSON, RIG, ExportedView, read_manifest
@@ -190,7 +190,7 @@ def check_export(
     _clear(out_dir)
     sampled = overlay_sample(policy, len(manifest["views"]))
     # the renders compare two cameras through one geometry: a dense scan's light proxy serves as well
-    with Renderer(capture_mesh(capture, "the check", proxy=True)) as renderer:
+    with Renderer(capture_drawn(capture, "the check")) as renderer:
         for i, entry in enumerate(manifest["views"]):
             result = ViewCheck(int(entry["id"]), entry["name"])
             report.views.append(result)

@@ -56,13 +56,13 @@ def buffer_side(pixels: int) -> int:
 
 
 class DepthContext:
-    """An OSMesa context for depth passes alone, made without pyrender: they draw into their own framebuffer
-    (`DepthPass`), so its own buffer is 1×1, and a process that renders only depth and silhouettes does not import
-    pyrender, trimesh and scipy (0.75 s and ~100 MB, measured). The attributes are pyrender's
-    (`pyrender/platforms/osmesa.py`): RGBA, 24-bit depth, an OpenGL 3.3 core profile. A colour render replaces it
-    with pyrender's context (`Renderer._context`)."""
+    """An OSMesa context made without pyrender, with pyrender's attributes (`pyrender/platforms/osmesa.py`): RGBA,
+    24-bit depth, an OpenGL 3.3 core profile. Depth passes draw into their own framebuffer (`DepthPass`), so for them
+    its own buffer is 1×1, and a process that renders only depth and silhouettes does not import pyrender, trimesh
+    and scipy (0.75 s and ~100 MB, measured); colour passes of a mesh file's arrays (`fsconvert.colourpass`) draw
+    into its own buffer of `size`, as pyrender's colour renders draw into its context's."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: tuple[int, int] = (1, 1)) -> None:
         from OpenGL import arrays, osmesa
 
         compare_gl_contexts_by_address()
@@ -73,12 +73,13 @@ class DepthContext:
         self._context = osmesa.OSMesaCreateContextAttribs(attributes, None)
         if not self._context:
             raise RuntimeError("OSMesa cannot make an OpenGL 3.3 core context")
-        self._buffer = arrays.GLubyteArray.zeros((1, 1, 4))
+        self.size = size
+        self._buffer = arrays.GLubyteArray.zeros((size[1], size[0], 4))
 
     def make_current(self) -> None:
         from OpenGL import GL, osmesa
 
-        if not osmesa.OSMesaMakeCurrent(self._context, self._buffer, GL.GL_UNSIGNED_BYTE, 1, 1):
+        if not osmesa.OSMesaMakeCurrent(self._context, self._buffer, GL.GL_UNSIGNED_BYTE, *self.size):
             raise RuntimeError("OSMesa cannot make its context current")
 
     def delete(self) -> None:

@@ -3,8 +3,8 @@
 trimesh takes ~1 s to import (scipy, networkx): the functions that parse or build a Trimesh import it.
 `read_geometry` reads a binary PLY of triangles (FaceScape's meshes) with numpy alone, its vertex colours
 too, so that loading a tuple (which proves its mesh readable), `fsconvert info` and the formats that write
-point clouds and meshes from it (`fsconvert.surface` holds trimesh's arithmetic) go without it; only colour
-renders (pyrender draws a Trimesh) and other files (OBJ, textures) need it.
+point clouds and meshes from it (`fsconvert.surface` holds trimesh's arithmetic) and the check's colour renders of
+it (`capture_drawn`) go without it; only other files (OBJ, textures, which pyrender draws) need it.
 """
 
 from __future__ import annotations
@@ -310,21 +310,15 @@ def _triangles(mesh: Geometry, chunk: int = 1 << 18) -> Iterator[np.ndarray]:
         yield v[f[i:i + chunk]]
 
 
-def capture_mesh(capture: Capture, needed_for: str, *, proxy: bool = False) -> trimesh.Trimesh:
-    """The capture's mesh as a Trimesh (what pyrender draws in colour) in the capture's frame (`Capture.world`
-    applied), or a one-line InputError saying what needs it; with `proxy`, its render proxy (`capture_proxy`).
-    Every use of a capture's mesh goes through here or, as arrays, through `capture_geometry`.
+def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
+    """The capture's mesh as a Trimesh in the capture's frame (`Capture.world` applied), or a one-line InputError
+    saying what needs it. Every use of a capture's mesh goes through here or, as arrays, through `capture_geometry`
+    (and `capture_proxy`, `capture_drawn` for renders).
 
     Without a `Capture.world` it is the process's kept mesh itself (no ~50 MB copy per million faces
     and per use): callers read it and must not change it.
     """
-    path = capture_mesh_path(capture, needed_for)
-    if proxy and (found := _proxy(*_key(path))) is not None:
-        import trimesh
-
-        vertices = found.vertices if capture.world is None else cv.apply_similarity(capture.world, found.vertices)
-        return trimesh.Trimesh(vertices, found.faces, vertex_colors=found.colors, process=False)
-    mesh = load_mesh(path)
+    mesh = load_mesh(capture_mesh_path(capture, needed_for))
     if capture.world is None:
         return mesh
     return _copy(mesh, vertices=cv.apply_similarity(capture.world, mesh.vertices))
@@ -339,17 +333,27 @@ def capture_geometry(capture: Capture, needed_for: str, *, colors: bool = False)
     return geometry._replace(vertices=cv.apply_similarity(capture.world, geometry.vertices))
 
 
-def capture_proxy(capture: Capture, needed_for: str) -> Geometry:
+def capture_proxy(capture: Capture, needed_for: str, *, colors: bool = False) -> Geometry:
     """The mesh's render proxy as arrays in the capture's frame: the clustered copy `render_proxy` makes of a dense
-    mesh (once per file version, colours and all), else `capture_geometry`; for renders that test cameras or
-    visibility, not for products."""
+    mesh (once per file version, colours and all), else `capture_geometry` (with `colors`); for renders that test
+    cameras or visibility, not for products."""
     path = capture_mesh_path(capture, needed_for)
     found = _proxy(*_key(path))
     if found is None:
-        return capture_geometry(capture, needed_for)
+        return capture_geometry(capture, needed_for, colors=colors)
     if capture.world is None:
         return found
     return found._replace(vertices=cv.apply_similarity(capture.world, found.vertices))
+
+
+def capture_drawn(capture: Capture, needed_for: str) -> trimesh.Trimesh | Geometry:
+    """The render proxy as colour renders draw it (`fsconvert.render.Renderer`): its arrays, vertex colours and all
+    (drawn without pyrender), where those are a dense mesh's cluster means or a binary PLY's own; else the Trimesh,
+    whose texture pyrender draws."""
+    path = capture_mesh_path(capture, needed_for)
+    if _proxy(*_key(path)) is None and _binary_triangle_ply(path, True) is None:
+        return capture_mesh(capture, needed_for)
+    return capture_proxy(capture, needed_for, colors=True)
 
 
 def capture_mesh_path(capture: Capture, needed_for: str) -> Path:

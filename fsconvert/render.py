@@ -1,19 +1,20 @@
 """Headless rendering of a mesh through internal-convention cameras, pinhole and distorted.
 
-`Renderer` draws into one OSMesa context at a time, double-sided: colour renders with pyrender, unlit, so
-colours equal the texture (or vertex colours) in every view; depth-only renders with a depth-only GL
-pass (`DepthPass`, same matrices). Depth is z-depth in mesh units (0 = background), sampled at
+`Renderer` draws into one OSMesa context at a time, double-sided: colour renders unlit, so colours equal the
+texture (or vertex colours) in every view, with pyrender for a Trimesh and with pyrender's shaders alone for a
+mesh file's arrays (`ColourPass`, the same pixels); depth-only renders with a depth-only GL pass (`DepthPass`,
+same matrices). Depth is z-depth in mesh units (0 = background), sampled at
 pixel centres. Distorted cameras are rendered as a pinhole image on a canvas that covers the
 undistorted footprint, then resampled: for every distorted pixel, its exactly undistorted ray.
 Where that ray falls between pinhole samples across a depth discontinuity (silhouettes, occlusion
 edges), its depth is ray-cast exactly (open3d, imported on first use).
 
 PyOpenGL is imported by the functions that draw, the first time a context is made, and pyrender (with trimesh
-and scipy, ~0.75 s and ~100 MB) by the first colour render only: depth passes draw on an OSMesa context of their
-own (`DepthContext`). Importing this module (the check and its settings, hence every command's start-up) loads
-neither.
+and scipy, ~0.75 s and ~100 MB) by the first colour render of a Trimesh only: depth passes and the colour passes of
+a `Geometry` draw on an OSMesa context of their own (`DepthContext`). Importing this module (the check and its
+settings, hence every command's start-up) loads neither.
 
-One module of ~450 lines on purpose: the context, pyrender's colour pass and the distorted renders share the
+One module of ~480 lines on purpose: the contexts, the colour passes and the distorted renders share the
 renderer's GL state and its buffer-growth rules (the depth pass itself is `fsconvert.depthpass`).
 """
 
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
+from .colourpass import ColourPass, read_color_buffer
 from .depthpass import (
     DepthContext,
     DepthPass,
@@ -76,8 +78,9 @@ class Renderer:
     """Renders one mesh, unlit, through any number of pinhole cameras, of any size, in one reused context.
 
     Colours come from the mesh texture if it has one, else its vertex colours, else grey. A mesh file's
-    `Geometry` (vertices and faces, read without trimesh) draws depth and silhouettes, the same values as its
-    Trimesh, and no colour.
+    `Geometry` (read without trimesh) draws depth and silhouettes, the same values as its Trimesh, and colour from
+    its vertex colours (`Geometry.colors`, grey where None): the pixels pyrender draws of a Trimesh with those
+    colours.
     """
 
     def __init__(self, mesh: trimesh.Trimesh | Geometry, *, bg_color: tuple[int, int, int] = (0, 0, 0)) -> None:
@@ -88,6 +91,7 @@ class Renderer:
         self._scene: pyrender.Scene | None = None
         self._camera_node: pyrender.Node | None = None
         self._depth_pass: DepthPass | None = None
+        self._colour_pass: ColourPass | None = None
         self._mesh = mesh
         self._raycaster: Any | None = None  # an o3d.t.geometry.RaycastingScene (open3d is untyped)
         self._buffer: np.ndarray | None = None
@@ -129,7 +133,13 @@ class Renderer:
             framebuffer = self._draw_depth(camera, w2c, clip)
             return Render(None, _read_depth(camera.width, camera.height, znear, zfar, framebuffer))
         if isinstance(self._mesh, Geometry):
-            raise ValueError("Renderer.render draws colour from a Trimesh; a Geometry draws depth only")
+            self._own_context(camera.width, camera.height)
+            if self._colour_pass is None:
+                self._colour_pass = ColourPass(self._mesh)
+            self._colour_pass.draw(cv.gl_view_matrix(w2c), cv.gl_projection_matrix(camera.K, *camera.size, *clip),
+                                   *camera.size, (*(self._bg / 255.0), 1.0))
+            depth = _read_depth(camera.width, camera.height, znear, zfar)
+            return Render(read_color_buffer(camera.width, camera.height), depth)
         import pyrender
 
         pr_camera = pyrender.IntrinsicsCamera(*cv.pyrender_intrinsics(camera.K), znear=znear, zfar=zfar)
@@ -256,11 +266,9 @@ class Renderer:
         if self._depth_context is not None:  # depth passes drew without pyrender so far: its context takes over
             self._free_context()
         old = (0, 0) if self._platform is None else (self._platform.viewport_width, self._platform.viewport_height)
-        if width > old[0] or height > old[1]:
+        grown = _grown_buffer(old, width, height)
+        if grown is not None:
             compare_gl_contexts_by_address()  # before pyrender keys its first shader on this context
-            grown = [buffer_side(max(n, o)) for n, o in zip((width, height), old)]
-            if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
-                grown = [buffer_side(n) for n in (width, height)]
             self._free_context()
             self._platform = OSMesaPlatform(*grown)
             self._platform.init_context()
@@ -270,6 +278,19 @@ class Renderer:
         self._platform.make_current()
         self._gl.viewport_width, self._gl.viewport_height = width, height
         return self._gl
+
+    def _own_context(self, width: int, height: int) -> None:
+        """`_context` without pyrender, for a `Geometry`'s colour passes: a `DepthContext` whose own buffer grows by
+        the same rule, so that every render draws into a buffer of the size pyrender's would have (llvmpipe's
+        rasterisation depends on the buffer's height). A depth-only context (1×1) counts as none."""
+        context = self._depth_context
+        old = (0, 0) if context is None or context.size == (1, 1) else context.size
+        grown = _grown_buffer(old, width, height)
+        if grown is not None:
+            self._free_context()
+            self._depth_context = context = DepthContext(grown)
+        assert context is not None  # made above, or by an earlier call
+        context.make_current()
 
     def _free_context(self) -> None:
         if self._platform is not None:
@@ -281,8 +302,19 @@ class Renderer:
             return_freed_memory()
         if self._depth_context is not None:
             self._depth_context.delete()
-            self._depth_context = self._depth_pass = None
+            self._depth_context = self._depth_pass = self._colour_pass = None
             return_freed_memory()
+
+
+def _grown_buffer(old: tuple[int, int], width: int, height: int) -> tuple[int, int] | None:
+    """The size a colour render's buffer of size `old` grows to for a `width`×`height` render (see
+    `Renderer._context`), None where it is large enough."""
+    if width <= old[0] and height <= old[1]:
+        return None
+    grown = (buffer_side(max(width, old[0])), buffer_side(max(height, old[1])))
+    if grown[0] * grown[1] > _SHARED_BUFFER_PIXELS:
+        grown = (buffer_side(width), buffer_side(height))
+    return grown
 
 
 def _read_depth(width: int, height: int, znear: float, zfar: float, framebuffer: int = 0) -> np.ndarray:

@@ -101,7 +101,7 @@ def test_depth_bands_are_the_whole_maps_and_their_span(capture, options):
 
 def test_a_mesh_files_geometry_draws_the_same_masks_and_depth_as_its_trimesh(capture):
     """`read_geometry`'s vertices and faces (no trimesh) render the silhouettes and depth of the Trimesh, byte for
-    byte; a colour render asks for the Trimesh."""
+    byte (its colour renders: tests/test_render.py)."""
     plans = plan_views(capture.views, ImageOptions(intrinsics="shared"))
     mesh, geometry = load_mesh(capture.mesh), read_geometry(capture.mesh)
     for (i, a), (j, b) in zip(render_masks(mesh, plans), render_masks(geometry, plans), strict=True):
@@ -109,8 +109,6 @@ def test_a_mesh_files_geometry_draws_the_same_masks_and_depth_as_its_trimesh(cap
     for (i, a, near_a), (j, b, near_b) in zip(depth_pngs(mesh, plans, 100.0), depth_pngs(geometry, plans, 100.0),
                                               strict=True):
         assert i == j and near_a == near_b and np.array_equal(a, b), i
-    with Renderer(geometry) as renderer, pytest.raises(ValueError, match="depth only"):
-        renderer.render(plans[0].camera, plans[0].world_to_cam)
 
 
 def test_a_views_depth_does_not_depend_on_what_was_drawn_before(capture):

@@ -18,7 +18,8 @@ from fsconvert.loader import load_capture
 from fsconvert.mesh import (
     PROXY_CELLS,
     PROXY_MAX_FACES,
-    capture_mesh,
+    Geometry,
+    capture_drawn,
     capture_proxy,
     face_areas,
     load_mesh,
@@ -41,15 +42,19 @@ def dense(sample_root: Path, tmp_path_factory) -> Path:
     return path
 
 
-def test_light_mesh_is_its_own_proxy(sample_root: Path, sample_tuple: Path):
+def test_light_mesh_is_its_own_proxy(sample_root: Path, sample_tuple: Path, tmp_path: Path):
     (ply,) = sample_root.glob("models/*/*.ply")
     mesh = read_geometry(ply, colors=True)
     assert len(mesh.faces) <= PROXY_MAX_FACES
     assert render_proxy(mesh) is mesh
     capture = load_capture(sample_tuple)
-    assert capture_mesh(capture, "the test", proxy=True) is load_mesh(ply)  # the Trimesh, texture and all
-    proxy = capture_proxy(capture, "the test")
+    proxy, drawn = capture_proxy(capture, "the test"), capture_drawn(capture, "the test")
     assert np.array_equal(proxy.vertices, mesh.vertices) and np.array_equal(proxy.faces, mesh.faces)
+    # a binary PLY's vertex colours are drawn from its arrays; any other file as trimesh loads it (a texture)
+    assert isinstance(drawn, Geometry) and drawn.colors is not None and np.array_equal(drawn.colors, mesh.colors)
+    text = tmp_path / "ascii.ply"
+    text.write_bytes(trimesh.exchange.ply.export_ply(load_mesh(ply), encoding="ascii"))
+    assert capture_drawn(replace(capture, mesh=text), "the test") is load_mesh(text)
 
 
 def test_dense_proxy_is_small_and_close(dense: Path):
@@ -70,19 +75,18 @@ def test_dense_proxy_is_small_and_close(dense: Path):
     assert np.abs(proxy.rgb().astype(int).mean(0) - mesh.rgb().astype(int).mean(0)).max() < 2
 
 
-def test_the_trimesh_of_a_dense_proxy_is_its_arrays(dense: Path, sample_root: Path, sample_tuple: Path):
-    """What the check draws in colour (`capture_mesh(proxy=True)`) is the proxy `capture_proxy` gives depth passes,
-    with its colours, in the capture's frame."""
+def test_a_dense_mesh_is_drawn_as_its_proxy(dense: Path, sample_root: Path, sample_tuple: Path):
+    """What the check draws in colour (`capture_drawn`) is the proxy `capture_proxy` gives depth passes, with its
+    colours, in the capture's frame."""
     capture = replace(load_capture(sample_tuple), mesh=dense)
-    proxy, drawn = capture_proxy(capture, "the test"), capture_mesh(capture, "the test", proxy=True)
-    assert len(proxy.faces) <= PROXY_MAX_FACES
-    assert np.array_equal(drawn.vertices, proxy.vertices) and np.array_equal(drawn.faces, proxy.faces)
-    assert drawn.visual.kind == "vertex" and np.array_equal(drawn.visual.vertex_colors[:, :3], proxy.colors)
+    proxy, drawn = capture_proxy(capture, "the test"), capture_drawn(capture, "the test")
+    assert len(proxy.faces) <= PROXY_MAX_FACES and proxy.colors is not None
+    assert isinstance(drawn, Geometry) and drawn.colors is not None
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, proxy))
     moved = replace(load_capture(sample_tuple, align=sample_root / RT_SCALE_DICT), mesh=dense)
     assert moved.world is not None
-    assert np.array_equal(capture_proxy(moved, "the test").vertices, cv.apply_similarity(moved.world, proxy.vertices))
-    assert np.array_equal(capture_mesh(moved, "the test", proxy=True).vertices,
-                          cv.apply_similarity(moved.world, proxy.vertices))
+    for arrays in (capture_proxy(moved, "the test"), capture_drawn(moved, "the test")):
+        assert np.array_equal(arrays.vertices, cv.apply_similarity(moved.world, proxy.vertices))
 
 
 def test_proxy_renders_agree_with_the_mesh(dense: Path, sample_tuple: Path):

@@ -70,6 +70,11 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
     # points3D: sampled with trimesh's arithmetic (fsconvert.surface), tested for visibility on depth passes
     # (OpenGL without pyrender)
     assert modules & HEAVY == {"pycolmap", "OpenGL"}
+    printed, modules = imported("to-colmap", str(TUPLE), "-q", "-j", "1", "--scale", "0.25", "-o",
+                                str(tmp_path / "checked"))
+    assert "PASS: 7/7 views" in printed
+    # the check: its overlays are colour renders of the PLY's arrays, drawn with pyrender's shaders without pyrender
+    assert modules & HEAVY == {"pycolmap", "OpenGL"}
     printed, modules = imported("to-nerf", *common, "--masks", "-o", str(tmp_path / "nerf"))
     assert printed.startswith(f"wrote {tmp_path / 'nerf'} (nerf, 7 views)")
     # mesh.ply and points3d.ply (vertex normals, colours) from the numpy reader's arrays; masks on depth passes
