@@ -55,6 +55,14 @@ def every_file(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _command_line(pid: int) -> str:
+    """A process's command line (what an orphan was), or why it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError as exc:
+        return f"{pid}: {exc.strerror}"
+
+
 def run_and_signal(argv: list[str], watched: Path, signum: int, group: bool | str,
                    least: int) -> tuple[subprocess.CompletedProcess, float]:
     """Run `fsconvert ARGV` (its own process group), send `signum` once a staging folder appears below
@@ -78,7 +86,7 @@ def run_and_signal(argv: list[str], watched: Path, signum: int, group: bool | st
     end = time.monotonic() + 10
     while alive(marker) and time.monotonic() < end:  # a process that outlives the command by more is an orphan
         time.sleep(0.1)
-    assert alive(marker) == []
+    assert alive(marker) == [], [_command_line(pid) for pid in alive(marker)]
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), seconds
 
 
