@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .mesh import Geometry
 
 GREY = (0.5, 0.5, 0.5, 1.0)
-"""The base colour of a mesh without colours (`fsconvert.render` gives pyrender's material the same)."""
+"""The base colour of a mesh without colours, here and in the material `fsconvert.render` gives pyrender."""
 _FLOAT = 4
 
 

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from . import conventions as cv
-from .colourpass import ColourPass, read_color_buffer
+from .colourpass import GREY, ColourPass, read_color_buffer
 from .depthpass import (
     DepthContext,
     DepthPass,
@@ -54,7 +54,6 @@ _CHUNK_ROWS = 256
 _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
-_GREY = (0.5, 0.5, 0.5, 1.0)
 _BAND_ROWS = 256
 """Depth-buffer rows `Renderer.silhouette` and `depth_rows` read at a time (4.4 MB of float32 at 4344 px, a whole
 view's 50 MB)."""
@@ -350,7 +349,7 @@ def _pyrender_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
 def _plain_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
     import pyrender
 
-    return _unlit_mesh(mesh, pyrender.MetallicRoughnessMaterial(baseColorFactor=_GREY))
+    return _unlit_mesh(mesh, pyrender.MetallicRoughnessMaterial(baseColorFactor=GREY))
 
 
 def _unlit_mesh(mesh: trimesh.Trimesh, material: pyrender.Material, **attributes: np.ndarray) -> pyrender.Mesh:
