@@ -2,12 +2,15 @@
 pixel and depth for depth, without importing pyrender (and with it trimesh and scipy: ~0.95 s per process).
 
 It runs pyrender's own flat shaders (`pyrender/shaders/flat.vert`, `flat.frag`, read from its installed package and
-given the defines pyrender gives them) on the vertex layout pyrender uploads (interleaved float32 positions and RGBA
-colours, an instanced identity model matrix), with pyrender's GL state for the material `fsconvert.render` gives
-such a mesh: vertex colours blended (SRC_ALPHA, ONE_MINUS_SRC_ALPHA) onto the background, or mid grey, opaque,
-where the mesh has no colours. It draws into the context's own buffer (`DepthContext` of the size pyrender's
-context would have): llvmpipe rasterises a framebuffer object, or a buffer of another height, a hair differently
-(tests/test_render.py compares this pass with pyrender's render, bit for bit).
+given the defines `Renderer._get_primitive_program` gives them, as `shader_program.ShaderProgram._load` does) on the
+vertex layout pyrender uploads (`primitive.Primitive._add_to_context`: interleaved float32 positions and RGBA colours,
+`utils.format_color_array`'s u8 / 255, an instanced identity model matrix), with pyrender's GL state
+(`renderer.py`: `_forward_pass`, `_configure_forward_pass_viewport`, `_bind_and_draw_primitive`) for the material
+`fsconvert.render` gives such a mesh: vertex colours blended (SRC_ALPHA, ONE_MINUS_SRC_ALPHA) onto the background,
+or mid grey, opaque, where the mesh has no colours (pyrender-maintained 1.0.1's files). It draws into
+the context's own buffer (`DepthContext` of the size pyrender's context would have): llvmpipe rasterises a
+framebuffer object, or a buffer of another height, a hair differently (tests/test_render.py compares this pass with
+pyrender's render, bit for bit).
 """
 
 from __future__ import annotations

@@ -222,13 +222,12 @@ def _proxy(path: Path, size: int, mtime_ns: int) -> Geometry | None:
 
 
 def _parse(path: Path, size: int, mtime_ns: int) -> trimesh.Trimesh:
-    """The parsed mesh of this file version, kept until another one is asked for; the previous mesh and
-    its proxy are dropped before parsing the next (a worker holds one dense scan at a time)."""
+    """The parsed mesh of this file version, kept until another one is asked for; the previous mesh is dropped
+    before parsing the next (a worker holds one dense scan at a time; `_proxy` keeps one file's proxy alike)."""
     global _kept
     key = (path, size, mtime_ns)
     if _kept is None or _kept[0] != key:
         _kept = None
-        _proxy.cache_clear()
         gc.collect()  # trimesh meshes hold reference cycles (their caches)
         _kept = key, _read(path)
     return _kept[1]
@@ -327,10 +326,7 @@ def capture_mesh(capture: Capture, needed_for: str) -> trimesh.Trimesh:
 def capture_geometry(capture: Capture, needed_for: str, *, colors: bool = False) -> Geometry:
     """The vertices (in the capture's frame) and faces of `capture_mesh(capture, needed_for)`, with `colors`
     also its vertex colours, by `read_geometry` (no trimesh for a binary PLY)."""
-    geometry = read_geometry(capture_mesh_path(capture, needed_for), colors=colors)
-    if capture.world is None:
-        return geometry
-    return geometry._replace(vertices=cv.apply_similarity(capture.world, geometry.vertices))
+    return _in_capture_frame(capture, read_geometry(capture_mesh_path(capture, needed_for), colors=colors))
 
 
 def capture_proxy(capture: Capture, needed_for: str, *, colors: bool = False) -> Geometry:
@@ -341,9 +337,14 @@ def capture_proxy(capture: Capture, needed_for: str, *, colors: bool = False) ->
     found = _proxy(*_key(path))
     if found is None:
         return capture_geometry(capture, needed_for, colors=colors)
+    return _in_capture_frame(capture, found)
+
+
+def _in_capture_frame(capture: Capture, geometry: Geometry) -> Geometry:
+    """`geometry` of the capture's mesh file with `Capture.world` applied to its vertices (itself without one)."""
     if capture.world is None:
-        return found
-    return found._replace(vertices=cv.apply_similarity(capture.world, found.vertices))
+        return geometry
+    return geometry._replace(vertices=cv.apply_similarity(capture.world, geometry.vertices))
 
 
 def capture_drawn(capture: Capture, needed_for: str) -> trimesh.Trimesh | Geometry:
