@@ -19,12 +19,10 @@ import ctypes
 import importlib.util
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .mesh import Geometry
+from .mesh import Geometry
 
 GREY = (0.5, 0.5, 0.5, 1.0)
 """The base colour of a mesh without colours, here and in the material `fsconvert.render` gives pyrender."""
