@@ -17,6 +17,7 @@ import open3d as o3d
 import pytest
 
 import exporters.open3d as ex
+from exporters.open3d import camerafiles
 from fsconvert import conventions as cv
 from fsconvert.check import check_export, format_check
 from fsconvert.cli import main
@@ -26,7 +27,7 @@ from fsconvert.fuse import RGBDFrame, integrate
 from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.loader import load_capture
 from fsconvert.mesh import load_mesh
-from fsconvert.model import Capture
+from fsconvert.model import Camera, Capture
 from fsconvert.protocol import read_manifest
 from fsconvert.threads import CoreBudget, second_core, share_cores
 
@@ -113,6 +114,79 @@ def test_log_round_trip(capture: Capture, exports: dict[str, Path], key: str) ->
     # Negative control: read from Python, the .log alone carries Open3D's default 640×480 intrinsics.
     default = o3d.io.read_pinhole_camera_trajectory(str(out / ex.TRAJECTORY_LOG)).parameters[0].intrinsic
     assert (default.width, default.height) == (640, 480)
+
+
+def _open3d_files(cameras: list[Camera], world_to_cams: list[np.ndarray], folder: Path) -> dict[str, bytes]:
+    """The camera files Open3D 0.19's own writers make of these cameras: the judge of `camerafiles`."""
+    params = []
+    for camera, w2c in zip(cameras, world_to_cams):
+        p = o3d.camera.PinholeCameraParameters()
+        p.intrinsic = o3d.camera.PinholeCameraIntrinsic(camera.width, camera.height, camera.K)
+        p.extrinsic = w2c
+        params.append(p)
+    trajectory = o3d.camera.PinholeCameraTrajectory()
+    trajectory.parameters = params
+    for name in ("t.json", "t.log"):
+        assert o3d.io.write_pinhole_camera_trajectory(str(folder / name), trajectory)
+    assert o3d.io.write_pinhole_camera_intrinsic(str(folder / "i.json"), params[0].intrinsic)
+    return {name: (folder / name).read_bytes() for name in ("t.json", "t.log", "i.json")}
+
+
+def _our_files(cameras: list[Camera], world_to_cams: list[np.ndarray]) -> dict[str, bytes]:
+    return {"t.json": camerafiles.trajectory_json(cameras, world_to_cams).encode(),
+            "t.log": camerafiles.trajectory_log(world_to_cams).encode(),
+            "i.json": camerafiles.intrinsic_json(cameras[0]).encode()}
+
+
+def _random_cameras(rng: np.random.Generator, kind: str, n: int) -> tuple[list[Camera], list[np.ndarray]]:
+    cameras, world_to_cams = [], []
+    for _ in range(n):
+        w, h = (int(x) for x in rng.integers(1, 9000, 2))
+        if kind == "rigid":  # real poses: a rotation and a translation of any size
+            q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+            w2c = np.eye(4)
+            w2c[:3, :3], w2c[:3, 3] = q * np.sign(np.linalg.det(q)), rng.normal(size=3) * 10.0 ** rng.integers(-2, 4)
+            K = np.array([[rng.uniform(100, 9000), 0, rng.uniform(0, w)], [0, rng.uniform(100, 9000), rng.uniform(0, h)],
+                          [0, 0, 1]])
+        elif kind == "round":  # short numbers: jsoncpp puts the arrays on one line
+            w2c = np.eye(4)
+            w2c[:3, 3] = rng.integers(-5, 5, 3)
+            K = np.array([[float(rng.integers(1, 3000)), 0, float(rng.integers(0, 500))], [0, 1000.0, 0.5], [0, 0, 1]])
+        elif kind == "tiny":  # inverses around 1e8: the log's 8 decimals print every digit of Eigen's result
+            w2c = rng.normal(size=(4, 4)) * 1e-8
+            K = np.array([[1e-300, -0.0, 1e21], [5e-324, 1e16, 123456789012345678.0], [-0.0, 0, 1]])
+        else:  # general matrices of mixed magnitudes
+            w2c = rng.normal(size=(4, 4)) * 10.0 ** rng.integers(-30, 30, size=(4, 4))
+            K = rng.normal(size=(3, 3)) * 10.0 ** rng.integers(-6, 6, size=(3, 3))
+        cameras.append(Camera(w, h, K))
+        world_to_cams.append(w2c)
+    return cameras, world_to_cams
+
+
+@pytest.mark.parametrize("key", EXPORTS)
+def test_camera_files_are_open3ds_own(capture: Capture, exports: dict[str, Path], key: str, tmp_path: Path) -> None:
+    out, plans = exports[key], _plans(capture, key)
+    theirs = _open3d_files([p.camera for p in plans], [p.world_to_cam for p in plans], tmp_path)
+    assert (out / ex.TRAJECTORY_JSON).read_bytes() == theirs["t.json"]
+    assert (out / ex.TRAJECTORY_LOG).read_bytes() == theirs["t.log"]
+    assert b"-0.00000000" in theirs["t.log"]  # Eigen's inverse leaves signed zeros that a plain inverse need not
+    stem = Path(ex.frame_names(out)[0]).stem
+    assert (out / ex.INTRINSICS / f"{stem}.json").read_bytes() == theirs["i.json"]
+
+
+@pytest.mark.parametrize("kind", ["rigid", "round", "tiny", "general"])
+def test_camera_writers_match_open3d_on_any_values(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(["rigid", "round", "tiny", "general"].index(kind))
+    for n in (1, 2, 24, 25, 40):  # 25 parameters and more: jsoncpp's array rule switches on the count alone
+        cameras, world_to_cams = _random_cameras(rng, kind, n)
+        assert _our_files(cameras, world_to_cams) == _open3d_files(cameras, world_to_cams, tmp_path), (kind, n)
+    big = np.stack(_random_cameras(rng, kind, 2000)[1])
+    theirs = _open3d_files([Camera(1, 1, np.eye(3))] * len(big), list(big), tmp_path)["t.log"]
+    assert camerafiles.trajectory_log(list(big)).encode() == theirs
+    # Negative control: numpy's inverse prints other digits or signs somewhere in 2000 matrices.
+    numpy_log = "".join(f"{i} {i} {i + 1}\n" + "".join(" ".join(f"{x:.8f}" for x in r) + "\n" for r in inv)
+                        for i, inv in enumerate(np.linalg.inv(big))).encode()
+    assert numpy_log != theirs
 
 
 @pytest.mark.parametrize("key", EXPORTS)

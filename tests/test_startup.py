@@ -87,6 +87,10 @@ def test_an_export_imports_the_mesh_libraries_only_where_it_uses_the_mesh(tmp_pa
     assert printed.startswith(f"wrote {tmp_path / 'mvsnet'} (mvsnet, 7 views)")
     # depth ranges and view selection: depth passes on the mesh file's vertices and faces, without trimesh
     assert modules & HEAVY == {"OpenGL"}
+    printed, modules = imported("to-open3d", *common, "-o", str(tmp_path / "open3d"))
+    assert printed.startswith(f"wrote {tmp_path / 'open3d'} (open3d, 7 views)")
+    # depth maps on depth passes; the camera files as Open3D writes them, without Open3D
+    assert modules & HEAVY == {"OpenGL"}
 
 
 def ply_bytes(vertices: np.ndarray, faces: np.ndarray, *, endian: str = "<", vertex_type: str = "float",

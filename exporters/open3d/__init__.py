@@ -4,7 +4,8 @@ Layout of OUT (frame i of both trajectories is the i-th file of color/ and of de
 stems are zero-padded view ids):
 
 - `trajectory.json`: PinholeCameraTrajectory, per view `intrinsic` (OpenCV K, top-left pixel centre at
-  (0, 0)) and `extrinsic` (world→camera), both column-major, written with Open3D's writer (exact).
+  (0, 0)) and `extrinsic` (world→camera), both column-major, byte for byte as Open3D's writer writes them
+  (`camerafiles`, which needs no Open3D).
 - `trajectory.log`: the same poses as Redwood camera→world matrices (8 decimals); it holds no
   intrinsics, so `intrinsics/<stem>.json` (PinholeCameraIntrinsic) stand beside it.
 - `color/<stem>.jpg`: images resampled to the pinhole camera (Open3D has no lens distortion model).
@@ -15,8 +16,8 @@ stems are zero-padded view ids):
   `unit` ("mm" or "m") when the capture is aligned.
 - `fused_mesh.ply` with `--fuse`: ScalableTSDFVolume fusion of the RGB-D frames (see `fuse`).
 
-The library is imported lazily (`import open3d as o3d`, the real package: imports are absolute), so
-that listing exporters does not pay its 2 s start-up.
+Open3D itself reads the export back (`read`, `read_log`) and fuses it; it is imported there (`import open3d as
+o3d`, the real package: imports are absolute), so that writing and listing exporters do not pay its 2 s start-up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.open3d import camerafiles
 from fsconvert.depthproducts import depth_pngs
 from fsconvert.errors import InputError, OutputError
 from fsconvert.fuse import RGBDFrame, integrate
@@ -40,7 +42,7 @@ from fsconvert.model import Camera, Capture
 from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.threads import second_core
-from fsconvert.writers import write_json, write_png
+from fsconvert.writers import write_json, write_png, write_text
 
 NAME = "open3d"
 SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
@@ -93,11 +95,11 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         **({"unit": capture.alignment.units} if capture.alignment else {}),
     }
     depth_paths = [folder / DEPTH / f"{s}.png" for s in view_stems]
+    _write_cameras(plans, view_stems, folder)
     with second_core(workers) as overlap:  # see _write_depths
         if not overlap:
             write_images(plans, names, folder, workers=workers, progress=progress)
             _write_depths(mesh, plans, depth_paths, scale, progress)
-            _write_cameras(plans, view_stems, folder)
         else:
             with ThreadPoolExecutor(2, thread_name_prefix="fsconvert-open3d") as helpers:
                 colour = helpers.submit(write_images, plans, names, folder, workers=workers - 1, progress=progress)
@@ -105,7 +107,6 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
                     _write_depths(mesh, plans, depth_paths, scale, progress, helpers, colour)
                 finally:  # the colour thread finishes its running view before an error propagates
                     colour.result()
-            _write_cameras(plans, view_stems, folder)
     write_json(folder / RGBD, rgbd)
     if options.fuse:
         fuse(folder, options.voxel_size, progress=progress)
@@ -217,9 +218,7 @@ def _write_depths(mesh: Geometry, plans: list[ViewPlan], paths: list[Path], scal
     `write` overlaps the depth maps with the colour images on a second core (`threads.second_core`): this thread
     renders every depth map (OSMesa's context is one thread's; measured 0.25 s per 12.6 MP view at 1.3 M faces), a
     helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit PNG is encoded on the other helper
-    thread while the next view renders; the cameras follow both, once the GL context is gone: Open3D's import (~2 s,
-    ~200 MB: it loads its ML and plotting stacks) beside a dense scan's context took a worker to 770 MB at -j 2,
-    660–677 MB after it. Serial otherwise: colour images, depth maps, cameras."""
+    thread while the next view renders. Serial otherwise: colour images, then depth maps."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     waiting: deque[Future[None]] = deque()
     for i, png, near in depth_pngs(mesh, plans, scale, progress=progress):
@@ -242,27 +241,13 @@ def _write_depths(mesh: Geometry, plans: list[ViewPlan], paths: list[Path], scal
 
 
 def _write_cameras(plans: list[ViewPlan], stems: list[str], out: Path) -> None:
-    """trajectory.json, trajectory.log and intrinsics/<stem>.json, all with Open3D's own writers."""
-    import open3d as o3d
-
+    """trajectory.json, trajectory.log and intrinsics/<stem>.json, as Open3D's own writers write them."""
     (out / INTRINSICS).mkdir()
-    params = []
     for plan, stem in zip(plans, stems):
-        p = o3d.camera.PinholeCameraParameters()
-        p.intrinsic = o3d.camera.PinholeCameraIntrinsic(plan.camera.width, plan.camera.height, plan.camera.K)
-        p.extrinsic = plan.world_to_cam
-        params.append(p)
-        _check_written(o3d.io.write_pinhole_camera_intrinsic(str(out / INTRINSICS / f"{stem}.json"), p.intrinsic),
-                       out / INTRINSICS / f"{stem}.json")
-    trajectory = o3d.camera.PinholeCameraTrajectory()
-    trajectory.parameters = params  # a copy-out property: assign the whole list
-    for name in (TRAJECTORY_JSON, TRAJECTORY_LOG):
-        _check_written(o3d.io.write_pinhole_camera_trajectory(str(out / name), trajectory), out / name)
-
-
-def _check_written(ok: bool, path: Path) -> None:
-    if not ok:
-        raise OutputError(f"{path}: Open3D could not write it")
+        write_text(out / INTRINSICS / f"{stem}.json", camerafiles.intrinsic_json(plan.camera))
+    world_to_cams = [plan.world_to_cam for plan in plans]
+    write_text(out / TRAJECTORY_JSON, camerafiles.trajectory_json([plan.camera for plan in plans], world_to_cams))
+    write_text(out / TRAJECTORY_LOG, camerafiles.trajectory_log(world_to_cams))
 
 
 def _read_trajectory(path: Path, expected: int) -> list[Any]:
