@@ -102,7 +102,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
             _write_depths(mesh, plans, depth_paths, scale, progress)
         else:
             with ThreadPoolExecutor(2, thread_name_prefix="fsconvert-open3d") as helpers:
-                colour = helpers.submit(write_images, plans, names, folder, workers=workers - 1, progress=progress)
+                colour = helpers.submit(write_images, plans, names, folder, workers=workers, progress=progress)
                 try:
                     _write_depths(mesh, plans, depth_paths, scale, progress, helpers, colour)
                 finally:  # the colour thread finishes its running view before an error propagates
@@ -217,8 +217,10 @@ def _write_depths(mesh: Geometry, plans: list[ViewPlan], paths: list[Path], scal
 
     `write` overlaps the depth maps with the colour images on a second core (`threads.second_core`): this thread
     renders every depth map (OSMesa's context is one thread's; measured 0.25 s per 12.6 MP view at 1.3 M faces), a
-    helper thread runs the colour images on `workers` − 1 lanes, and each 16-bit PNG is encoded on the other helper
-    thread while the next view renders. Serial otherwise: colour images, then depth maps."""
+    helper thread runs the colour images on all `workers` lanes, and each 16-bit PNG is encoded on the other helper
+    thread while the next view renders. The depth maps take about a third of the work: with `workers` − 1 colour
+    lanes a core idled once they were done (12 views of 12.6 MP at -j 2: 3.2 s, now 2.7–3.0 s). Serial otherwise:
+    colour images, then depth maps."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     waiting: deque[Future[None]] = deque()
     for i, png, near in depth_pngs(mesh, plans, scale, progress=progress):
