@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import ModuleType
 from typing import Literal, get_args
 
@@ -253,6 +253,7 @@ def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
     started = not ray.is_initialized()  # else use the caller's session, and leave it open
     if started:
         local = {"address": "local", "num_cpus": workers} if address is None else {"address": address}
+        before = _children()
         try:
             with _sigterm_kept():
                 ray.init(**local, include_dashboard=False, logging_level=logging.WARNING)
@@ -280,7 +281,33 @@ def _ray(ray: ModuleType, jobs: Sequence[TupleJob], workers: int,
             raise
     finally:
         if started:
-            ray.shutdown()
+            _shut_down_local_ray(ray, before)
+
+
+RAY_EXIT_SECONDS = 10
+"""How long the local Ray cluster's processes may take to end after `ray.shutdown()` before they are killed."""
+
+
+def _children() -> set[int]:
+    """The process ids of this process's descendants (psutil: Ray's own dependency, vendored in its package)."""
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _shut_down_local_ray(ray: ModuleType, before: set[int]) -> None:
+    """`ray.shutdown()` of the cluster this run started, and every process started since `before` (`_children`)
+    ended: shutdown stops Ray's daemons, but their workers, idle ones included, only notice later (under load one
+    outlived the command by more than 10 s); what is left after RAY_EXIT_SECONDS is killed."""
+    import psutil
+
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=RAY_EXIT_SECONDS)
+    for process in alive:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=RAY_EXIT_SECONDS)
 
 
 @contextmanager
