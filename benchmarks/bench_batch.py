@@ -40,8 +40,10 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa loads: per-core numbers
 
@@ -52,12 +54,17 @@ import trimesh
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
 from fsconvert.check import check_export
-from fsconvert.export import export
-from fsconvert.imageplan import ImageOptions, plan_views
+from fsconvert.export import Exported, export
+from fsconvert.imageplan import ImageOptions, ViewPlan, plan_views
 from fsconvert.imagestage import read_image
 from fsconvert.job import fingerprint
 from fsconvert.loader import load_capture
 from fsconvert.measure import Thresholds
+from fsconvert.model import Capture, View
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Barrier
 
 QUALITY = 95
 SUBJECTS = ("1", "2", "3", "4")
@@ -66,6 +73,18 @@ DENSE = Path("dense") / "models"
 DENSE_FACES = 1_000_000
 WHOLE_MACHINE = ("colmap", "nerf", "facescape", "open3d")
 SECTIONS = ("per-core", "dense", "machine", "fingerprint")
+
+BoundJob = tuple[View, int, np.ndarray, np.ndarray]
+"""(view, reduce, map x, map y): one image of the raw OpenCV bound."""
+
+
+@dataclass(frozen=True)
+class PerCore:
+    """images/s per core by (name, scale): of the baselines ("naive", "bound"), and of the exporters with
+    their check time / export time with overlays and without."""
+
+    baselines: dict[tuple[str, float], float]
+    exports: dict[tuple[str, float], tuple[float, float, float]]
 
 
 def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
@@ -84,12 +103,11 @@ def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
     valid = [v for v in range(unique) if params.get(f"{v}_valid", True)]
     light = tmp / "src" / "models" / "1" / "1_neutral.ply"
     dense = tmp / "src" / "dense.ply"
-    dense.write_bytes(trimesh.exchange.ply.export_ply(dense_scan(trimesh.load(light, process=False), DENSE_FACES),
-                                                      encoding="binary"))
+    dense.write_bytes(trimesh.exchange.ply.export_ply(dense_scan(load_mesh(light), DENSE_FACES), encoding="binary"))
     for subject in SUBJECTS:
         dest = tmp / "images" / subject / "1_neutral"
         dest.mkdir(parents=True)
-        out = {}
+        out: dict[str, object] = {}
         for i in range(views):
             v = valid[i % len(valid)]
             os.link(src / f"{v}.jpg", dest / f"{i}.jpg")
@@ -103,9 +121,17 @@ def dataset(cache: Path, views: int, unique: int, long_side: int) -> Path:
     return root
 
 
-def naive(plans, out: Path) -> None:
+def load_mesh(path: Path) -> trimesh.Trimesh:
+    """The mesh of a one-mesh file, as trimesh reads it unprocessed."""
+    mesh = trimesh.load(path, process=False)
+    assert isinstance(mesh, trimesh.Trimesh), path
+    return mesh
+
+
+def naive(plans: list[ViewPlan], out: Path) -> None:
     for i, p in enumerate(plans):
         img = cv2.imread(str(p.view.image))
+        assert img is not None, p.view.image
         src = p.view.camera
         img = cv2.undistort(img, src.K, src.dist)
         if p.camera.size != src.size:
@@ -113,23 +139,23 @@ def naive(plans, out: Path) -> None:
         cv2.imwrite(str(out / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
 
 
-def bound(jobs, out: Path) -> None:
+def bound(jobs: list[BoundJob], out: Path) -> None:
     for i, (view, reduce, mx, my) in enumerate(jobs):
         img = read_image(view.image, reduce)
         img = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         cv2.imwrite(str(out / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
 
 
-def bound_jobs(plans) -> list:
+def bound_jobs(plans: list[ViewPlan]) -> list[BoundJob]:
     """(view, reduce, map x, map y) per plan, each map computed once per source image file (the views
     are hard-linked copies of a few: 60 views of 12.6 MP would otherwise hold ~6 GB of maps)."""
-    maps: dict[int, tuple] = {}
+    maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for p in plans:
         maps.setdefault(os.stat(p.view.image).st_ino, p.maps())
     return [(p.view, p.reduce, *maps[os.stat(p.view.image).st_ino]) for p in plans]
 
 
-def _bound_process(tuple_dir: Path, out: Path, barrier, times) -> None:
+def _bound_process(tuple_dir: Path, out: Path, barrier: Barrier, times: Queue[float]) -> None:
     cv2.setNumThreads(1)
     jobs = bound_jobs(plan_views(load_capture(tuple_dir).views, ImageOptions(jpeg_quality=QUALITY)))
     barrier.wait()
@@ -142,7 +168,8 @@ def parallel_bound(tuple_dir: Path, processes: int, tmp: Path) -> float:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    barrier, times = context.Barrier(processes), context.Queue()
+    barrier = context.Barrier(processes)
+    times: Queue[float] = context.Queue()
     outs = [Path(tempfile.mkdtemp(dir=tmp)) for _ in range(processes)]
     procs = [context.Process(target=_bound_process, args=(tuple_dir, out, barrier, times)) for out in outs]
     for proc in procs:
@@ -154,13 +181,20 @@ def parallel_bound(tuple_dir: Path, processes: int, tmp: Path) -> float:
     return processes * len(load_capture(tuple_dir).views) / max(seconds)
 
 
-def timed(fn, *args) -> float:
+def timed(fn: Callable[..., object], *args: object) -> float:
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
 
 
-def per_core(capture, formats: list[str], tmp: Path, repeat: int, scales: tuple[float, ...] = (1.0, 0.25)) -> dict:
+def check_seconds(exported: Exported) -> float:
+    """`CheckReport.seconds` of an export that ran the check."""
+    assert exported.check is not None
+    return exported.check.seconds
+
+
+def per_core(capture: Capture, formats: list[str], tmp: Path, repeat: int,
+             scales: tuple[float, ...] = (1.0, 0.25)) -> PerCore:
     """images/s per core of the baselines and exporters at scale 1 and 1/4, with each exporter's check
     time / export time. Best of `repeat` rounds; each round runs every method once, so that load from
     other processes on a shared machine hits them alike."""
@@ -170,7 +204,8 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int, scales: tuple[
     for fmt in formats:  # untimed warm-up: lazy imports (open3d takes seconds), GL context
         export(few, exporters[fmt], tmp / f"warm-{fmt}", thresholds=None)
         check_export(tmp / f"warm-{fmt}")
-    best: dict = {}
+    best_baselines: dict[tuple[str, float], float] = {}
+    best_exports: dict[tuple[str, float], tuple[float, ...]] = {}
     for scale in scales:
         image = ImageOptions(scale=None if scale == 1 else scale, jpeg_quality=QUALITY)
         plans = plan_views(capture.views, image)
@@ -178,38 +213,37 @@ def per_core(capture, formats: list[str], tmp: Path, repeat: int, scales: tuple[
         for _ in range(repeat):
             for name, fn, arg in (("naive", naive, plans), ("bound", bound, jobs)):
                 out = Path(tempfile.mkdtemp(dir=tmp))
-                best[name, scale] = min(best.get((name, scale), np.inf), timed(fn, arg, out))
+                best_baselines[name, scale] = min(best_baselines.get((name, scale), np.inf), timed(fn, arg, out))
                 shutil.rmtree(out)
             for fmt in formats:
                 out, module = tmp / f"{fmt}-{scale:g}", exporters[fmt]
                 options = module.Options(image=image)
                 export_s = timed(lambda: export(capture, module, out, options, overwrite=True, thresholds=None))
                 # the check as the command runs it, inside the export (overlays drawn on the stage's previews)
-                check_s = export(capture, module, out, options, overwrite=True).check.seconds
-                bare_s = export(capture, module, out, options, overwrite=True, overlays=False).check.seconds
-                old = best.get((fmt, scale), (np.inf,) * 3)
-                best[fmt, scale] = tuple(min(a, b) for a, b in zip(old, (export_s, check_s, bare_s)))
+                check_s = check_seconds(export(capture, module, out, options, overwrite=True))
+                bare_s = check_seconds(export(capture, module, out, options, overwrite=True, overlays=False))
+                old = best_exports.get((fmt, scale), (np.inf,) * 3)
+                best_exports[fmt, scale] = tuple(min(a, b) for a, b in zip(old, (export_s, check_s, bare_s)))
                 shutil.rmtree(out)
-    rates: dict = {}
-    for (name, scale), t in best.items():
-        rates[name, scale] = n / t if isinstance(t, float) else (n / t[0], t[1] / t[0], t[2] / t[0])
-    return rates
+    return PerCore(baselines={key: n / t for key, t in best_baselines.items()},
+                   exports={key: (n / t[0], t[1] / t[0], t[2] / t[0]) for key, t in best_exports.items()})
 
 
-def dense_vs_light(capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int) -> dict:
+def dense_vs_light(capture: Capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int
+                   ) -> dict[tuple[str, str], tuple[float, float]]:
     """Seconds (export, export + check) at scale 1 with the light and the dense mesh, best of `repeat`;
     nerf also with --masks --depth (its products rendered from the full mesh)."""
     exporters = available()
-    variants = [(fmt, {}) for fmt in formats]
+    variants: list[tuple[str, dict[str, bool]]] = [(fmt, {}) for fmt in formats]
     variants += [("nerf", {"masks": True, "depth": True})] if "nerf" in formats else []
-    best: dict = {}
+    best: dict[tuple[str, str], tuple[float, float]] = {}
     for _ in range(repeat):
         for fmt, extra in variants:
             for label, mesh in (("light", capture.mesh), ("dense", dense_mesh)):
                 module, out = exporters[fmt], tmp / f"dense-{fmt}"
                 options = module.Options(image=ImageOptions(jpeg_quality=QUALITY), **extra)
                 start = time.perf_counter()
-                check_s = export(replace(capture, mesh=mesh), module, out, options, overwrite=True).check.seconds
+                check_s = check_seconds(export(replace(capture, mesh=mesh), module, out, options, overwrite=True))
                 total_s = time.perf_counter() - start
                 key = (fmt + "".join(f" --{k}" for k in extra), label)
                 old = best.get(key, (np.inf, np.inf))
@@ -312,32 +346,34 @@ def main() -> None:
         if "dense" in sections:
             print_dense(capture, dense_mesh, formats, Path(tmp), repeat)
         if "machine" in sections:
-            print_machine(root, views, [f for f in WHOLE_MACHINE if f in formats], rates["bound", 1.0], Path(tmp))
+            print_machine(root, views, [f for f in WHOLE_MACHINE if f in formats], rates.baselines["bound", 1.0],
+                          Path(tmp))
     if "fingerprint" in sections:
         stat_ms, hash_ms = fingerprint_cost(root)
         print(f"resume fingerprint per tuple: {stat_ms:.2f} ms (params.json sha256 + image stat) vs {hash_ms:.0f} ms "
               f"to hash the {views} images; load average now {_load()}")
 
 
-def print_per_core(rates: dict, formats: list[str]) -> None:
+def print_per_core(rates: PerCore, formats: list[str]) -> None:
     print("\nper core (1 process, 1 OpenCV and 1 render thread), images/s; check = check time / export time,"
           " with overlays (the default) / without (--no-overlays)")
     print(f"{'':>10}  {'scale 1':>8}  {'÷ bound':>14}  {'scale 1/4':>9}  {'÷ naive':>14}  "
           f"{'check at 1':>21}  {'check at 1/4':>21}")
     for name in ("naive", "bound"):
-        print(f"{name:>10}  {rates[name, 1.0]:>8.2f}  {'':>14}  {rates[name, 0.25]:>9.2f}")
+        print(f"{name:>10}  {rates.baselines[name, 1.0]:>8.2f}  {'':>14}  {rates.baselines[name, 0.25]:>9.2f}")
     for fmt in formats:
-        (r1, *c1), (r4, *c4) = rates[fmt, 1.0], rates[fmt, 0.25]
-        b, nv = r1 / rates["bound", 1.0], r4 / rates["naive", 0.25]
+        (r1, *c1), (r4, *c4) = rates.exports[fmt, 1.0], rates.exports[fmt, 0.25]
+        b, nv = r1 / rates.baselines["bound", 1.0], r4 / rates.baselines["naive", 0.25]
         checks = "  ".join(" / ".join(f"{100 * x:>3.0f} % {verdict(x <= 0.15)}" for x in c) for c in (c1, c4))
         print(f"{fmt:>10}  {r1:>8.2f}  {b:>8.2f}× {verdict(b >= 0.85)}  {r4:>9.2f}  {nv:>8.2f}× "
               f"{verdict(nv >= 3)}  {checks}")
     print(f"load average {_load()}")
 
 
-def print_dense(capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int) -> None:
-    dense_faces = len(trimesh.load(dense_mesh, process=False).faces)
-    light_faces = len(trimesh.load(capture.mesh, process=False).faces)
+def print_dense(capture: Capture, dense_mesh: Path, formats: list[str], tmp: Path, repeat: int) -> None:
+    assert capture.mesh is not None  # the dataset's light mesh
+    dense_faces = len(load_mesh(dense_mesh).faces)
+    light_faces = len(load_mesh(capture.mesh).faces)
     times = dense_vs_light(capture, dense_mesh, formats, tmp, repeat)
     print(f"\ndense mesh ({dense_faces} faces) against the light one ({light_faces}), scale 1, one core, seconds")
     print(f"{'':>24}  {'export light':>12}  {'dense':>7}  {'ratio':>12}  {'+ check light':>13}  {'dense':>7}  "

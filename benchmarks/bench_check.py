@@ -33,14 +33,16 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 os.environ.setdefault("LP_NUM_THREADS", "1")  # one render thread, before OSMesa loads: per-core numbers
 
 import cv2
+import numpy as np
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import available
@@ -48,13 +50,22 @@ from fsconvert import export as export_module
 from fsconvert import measure, viewpixels
 from fsconvert.check import check_export
 from fsconvert.export import export
-from fsconvert.imageplan import ImageOptions
+from fsconvert.imageplan import ImageOptions, ViewPlan
+from fsconvert.imagestage import WrittenCallback
 from fsconvert.loader import load_capture
-from fsconvert.pixelcheck import decode_exported
+from fsconvert.model import Camera
+from fsconvert.pixelcheck import PixelNumbers, decode_exported
 from fsconvert.protocol import read_manifest
+from fsconvert.viewpixels import Written
 
 LONG_SIDE = 4344
 SCALES = (1.0, 0.25)
+
+T = TypeVar("T")
+OnWritten = Callable[[WrittenCallback | None], AbstractContextManager[None]]
+"""`imagestage.on_written`, as `viewpixels` calls it."""
+ViewPixels = Callable[[ViewPlan, Camera, np.ndarray, Path, Mapping[str, Written]], PixelNumbers]
+"""`viewpixels.view_pixels`, as `measure` calls it."""
 
 
 def sample(cache: Path, views: int) -> Path:
@@ -78,7 +89,7 @@ class Clock:
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
 
-    def run(self, fn: Callable[[], Any]) -> Any:
+    def run(self, fn: Callable[[], T]) -> T:
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             return fn()
@@ -88,47 +99,49 @@ class Clock:
 
 
 @contextmanager
-def timed(module: Any, name: str, clock: Clock) -> Iterator[None]:
-    """While open, `module.name` (a function) runs under `clock`."""
+def replaced(module: ModuleType, name: str, replace: Callable[[T], T]) -> Iterator[None]:
+    """While open, `module.name` is `replace(original)`."""
     original = getattr(module, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return clock.run(lambda: original(*args, **kwargs))
-
-    setattr(module, name, wrapper)
+    setattr(module, name, replace(original))
     try:
         yield
     finally:
         setattr(module, name, original)
 
 
-@contextmanager
-def timed_stage(clock: Clock) -> Iterator[None]:
+def timed(module: ModuleType, name: str, clock: Clock) -> AbstractContextManager[None]:
+    """While open, `module.name` (a function) runs under `clock`."""
+
+    def under_clock(original: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args, **kwargs: clock.run(lambda: original(*args, **kwargs))
+
+    return replaced(module, name, under_clock)
+
+
+def timed_stage(clock: Clock) -> AbstractContextManager[None]:
     """While open, the image stage's pixel measurements (the callback `measured_as_written` registers) run
     under `clock`."""
-    original = viewpixels.on_written
 
-    def on_written(callback: Any) -> Any:
-        if callback is None:
-            return original(None)
-        return original(lambda *args: clock.run(lambda: callback(*args)))
+    def callbacks_under_clock(original: OnWritten) -> OnWritten:
+        def on_written(callback: WrittenCallback | None) -> AbstractContextManager[None]:
+            if callback is None:
+                return original(None)
+            return original(lambda *args: clock.run(lambda: callback(*args)))
 
-    viewpixels.on_written = on_written
-    try:
-        yield
-    finally:
-        viewpixels.on_written = original
+        return on_written
+
+    return replaced(viewpixels, "on_written", callbacks_under_clock)
+
+
+def without_measurements(view_pixels: ViewPixels) -> ViewPixels:
+    """`view_pixels` given none of the stage's measurements: it measures from the files."""
+    return lambda plan, camera, w2c, path, measured: view_pixels(plan, camera, w2c, path, {})
 
 
 def from_files(out: Path, clock: Clock) -> None:
     """The check's pixel numbers of every view of `out` measured from the files, as `fsconvert check OUT` does."""
-    with timed(measure, "view_pixels", clock):
-        original = measure.view_pixels
-        measure.view_pixels = lambda plan, camera, w2c, path, measured: original(plan, camera, w2c, path, {})
-        try:
-            check_export(out, overlays="none")
-        finally:
-            measure.view_pixels = original
+    with timed(measure, "view_pixels", clock), replaced(measure, "view_pixels", without_measurements):
+        check_export(out, overlays="none")
 
 
 def floor(out: Path) -> Clock:

@@ -27,7 +27,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 os.environ.setdefault("LP_NUM_THREADS", "1")
 
@@ -110,6 +112,8 @@ def main() -> None:
     import distributed
     import ray
 
+    local_cluster = cast("Callable[..., distributed.LocalCluster]", distributed.LocalCluster)  # untyped __init__
+
     best: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         converted = Path(tmp) / "done"
@@ -121,21 +125,21 @@ def main() -> None:
         assert all(job.convert().status == "skipped" for job in done)
         serial = (time.perf_counter() - start) / len(done)
         for _ in range(args.repeat):  # each round measures every engine, so that others' load hits them alike
-            t = {"local": {"start": 0.0, **measure(root, Path(tmp), "local", None, args.few, n, done)}}
+            this_round = {"local": {"start": 0.0, **measure(root, Path(tmp), "local", None, args.few, n, done)}}
 
             start = time.perf_counter()
-            cluster = distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=logging.ERROR)
-            t["dask"] = {"start": time.perf_counter() - start,
-                         **measure(root, Path(tmp), "dask", cluster.scheduler_address, args.few, n, done)}
+            cluster = local_cluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, silence_logs=logging.ERROR)
+            this_round["dask"] = {"start": time.perf_counter() - start,
+                                  **measure(root, Path(tmp), "dask", cluster.scheduler_address, args.few, n, done)}
             cluster.close()
 
             start = time.perf_counter()
             ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, logging_level=logging.WARNING)
-            t["ray"] = {"start": time.perf_counter() - start,
-                        **measure(root, Path(tmp), "ray", None, args.few, n, done)}
+            this_round["ray"] = {"start": time.perf_counter() - start,
+                                 **measure(root, Path(tmp), "ray", None, args.few, n, done)}
             ray.shutdown()
-            for engine, times in t.items():
+            for engine, times in this_round.items():
                 if engine not in best or times["all"] < best[engine]["all"]:
                     best[engine] = times
 

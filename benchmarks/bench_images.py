@@ -60,6 +60,7 @@ def stage(plans: list[ViewPlan], out: Path, workers: int = 1) -> None:
 def naive(plans: list[ViewPlan], out: Path) -> None:
     for i, p in enumerate(plans):
         img = cv2.imread(str(p.view.image))
+        assert img is not None, p.view.image
         src = p.view.camera
         img = cv2.undistort(img, src.K, src.dist, None, _full_size_K(p))
         if p.camera.size != src.size:

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -54,6 +56,9 @@ REPO = Path(__file__).resolve().parent.parent
 FORMATS = {"neus": ["to-neus"], "blender": ["to-nerf", "--variant", "blender"], "open3d": ["to-open3d"]}
 """The commands (and bound kinds) compared; "open3d dense" is open3d's command with the dense mesh."""
 
+Measured = tuple[float, int, list[int]]
+"""(seconds, peak RSS in MB, its helper processes' peaks in MB) of one run."""
+
 
 def sample(cache: Path, views: int) -> tuple[Path, Path]:
     """(tuple folder, dense mesh): `views` views hard-linked from UNIQUE rendered once, cached (bench_batch's
@@ -73,13 +78,14 @@ def bound_plans(kind: str, tuple_dir: Path) -> list[ViewPlan]:
     return plan_views(capture.views, image)
 
 
-def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchronize.Barrier, out: mp.Queue) -> None:
+def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchronize.Barrier,
+                 out: mp.Queue[tuple[float, float]]) -> None:
     """One process of the bound: prepare its views' inputs, wait for the others, time its views."""
     cv2.setNumThreads(1)
     every = bound_plans(kind, tuple_dir)
     plans = [every[k] for k in share]
     data = [p.view.image.read_bytes() for p in plans]
-    maps = [tuple(np.ascontiguousarray(m) for m in p.maps()) for p in plans]
+    maps = [(np.ascontiguousarray(mx), np.ascontiguousarray(my)) for mx, my in (p.maps() for p in plans)]
     sizes = [cv.reduced_size(p.view.camera.size, p.reduce) for p in plans]
     alphas = [np.where((mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1), 255, 0).astype(np.uint8)
               for (mx, my), (w, h) in zip(maps, sizes)]
@@ -98,7 +104,7 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
         from fsconvert.mesh import capture_mesh
 
         mesh = capture_mesh(load_capture(tuple_dir), "the bound's depth maps")
-        scale = np.float32(o3d_format.depth_scale(o3d_format._max_depth(mesh.vertices, every)))
+        scale = o3d_format.depth_scale(o3d_format._max_depth(mesh.vertices, every))  # depth_pngs takes it as float32
         rendered = {k: png for k, png, _ in depth_pngs(mesh, plans, scale)}
         depths = [rendered[k] for k in range(len(plans))]
     start.wait()
@@ -124,7 +130,8 @@ def bound_worker(kind: str, tuple_dir: Path, share: list[int], start: mp.synchro
 def bound(kind: str, tuple_dir: Path, views: int, processes: int) -> float:
     """Seconds from the common start to the last process's end, `processes` processes over `views` views."""
     context = mp.get_context("spawn")
-    start, out = context.Barrier(processes), context.Queue()
+    start = context.Barrier(processes)
+    out: mp.Queue[tuple[float, float]] = context.Queue()
     workers = [context.Process(target=bound_worker, args=(kind, tuple_dir, list(range(i, views, processes)), start,
                                                           out)) for i in range(processes)]
     for w in workers:
@@ -135,14 +142,14 @@ def bound(kind: str, tuple_dir: Path, views: int, processes: int) -> float:
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def command(fmt: str, tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> tuple[float, int, list[int]]:
+def command(fmt: str, tuple_dir: Path, out: Path, jobs: int, mesh: Path | None = None) -> Measured:
     """(seconds, peak RSS in MB, its helper processes' peaks) of the format's command in a new process
     (`measured`)."""
     return measured(FORMATS[fmt], tuple_dir, out, jobs, mesh)
 
 
 def measured(command: list[str], tuple_dir: Path, out: Path, jobs: int,
-             mesh: Path | None = None) -> tuple[float, int, list[int]]:
+             mesh: Path | None = None) -> Measured:
     """(seconds, peak RSS in MB: its VmHWM, read every 10 ms while it runs, and the same of each of its child
     processes: the PNG encoders of its image threads) of `fsconvert COMMAND TUPLE -o OUT -j JOBS --no-check` in a
     new process."""
@@ -150,7 +157,8 @@ def measured(command: list[str], tuple_dir: Path, out: Path, jobs: int,
             "-j", str(jobs), "--no-check", "-q", "--overwrite", "--force", *(["--mesh", str(mesh)] if mesh else [])]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL)
-    peak, children = 0, {}
+    peak = 0
+    children: dict[str, int] = {}
     while proc.poll() is None:
         peak = max(peak, _peak_mb(proc.pid))
         try:
@@ -194,17 +202,21 @@ def main() -> None:
     print(f"{n} views of {LONG_SIDE}×{LONG_SIDE * 2 // 3}, {cores} cores, python {sys.version.split()[0]}, "
           f"fpng {fpng.__version__}, OpenCV {cv2.__version__}, simplejpeg {simplejpeg.__version__}")
     work = Path(tempfile.mkdtemp(prefix="bench-png-"))
-    runs = {}
+
+    def bound_run(kind: str, processes: int) -> Measured:
+        """`bound` as a run: no command, so no peak RSS or helpers."""
+        return bound(kind, tuple_dir, n, processes), 0, []
+
+    runs: dict[str, Callable[[], Measured]] = {}
     for kind in ("neus", "blender", "open3d", "neus-opencv"):
-        runs[f"{kind} bound 1"] = lambda kind=kind: (bound(kind, tuple_dir, n, 1), 0, [])
-        runs[f"{kind} bound {cores}"] = lambda kind=kind: (bound(kind, tuple_dir, n, cores), 0, [])
+        runs[f"{kind} bound 1"] = partial(bound_run, kind, 1)
+        runs[f"{kind} bound {cores}"] = partial(bound_run, kind, cores)
     for fmt in FORMATS:
         for jobs in (1, cores):
-            runs[f"{fmt} -j {jobs}"] = lambda fmt=fmt, jobs=jobs: command(fmt, tuple_dir, work / fmt, jobs)
+            runs[f"{fmt} -j {jobs}"] = partial(command, fmt, tuple_dir, work / fmt, jobs)
     for fmt in FORMATS:
         for jobs in (1, cores):
-            runs[f"{fmt} dense -j {jobs}"] = lambda fmt=fmt, jobs=jobs: command(fmt, tuple_dir, work / f"{fmt}-dense",
-                                                                                jobs, dense)
+            runs[f"{fmt} dense -j {jobs}"] = partial(command, fmt, tuple_dir, work / f"{fmt}-dense", jobs, dense)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, int] = {}
     helpers: dict[str, list[int]] = {}

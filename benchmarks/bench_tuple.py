@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -189,11 +190,15 @@ def main() -> None:
     alone: dict[str, list[float]] = {}
     if args.dataset:
         root = make_dataset(tuple_dir, args.dataset, work / "dataset")
+
+        def dataset_run(name: str, checkout: Path) -> None:
+            """`dataset_command` of `checkout`, with the seconds its last tuple ran alone kept under `name`."""
+            alone[name].append(dataset_command(root, work / "dataset-out", cores, checkout))
+
         for name, checkout in [(f"dataset -j {cores}", REPO)] + ([(f"against -j {cores}", args.against)]
                                                                   if args.against else []):
             alone[name] = []
-            runs[name] = lambda name=name, checkout=checkout: alone[name].append(
-                dataset_command(root, work / "dataset-out", cores, checkout))
+            runs[name] = partial(dataset_run, name, checkout)
     times: dict[str, list[float]] = {name: [] for name in runs}
     loads = []
     try:
