@@ -356,7 +356,7 @@ def main() -> None:
 
 def print_per_core(rates: PerCore, formats: list[str]) -> None:
     print("\nper core (1 process, 1 OpenCV and 1 render thread), images/s; check = check time / export time,"
-          " with overlays (the default) / without (--no-overlays)")
+          " with overlays (the default) / without (--overlays none)")
     print(f"{'':>10}  {'scale 1':>8}  {'÷ bound':>14}  {'scale 1/4':>9}  {'÷ naive':>14}  "
           f"{'check at 1':>21}  {'check at 1/4':>21}")
     for name in ("naive", "bound"):

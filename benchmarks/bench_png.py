@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -136,7 +137,13 @@ def bound(kind: str, tuple_dir: Path, views: int, processes: int) -> float:
                                                           out)) for i in range(processes)]
     for w in workers:
         w.start()
-    spans = [out.get() for _ in workers]
+    spans = []
+    for _ in workers:
+        try:
+            spans.append(out.get(timeout=600))
+        except queue.Empty:  # a bound process died before reporting
+            raise SystemExit(f"bench_png: a bound process ended without a result (exit codes "
+                             f"{[w.exitcode for w in workers]})") from None
     for w in workers:
         w.join()
     return max(e for _, e in spans) - min(s for s, _ in spans)
@@ -235,7 +242,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\nmedian of {repeat} round(s) (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
+    rounds = f"{repeat} round" + ("s" if repeat != 1 else "")
+    print(f"\nmedian of {rounds} (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f})")
     print(f"{'':22}{'seconds':>9}{'views/s':>9}{'÷ bound':>9}{'÷ -j 1':>8}{'peak RSS':>10}  PNG helpers' peak")
     for name, t in med.items():

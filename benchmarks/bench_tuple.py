@@ -217,7 +217,8 @@ def main() -> None:
     med = {name: statistics.median(t) for name, t in times.items()}
     n = len(plans)
     counts = {name: n * (args.dataset if name in alone else 1) for name in med}
-    print(f"\nmedian of {args.repeat} rounds (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
+    rounds = f"{args.repeat} round" + ("s" if args.repeat != 1 else "")
+    print(f"\nmedian of {rounds} (1-min load at the rounds' starts: median {statistics.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f}); stage output identical at 1 and {cores} workers: {same}")
     print(f"{'':16}{'seconds':>9}{'views/s':>9}{'÷ bound ' + str(cores):>11}{'÷ own 1':>9}{'last alone s':>14}")
     bound_rate = n / med[f"bound {cores}"]
