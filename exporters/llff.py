@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import band_span, depth_bands, depth_range, subjects
+from fsconvert.depthproducts import band_span, depth_bands, depth_range, subjects_ahead
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, common_fov, frame_record, plan_views
 from fsconvert.imagestage import stems, uncovered_warnings, write_images
@@ -97,9 +97,9 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
         if progress:
             print(f"fsconvert: warning: {NAME}: {message} (their check fails by that loss)", file=sys.stderr)
     names = [f"{IMAGES}/{s}{p.suffix}" for s, p in zip(stems(capture.views), plans)]
-    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=alpha)
+    with subjects_ahead(capture, MESH_USE, plans, options.image.alpha, workers=workers, progress=progress) as alpha:
+        footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                                  subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     rows = np.zeros((len(plans), 17))
     for i, bands in depth_bands(capture_geometry(capture, MESH_USE), plans, progress=progress):

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import subjects
+from fsconvert.depthproducts import subjects_ahead
 from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
@@ -114,15 +115,16 @@ class Options:
 
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
-    """Write the export (see the module docstring): scale and offset from the mesh's vertices (numpy alone); its
-    Trimesh (import and parse ~1 s) only for the silhouettes of alpha "subject" (the default), before the images."""
+    """Write the export (see the module docstring): scale and offset from the mesh file's vertices; for alpha
+    "subject" (the default) its silhouettes, rendered on a second core as the images are made (`subjects_ahead`)."""
     vertices = capture_geometry(capture, MESH_USE).vertices
     scale, offset = cube_mapping(vertices, options.margin)
     plans = plan_views(capture.views, options.image)
     names = [f"{IMAGES}/{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
-    silhouettes = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=silhouettes)
+    with subjects_ahead(capture, MESH_USE, plans, options.image.alpha, workers=workers,
+                        progress=progress) as silhouettes:
+        footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                                  subjects=silhouettes)
     assert footprints is not None  # write_images returns them when asked for
     size = global_size(plans)
     meta = {"from_na": True, "w": size[0], "h": size[1], "aabb_scale": AABB_SCALE, "scale": scale,
@@ -171,7 +173,7 @@ def _frame(name: str, plan: ViewPlan, size: tuple[int, int]) -> dict[str, Any]:
 
 
 def _warnings(options: Options, plans: list[ViewPlan], names: list[str], size: tuple[int, int],
-              footprints: list[Footprint], silhouettes: list[Footprint] | None) -> list[str]:
+              footprints: list[Footprint], silhouettes: Sequence[Footprint] | None) -> list[str]:
     """One line per thing NeuS2 will do wrong with this export (the summary and check.json)."""
     out = []
     other = [p.view.id for p in plans if p.camera.size != size]

@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import depth_bands, render_masks, silhouette, subjects
+from fsconvert.depthproducts import depth_bands, render_masks, silhouette, subjects_ahead
 from fsconvert.errors import InputError, Where
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import uncovered_warnings, write_images
@@ -114,9 +114,9 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     plans = plan_views(capture.views, options.image)
     stems = [f"{k:06d}" for k in range(len(plans))]
     names = [f"{s}{RGB}{p.suffix}" for s, p in zip(stems, plans)]
-    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
-                              subjects=alpha)
+    with subjects_ahead(capture, MESH_USE, plans, options.image.alpha, workers=workers, progress=progress) as alpha:
+        footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
+                                  subjects=alpha)
     assert footprints is not None  # write_images returns them when asked for
     to_file = cv.invert_similarity(worldtogt)
     frames: list[dict[str, Any]] = [frame_entry(name, plan, to_file) for name, plan in zip(names, plans)]

@@ -190,13 +190,15 @@ class Footprint:
 @dataclass(frozen=True)
 class _Job:
     """One output image: its plan and file; whether to return its footprint and a preview; the mesh's
-    silhouette in it for `alpha` "subject"; whom to tell once it is written (`on_written`)."""
+    silhouettes, of which its `index`-th is in it, for `alpha` "subject" (taken when the view is made: they may
+    still be rendering); whom to tell once it is written (`on_written`)."""
 
     plan: ViewPlan
     dest: Path
     footprint: bool
     preview: bool
-    subject: Footprint | None = None
+    index: int = 0
+    subjects: Sequence[Footprint] | None = None
     written: WrittenCallback | None = None
 
 
@@ -229,9 +231,9 @@ def _produce(job: _Job, fpng: FpngProcesses | None = None) -> tuple[Footprint | 
     found = Footprint.full(plan.camera.size) if footprint else None
     subject = None
     if plan.options.alpha == "subject":
-        if job.subject is None:
+        if job.subjects is None:
             raise ValueError("alpha 'subject' needs the mesh's silhouette of every view (subjects)")
-        subject = job.subject
+        subject = job.subjects[job.index]
     if _needs_remap(plan):
         W, H = plan.camera.size
         # with alpha, each band is remapped into a band of scratch and goes on into the RGBA image at once: no
@@ -380,9 +382,10 @@ def run_plans(
 ) -> list[Footprint] | None:
     """Run plans, `workers` threads in parallel (see the module's notes), streaming images in view order (one
     per thread in memory); with `footprints`, return each output image's `Footprint` (computed from the remap
-    it was made with); `subjects`: the mesh's silhouette per image, for the alpha option "subject"."""
+    it was made with); `subjects`: the mesh's silhouette per image, for the alpha option "subject" (each taken
+    as its view is made: `depthproducts.SilhouettesAhead` may still be rendering the later ones)."""
     kept, written = _previews, _written
-    tasks = [_Job(plan, dest, footprints, kept is not None, None if subjects is None else subjects[k], written)
+    tasks = [_Job(plan, dest, footprints, kept is not None, k, subjects, written)
              for k, (plan, dest) in enumerate(jobs)]
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, leave=False)
     try:

@@ -122,3 +122,9 @@ def visible_depths(renderer: Renderer, plan: ViewPlan, X: np.ndarray) -> np.ndar
     seen: np.ndarray = z[(d > 0) & (np.abs(z - d) < 0.002 * d)]
     assert len(seen) > 100  # a depth test on a handful of vertices proves nothing
     return seen
+
+
+def format_files(out: Path) -> dict[str, bytes]:
+    """An export's own files by relative path (not the manifest, nor the check)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] not in ("fsconvert", "check")}

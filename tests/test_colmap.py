@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
-from helpers import rotation_to_quat_wxyz
+from helpers import format_files, rotation_to_quat_wxyz
 
 import fsconvert  # noqa: F401  (headless rendering set-up)
 from exporters import colmap
@@ -373,6 +373,16 @@ def test_points_beside_the_images_are_the_serial_bytes(export, capture, tmp_path
     files = {p.relative_to(serial).as_posix() for p in serial.rglob("*") if p.is_file() and "fsconvert" not in p.parts}
     assert {"sparse/0/points3D.bin", "sparse/0/points3D.ply"} <= files
     assert [f for f in sorted(files) if (overlapped / f).read_bytes() != (serial / f).read_bytes()] == []
+
+
+def test_silhouettes_and_points_beside_the_images_are_the_serial_bytes(capture, tmp_path):
+    # -j 2 with alpha "subject": the silhouettes render ahead of the image lanes and points3D beside them, two
+    # threads besides the lanes; -j 1 renders every silhouette first, then the images, then points3D
+    options = colmap.Options(image=replace(image_options("undistort", 0.25), alpha="subject", image_format="png"))
+    outs = [export_to(capture, colmap, tmp_path / f"j{j}", options, thresholds=None, workers=j).out_dir for j in (1, 2)]
+    serial, overlapped = (format_files(out) for out in outs)
+    assert sum(name.endswith(".png") for name in serial) == 7 and "sparse/0/points3D.bin" in serial
+    assert sorted(overlapped) == sorted(serial) and [n for n in serial if overlapped[n] != serial[n]] == []
 
 
 # ---- files, readers and third-party tools ----------------------------------------------------------

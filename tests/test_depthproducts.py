@@ -3,18 +3,24 @@ maps made band by band equal those made from the whole depth maps."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from helpers import whole_depths
 
+from fsconvert import depthproducts
 from fsconvert.depthproducts import (
     Pose,
+    SilhouettesAhead,
     band_span,
     depth_bands,
     depth_map,
     depth_pngs,
     depth_range,
     render_masks,
+    silhouettes,
+    subjects_ahead,
 )
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, plan_views
@@ -127,3 +133,62 @@ def test_a_views_depth_does_not_depend_on_what_was_drawn_before(capture):
         after_colour = renderer.render(landscape.camera, landscape.world_to_cam, depth_only=True).depth
     assert (alone > 0).mean() > 0.05
     assert np.array_equal(alone, after_portrait) and np.array_equal(alone, after_colour)
+
+
+# ---- silhouettes rendered ahead of the image stage ---------------------------------------------------------
+
+
+def test_silhouettes_ahead_are_the_silhouettes_each_waited_for(capture):
+    """A consumer that asks for view k before it is rendered waits for it; every view's is `silhouettes`'."""
+    mesh, plans = read_geometry(capture.mesh), plan_views(capture.views, ImageOptions(scale=0.25))
+    expected = [f.bits.tobytes() for f in silhouettes(mesh, plans)]
+    ahead = SilhouettesAhead(len(plans))
+    taken: list[bytes] = []
+    consumer = threading.Thread(target=lambda: taken.extend(ahead[k].bits.tobytes() for k in range(len(plans))))
+    consumer.start()  # asks for view 0 before anything is rendered
+    ahead.render(mesh, plans)
+    consumer.join(60)
+    assert taken == expected
+    assert len(ahead) == len(plans) and ahead[-1].bits.tobytes() == expected[-1]
+    assert [f.bits.tobytes() for f in ahead[1:3]] == expected[1:3]
+    with pytest.raises(IndexError):
+        ahead[len(plans)]
+
+
+def test_silhouettes_ahead_raise_what_ended_the_rendering(capture):
+    plans = plan_views(capture.views, ImageOptions(scale=0.25))
+    failed = SilhouettesAhead(len(plans))
+    with pytest.raises(AttributeError) as raised:
+        failed.render(None, plans)  # type: ignore[arg-type]  # no mesh: the renderer fails on its first view
+    with pytest.raises(AttributeError) as taken:
+        failed[0]
+    assert taken.value is raised.value
+    stopped = SilhouettesAhead(len(plans))
+    stopped.stop.set()
+    stopped.render(read_geometry(capture.mesh), plans)  # ends at its first view
+    with pytest.raises(RuntimeError, match="stopped"):
+        stopped[0]
+
+
+def test_subjects_ahead_beside_the_block_only_for_a_light_mesh_on_a_second_core(capture, monkeypatch):
+    plans = plan_views(capture.views, ImageOptions(scale=0.25))
+    expected = [f.bits.tobytes() for f in silhouettes(read_geometry(capture.mesh), plans)]
+    with subjects_ahead(capture, "the test", plans, "subject", workers=2) as ahead:
+        assert isinstance(ahead, SilhouettesAhead)
+        assert [f.bits.tobytes() for f in ahead] == expected
+    with subjects_ahead(capture, "the test", plans, "subject", workers=1) as serial:
+        assert isinstance(serial, list) and [f.bits.tobytes() for f in serial] == expected
+    monkeypatch.setattr(depthproducts, "PROXY_MAX_FACES", 1000)  # the sample's 20 480 faces count as dense
+    with subjects_ahead(capture, "the test", plans, "subject", workers=2) as dense:
+        assert isinstance(dense, list) and [f.bits.tobytes() for f in dense] == expected
+    with subjects_ahead(capture, "the test", plans, "coverage", workers=2) as none:
+        assert none is None
+
+
+def test_subjects_ahead_stop_when_the_block_fails(capture):
+    plans = plan_views(capture.views, ImageOptions(scale=0.25))
+    with pytest.raises(KeyError), subjects_ahead(capture, "the test", plans, "subject", workers=2) as ahead:
+        assert isinstance(ahead, SilhouettesAhead)
+        raise KeyError("the image stage failed")
+    assert ahead.stop.is_set()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fsconvert-silhouettes")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import exported_once, footprint, output_pixels, plans_by_name
+from helpers import exported_once, footprint, format_files, output_pixels, plans_by_name
 from PIL import Image
 
 import exporters
@@ -59,6 +59,16 @@ def edit_transforms(out: Path, edit) -> None:
     meta = json.loads(path.read_text())
     edit(meta)
     path.write_text(json.dumps(meta, indent=1))
+
+
+def test_silhouettes_rendered_ahead_of_the_images_give_the_serial_bytes(exported, capture, tmp_path):
+    # -j 2: the alpha's silhouettes render in view order on a second thread while the image lanes take each as
+    # they reach it (depthproducts.subjects_ahead); the fixture's exports ran at -j 1: every silhouette first
+    for case in ("default", "upright-half"):
+        ahead = export(capture, neus2, tmp_path / case, CASES[case], thresholds=None, workers=2).out_dir
+        serial = format_files(exported(case).out_dir)
+        found = format_files(ahead)
+        assert sorted(found) == sorted(serial) and [n for n in serial if found[n] != serial[n]] == []
 
 
 # ---- NeuS2's rules, written here ----------------------------------------------------------------------

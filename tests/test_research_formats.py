@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import exported_once, footprint, output_pixels, plans_by_name, visible_depths
+from helpers import exported_once, footprint, format_files, output_pixels, plans_by_name, visible_depths
 from PIL import Image
 
 from exporters import llff, mvsnet, neus
@@ -157,17 +157,11 @@ def test_neus_cameras_sphere_is_outside_every_camera(exported, capture):
         assert np.linalg.norm(view["pose"][:3, 3]) > 1.5  # the camera centre, in unit-sphere coordinates
 
 
-def _files(out: Path) -> dict[str, bytes]:
-    """The format's files (not the manifest, nor the check)."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.parts[len(out.parts)] not in ("fsconvert", "check")}
-
-
 def test_neus_masks_rendered_beside_the_images_are_the_serial_bytes(exported, capture, tmp_path):
     # -j 2: the silhouettes render on a second thread while the images are made, then meet their footprints;
     # the fixture's export ran at -j 1: the images, then each mask rendered with its footprint
     overlapped = export(capture, neus, tmp_path / "j2", CASES["neus"][1], thresholds=None, workers=2).out_dir
-    serial, found = _files(exported("neus").out_dir), _files(overlapped)
+    serial, found = format_files(exported("neus").out_dir), format_files(overlapped)
     assert sorted(found) == sorted(serial) and len([n for n in found if n.startswith(f"{neus.MASKS}/")]) == 7
     assert [n for n in serial if found[n] != serial[n]] == []
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from fsconvert import conventions as cv
 from fsconvert import surface
-from fsconvert.depthproducts import point_visibility, subjects
+from fsconvert.depthproducts import point_visibility, subjects_ahead
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views
 from fsconvert.imagestage import read_image, stems, write_images
@@ -102,11 +102,12 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     plans = plan_views(capture.views, options.image)
     names = [f"{stem}{p.suffix}" for stem, p in zip(stems(capture.views), plans)]
     masks = options.target == "3dgs" and options.image.border != "crop" and options.image.alpha == "none"
-    alpha = subjects(capture, "--alpha subject", plans, options.image.alpha, progress=progress)
     image_paths = [str(IMAGES / n) for n in names]
     # points3D beside the images on a second core; not with --depths, whose priors go first (see below)
-    with beside(workers if options.points and not options.depths else 1,
-                lambda: _seen_points(capture, plans, options, False), "fsconvert-points3D") as seen:
+    with subjects_ahead(capture, "--alpha subject", plans, options.image.alpha, workers=workers,
+                        progress=progress) as alpha, \
+            beside(workers if options.points and not options.depths else 1,
+                   lambda: _seen_points(capture, plans, options, False), "fsconvert-points3D") as seen:
         footprints = write_images(plans, image_paths, folder, workers=workers, progress=progress,
                                   footprints=masks, subjects=alpha)
     cloud = None if seen is None else seen.result()

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import Bands, depth_bands, render_masks, silhouette, subjects
+from fsconvert.depthproducts import Bands, depth_bands, render_masks, silhouette, subjects_ahead
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, common_fov, frame_record, plan_views
 from fsconvert.imagestage import Footprint, stems, write_images
@@ -147,9 +147,9 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     meta = record | ({ALIGNMENT_KEY: capture.alignment.record()} if capture.alignment else {})
     depth_step = depth_unit(capture, options)
     masks = options.masks and not blender  # blender's go into the images' alpha
-    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
-    footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
-                              subjects=alpha)
+    with subjects_ahead(capture, MESH_USE, plans, options.image.alpha, workers=workers, progress=progress) as alpha:
+        footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=masks,
+                                  subjects=alpha)
     mesh = capture_geometry(capture, MESH_USE, colors=True)
     if masks or options.depth:
         _write_renders(mesh, plans, view_stems, footprints, options, depth_step, folder, progress)
