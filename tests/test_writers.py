@@ -98,8 +98,8 @@ def test_png_bytes_are_fixed_by_the_pixels() -> None:
 @pytest.mark.parametrize("channels", [3, 4])
 def test_png_overwrite_encodes_the_same_bytes_in_place(channels: int) -> None:
     """`overwrite` reorders the caller's array to RGB(A) instead of a copy: the same PNG; without it the array is
-    untouched."""
-    bgr = np.random.default_rng(channels).integers(0, 256, (37, 53, channels), np.uint8)
+    untouched. 600 rows: the swap in place goes in bands of 256, the last one partial."""
+    bgr = np.random.default_rng(channels).integers(0, 256, (600, 53, channels), np.uint8)
     kept = bgr.copy()
     expected = png_bytes(bgr)
     assert np.array_equal(bgr, kept)
