@@ -122,7 +122,8 @@ def _column_major(matrix: np.ndarray) -> list[JsonValue]:
 
 
 def _jsoncpp(root: JsonValue) -> str:
-    """`root` as jsoncpp's BuiltStyledStreamWriter writes it with a tab of indentation (module docstring)."""
+    """`root` as jsoncpp's BuiltStyledStreamWriter writes it with a tab of indentation (module docstring); for the
+    values Open3D's cameras hold, which have no empty array or object (jsoncpp writes those as `[]` and `{}`)."""
     out: list[str] = []
     indent = ""
     indented = True  # the writer's `indented_`: the line is already where the next value goes
