@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from fsconvert import conventions as cv
-from fsconvert.depthproducts import render_masks, silhouettes, subjects
+from fsconvert.depthproducts import render_masks, silhouettes, subjects_ahead
 from fsconvert.errors import InputError
 from fsconvert.imageplan import ImageOptions, ViewPlan, frame_record, plan_views, size_warnings
 from fsconvert.imagestage import Footprint, write_images
@@ -70,8 +71,9 @@ SKEW_TOL_PX = 1e-3
 
 @dataclass(frozen=True)
 class Options:
-    image: ImageOptions = field(default_factory=lambda: ImageOptions(intrinsics="shared"))
-    """One shared frame by default: NeuS and IDR stack every image of a scene."""
+    image: ImageOptions = field(default_factory=lambda: ImageOptions(intrinsics="shared", image_format="png"))
+    """One shared frame by default: NeuS and IDR stack every image of a scene. PNG always (`__post_init__`); the
+    default says so too, so that `--alpha` needs no `--image-format png`."""
     sphere: Literal["mesh", "cameras"] = option("mesh", "the region scale_mat maps the unit sphere onto: the mesh's "
                                                 "bounding sphere, or around the point the cameras look at")
     margin: float = option(1.1, "radius factor of that sphere")
@@ -88,8 +90,8 @@ class Options:
 
 def write(capture: Capture, folder: Path, options: Options, *, workers: int, progress: bool) -> dict[str, Any]:
     """Write the export (see the module docstring): scale_mat from the mesh's vertices (numpy alone) before the
-    images, the masks from its vertices and faces again after them (read anew: a dense scan's are not held through
-    the images)."""
+    images, the masks from its vertices and faces again after them or beside them (read anew: a dense scan's are not
+    held through the images); with alpha "subject", from the silhouettes the alpha was made of."""
     vertices = capture_geometry(capture, MESH_USE).vertices  # also refuses a capture without a mesh before any work
     plans = plan_views(capture.views, options.image)
     if options.sphere == "mesh":
@@ -101,21 +103,24 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
     digits = max(3, len(str(len(plans) - 1)))
     stems = [f"{k:0{digits}d}" for k in range(len(plans))]
     names = [f"{IMAGES}/{s}.png" for s in stems]
-    alpha = subjects(capture, MESH_USE, plans, options.image.alpha, progress=progress)
     stop = threading.Event()  # the images failed: the silhouettes beside them stop at their next view
-    with beside(workers, lambda: silhouettes(capture_geometry(capture, MESH_USE), plans, stop=stop),
-                "fsconvert-masks") as seen:
+    # with alpha "subject" the masks take the alpha's silhouettes, rendered once
+    with subjects_ahead(capture, MESH_USE, plans, options.image.alpha, workers=workers, progress=progress) as alpha, \
+            beside(workers if alpha is None else 1,
+                   lambda: silhouettes(capture_geometry(capture, MESH_USE), plans, stop=stop),
+                   "fsconvert-masks") as seen:
         try:
             footprints = _stage_images(plans, names, folder, workers, progress, alpha)
         except BaseException:
             stop.set()
             raise
     (folder / MASKS).mkdir()
-    if seen is None:
+    if seen is None and alpha is None:
         for i, mask in render_masks(capture_geometry(capture, MESH_USE), plans, footprints, progress=progress):
             write_png(folder / MASKS / f"{stems[i]}.png", mask)
-    else:  # rendered on a second core while the images were made; ANDed and encoded on two (~35 ms a view)
-        views = seen.result()
+    else:  # rendered before or while the images were made; ANDed with the footprints and encoded on two threads
+        views = alpha if seen is None else seen.result()
+        assert views is not None  # one of the two made them
 
         def write_masks(part: range) -> None:
             for i in part:
@@ -137,7 +142,7 @@ def write(capture: Capture, folder: Path, options: Options, *, workers: int, pro
 
 
 def _stage_images(plans: list[ViewPlan], names: list[str], folder: Path, workers: int, progress: bool,
-                  alpha: list[Footprint] | None) -> list[Footprint]:
+                  alpha: Sequence[Footprint] | None) -> list[Footprint]:
     """The image stage; each image's footprint."""
     footprints = write_images(plans, names, folder, workers=workers, progress=progress, footprints=True,
                               subjects=alpha)

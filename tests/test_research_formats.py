@@ -166,6 +166,18 @@ def test_neus_masks_rendered_beside_the_images_are_the_serial_bytes(exported, ca
     assert [n for n in serial if found[n] != serial[n]] == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_neus_alpha_subject_masks_reuse_its_silhouettes(exported, capture, tmp_path, workers):
+    # with alpha "subject" the masks are the alpha's silhouettes within the footprints (rendered once, before or
+    # ahead of the images): the same masks as the default export's, which renders them for the masks alone
+    options = neus.Options(image=replace(CASES["neus"][1].image, alpha="subject"))
+    out = export(capture, neus, tmp_path / "alpha", options, thresholds=None, workers=workers).out_dir
+    plain, found = format_files(exported("neus").out_dir), format_files(out)
+    masks = [n for n in plain if n.startswith(f"{neus.MASKS}/")]
+    assert len(masks) == 7 and [n for n in masks if found[n] != plain[n]] == []
+    assert found[f"{neus.IMAGES}/000.png"] != plain[f"{neus.IMAGES}/000.png"]  # the alpha changed the images
+
+
 def test_neus_image_error_stops_the_silhouettes_beside_it(sample_tuple, capture, tmp_path):
     tuple_dir = shutil.copytree(sample_tuple, tmp_path / "tuple")
     path = tuple_dir / "1.jpg"
