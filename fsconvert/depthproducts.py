@@ -137,26 +137,17 @@ def _render_order(views: Sequence[Posed], progress: bool, desc: str) -> Iterable
     return shown
 
 
-def subjects(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *,
-             progress: bool = False) -> list[Footprint] | None:
-    """Each view's silhouette of the capture's mesh (depth > 0) for the image option alpha "subject", else None
-    (the mesh is read only then, as `capture_geometry(capture, needed_for)`: parsed by trimesh, a 1.3 M-face scan
-    would stay kept, ~90 MB, through the images that follow; its vertices and faces are freed before them)."""
-    if image_alpha != "subject":
-        return None
-    return silhouettes(capture_geometry(capture, needed_for), plans, progress=progress)
-
-
 @contextmanager
 def subjects_ahead(capture: Capture, needed_for: str, plans: Sequence[Posed], image_alpha: str, *, workers: int,
                    progress: bool = False) -> Iterator[Sequence[Footprint] | None]:
-    """`subjects`, rendered in view order on a second core (`threads.beside`) while the block runs, for an image
-    stage that takes view i's when it gets to it (`SilhouettesAhead`): the images start at once instead of after
-    every silhouette (NeuS2, 12 views of 12.6 MP, -j 2: 4.1–4.6 → 3.7–4.2 s). The mesh is read before the block (its
-    errors are the caller's) and kept through it. Without a second core, and for a mesh of more than
-    PROXY_MAX_FACES faces (a dense scan), `subjects` before the block: its silhouettes (~0.3 s a view at 1.3 M
-    faces) would keep a GL context (~200 MB) beside the image lanes through nearly the whole stage (NeuS2 at -j 2:
-    760 MB at peak, against 583 MB rendered first; 5.6 against 7.7 s)."""
+    """Each view's silhouette of the capture's mesh (depth > 0) for the image option alpha "subject", else None:
+    rendered in view order on a second core (`threads.beside`) while the block runs, for an image stage that takes
+    view i's when it gets to it (`SilhouettesAhead`): the images start at once instead of after every silhouette
+    (NeuS2, 12 views of 12.6 MP, -j 2: 4.5–4.6 → 3.7–3.9 s). The mesh is read (`capture_geometry(capture,
+    needed_for)`) before the block, whose caller its errors reach, and kept through it. Without a second core, and
+    for a mesh of more than PROXY_MAX_FACES faces (a dense scan), they are all rendered before the block (a list):
+    a dense scan's (~0.3 s a view at 1.3 M faces) would keep a GL context (~200 MB) beside the image lanes through
+    nearly the whole stage (NeuS2 at -j 2: 760 MB at peak, against 583 MB rendered first; 5.6 against 7.7 s)."""
     if image_alpha != "subject":
         yield None
         return
@@ -165,7 +156,9 @@ def subjects_ahead(capture: Capture, needed_for: str, plans: Sequence[Posed], im
     dense = len(mesh.faces) > PROXY_MAX_FACES
     with beside(1 if dense else workers, lambda: ahead.render(mesh, plans), "fsconvert-silhouettes") as rendering:
         if rendering is None:
-            yield silhouettes(mesh, plans, progress=progress)
+            found = silhouettes(mesh, plans, progress=progress)
+            del mesh  # a dense scan's arrays are not held through the images
+            yield found
             return
         try:
             yield ahead

@@ -466,7 +466,7 @@ def write_images(plans: Sequence[ViewPlan], names: Sequence[str], folder: Path, 
                  subjects: Sequence[Footprint] | None = None) -> list[Footprint] | None:
     """Run the image stage for each plan into `folder/name` (folders created as needed); with
     `footprints`, return where each output image has source data (for masks); `subjects`: each view's
-    mesh silhouette, for alpha "subject" (`fsconvert.depthproducts.subjects`)."""
+    mesh silhouette, for alpha "subject" (`fsconvert.depthproducts.subjects_ahead`)."""
     dests = [folder / n for n in names]
     for d in sorted({d.parent for d in dests}):
         d.mkdir(parents=True, exist_ok=True)

@@ -69,11 +69,18 @@ def read_geometry(path: str | Path, *, colors: bool = False) -> Geometry:
     file, or one that does not match its own header, goes through `load_mesh`, whose messages then say what is
     wrong."""
     key = _key(path)
-    read = _binary_triangle_ply(key[0], colors) if key[0].suffix.lower() == ".ply" else None
+    read = _numpy_geometry(key[0], colors)
     if read is None:
         mesh = _parse(*key)
         return Geometry(np.asarray(mesh.vertices), np.asarray(mesh.faces), _colors(mesh) if colors else None)
-    _validate(read.vertices, read.faces, key[0])
+    return read
+
+
+def _numpy_geometry(path: Path, colors: bool) -> Geometry | None:
+    """`read_geometry`'s numpy path, validated; None where the file is for trimesh to read."""
+    read = _binary_triangle_ply(path, colors) if path.suffix.lower() == ".ply" else None
+    if read is not None:
+        _validate(read.vertices, read.faces, path)
     return read
 
 
@@ -352,9 +359,11 @@ def capture_drawn(capture: Capture, needed_for: str) -> trimesh.Trimesh | Geomet
     (drawn without pyrender), where those are a dense mesh's cluster means or a binary PLY's own; else the Trimesh,
     whose texture pyrender draws."""
     path = capture_mesh_path(capture, needed_for)
-    if _proxy(*_key(path)) is None and _binary_triangle_ply(path, True) is None:
-        return capture_mesh(capture, needed_for)
-    return capture_proxy(capture, needed_for, colors=True)
+    proxy = _proxy(*_key(path))
+    if proxy is not None:
+        return _in_capture_frame(capture, proxy)
+    read = _numpy_geometry(path, True)
+    return capture_mesh(capture, needed_for) if read is None else _in_capture_frame(capture, read)
 
 
 def capture_mesh_path(capture: Capture, needed_for: str) -> Path:
