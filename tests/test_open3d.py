@@ -138,6 +138,10 @@ def _our_files(cameras: list[Camera], world_to_cams: list[np.ndarray]) -> dict[s
             "i.json": camerafiles.intrinsic_json(cameras[0]).encode()}
 
 
+CAMERA_KINDS = ("rigid", "round", "tiny", "general")
+"""What `_random_cameras` makes (see its branches)."""
+
+
 def _random_cameras(rng: np.random.Generator, kind: str, n: int) -> tuple[list[Camera], list[np.ndarray]]:
     cameras, world_to_cams = [], []
     for _ in range(n):
@@ -174,9 +178,9 @@ def test_camera_files_are_open3ds_own(capture: Capture, exports: dict[str, Path]
     assert (out / ex.INTRINSICS / f"{stem}.json").read_bytes() == theirs["i.json"]
 
 
-@pytest.mark.parametrize("kind", ["rigid", "round", "tiny", "general"])
+@pytest.mark.parametrize("kind", CAMERA_KINDS)
 def test_camera_writers_match_open3d_on_any_values(kind: str, tmp_path: Path) -> None:
-    rng = np.random.default_rng(["rigid", "round", "tiny", "general"].index(kind))
+    rng = np.random.default_rng(CAMERA_KINDS.index(kind))
     for n in (1, 2, 24, 25, 40):  # 25 parameters and more: jsoncpp's array rule switches on the count alone
         cameras, world_to_cams = _random_cameras(rng, kind, n)
         assert _our_files(cameras, world_to_cams) == _open3d_files(cameras, world_to_cams, tmp_path), (kind, n)
