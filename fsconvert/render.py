@@ -36,6 +36,7 @@ from .depthpass import (
     buffer_side,
     compare_gl_contexts_by_address,
     linearised,
+    read_coverage,
     read_depth_buffer,
     return_freed_memory,
 )
@@ -55,7 +56,7 @@ _DEPTH_CONTINUITY = 0.002
 """Bilinear depth only where the four pinhole neighbours differ by less than this fraction of their depth."""
 
 _BAND_ROWS = 256
-"""Depth-buffer rows `Renderer.silhouette` and `depth_rows` read at a time (4.4 MB of float32 at 4344 px, a whole
+"""Depth-buffer rows `Renderer.depth_rows` reads at a time (4.4 MB of float32 at 4344 px, a whole
 view's 50 MB)."""
 _SHARED_BUFFER_PIXELS = 2048 * 2048
 """Largest buffer grown to fit every size asked so far (larger ones fit the current request)."""
@@ -159,34 +160,26 @@ class Renderer:
 
     def silhouette(self, camera: Camera, world_to_cam: np.ndarray) -> np.ndarray:
         """H×W uint8 through a pinhole `camera`: 255 where the mesh is seen, else 0. The same pixels as
-        `render(...).depth > 0`, read without z: the depth pass leaves its buffer below 1 exactly where a
-        fragment passed (cleared to 1, GL_LESS), and a buffer value below 1 linearises to a positive
-        depth (znear ≥ 1e-4·zfar keeps the denominator positive), 1 to the background's 0."""
+        `render(...).depth > 0`, drawn without depth (`DepthPass.draw_coverage`): the depth pass leaves its buffer
+        below 1 exactly where a fragment passed (cleared to 1, GL_LESS), which is wherever a fragment falls, since
+        none reaches depth 1: with zfar 1 % beyond the mesh's box and znear ≥ 1e-4·zfar (`_clip`), the farthest
+        fragment's depth is ≤ 1 − 1e-6, 16 steps of the 24-bit buffer below it; and a buffer value below 1
+        linearises to a positive depth, 1 to the background's 0."""
+        self._pinhole_only(camera, "silhouette")
         seen = np.empty((camera.height, camera.width), np.uint8)
-        for top, band, _ in self._buffer_bands(camera, world_to_cam, "silhouette"):
-            cv2.compare(band, 1.0, cv2.CMP_LT, dst=seen[top:top + len(band)])  # type: ignore[call-overload]
-        return seen
+        w2c = cv.homogeneous(world_to_cam)
+        clip = self._clip(w2c)
+        if clip is None:  # the whole mesh is behind the camera
+            seen[:] = 0
+            return seen
+        read_coverage(seen, self._draw_depth(camera, w2c, clip, coverage=True))
+        return cv2.flip(seen, 0, dst=seen)  # GL rows run bottom-up
 
     def depth_rows(self, camera: Camera, world_to_cam: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """The z-depth through a pinhole `camera`, value for value `render(..., depth_only=True).depth`, in bands
         of _BAND_ROWS rows from the top: (first row, float32 band: this renderer's array, overwritten by
         the next band). A 12.6 MP view's whole map is 50 MB, a band 4.4 MB."""
-        for top, band, clip in self._buffer_bands(camera, world_to_cam, "depth_rows"):
-            if clip is None:
-                band[:] = 0
-            else:
-                linearised(band, *clip)
-            yield top, band
-
-    def _buffer_bands(self, camera: Camera, world_to_cam: np.ndarray, caller: str
-                      ) -> Iterator[tuple[int, np.ndarray, tuple[float, float] | None]]:
-        """The depth pass through a pinhole `camera`, its buffer read back _BAND_ROWS rows at a time from
-        the top: (first image row, the band top-down in this renderer's array, the clip range (`_clip`); None
-        when the whole mesh is behind the camera: nothing drawn, every band 1, the background)."""
-        if camera.has_distortion or camera.K[0, 1] != 0:
-            raise ValueError(f"Renderer.{caller} needs a pinhole camera without skew")
-        if self._closed:
-            raise RuntimeError("Renderer is closed")
+        self._pinhole_only(camera, "depth_rows")
         W, H = camera.size
         rows = min(H, _BAND_ROWS)
         w2c = cv.homogeneous(world_to_cam)
@@ -195,14 +188,20 @@ class Renderer:
         for top in range(0, H, rows):
             n = min(rows, H - top)
             band = self._band(W, n)
-            if clip is None:
-                band[:] = 1
+            if clip is None:  # the whole mesh is behind the camera
+                band[:] = 0
             else:  # GL rows run bottom-up: image rows top … top + n − 1 are GL rows H − top − 1 … H − top − n
-                cv2.flip(read_depth_buffer(band, H - top - n, framebuffer), 0, dst=band)
-            yield top, band, clip
+                linearised(cv2.flip(read_depth_buffer(band, H - top - n, framebuffer), 0, dst=band), *clip)
+            yield top, band
+
+    def _pinhole_only(self, camera: Camera, caller: str) -> None:
+        if camera.has_distortion or camera.K[0, 1] != 0:
+            raise ValueError(f"Renderer.{caller} needs a pinhole camera without skew")
+        if self._closed:
+            raise RuntimeError("Renderer is closed")
 
     def _band(self, width: int, rows: int) -> np.ndarray:
-        """This renderer's rows×width float32 scratch array (`silhouette`, `depth_rows`)."""
+        """This renderer's rows×width float32 scratch array (`depth_rows`)."""
         if self._buffer is None or self._buffer.size < width * rows:
             self._buffer = np.empty(width * rows, np.float32)
         return self._buffer[:width * rows].reshape(rows, width)
@@ -216,9 +215,11 @@ class Renderer:
         zfar = float(z.max()) * 1.01
         return max(float(z.min()) * 0.99, zfar * 1e-4), zfar
 
-    def _draw_depth(self, camera: Camera, w2c: np.ndarray, clip: tuple[float, float]) -> int:
-        """The depth pass through `camera` at 4×4 `w2c` with clip range `clip`; the framebuffer it drew into (its
-        own, of the view's size: the context's buffer stays as small as colour renders leave it)."""
+    def _draw_depth(self, camera: Camera, w2c: np.ndarray, clip: tuple[float, float], *,
+                    coverage: bool = False) -> int:
+        """The depth pass (`coverage`: its coverage pass) through `camera` at 4×4 `w2c` with clip range `clip`; the
+        framebuffer it drew into (its own, of the view's size: the context's buffer stays as small as colour
+        renders leave it)."""
         if self._platform is not None:
             self._platform.make_current()
         else:
@@ -227,9 +228,9 @@ class Renderer:
             self._depth_context.make_current()
         if self._depth_pass is None:
             self._depth_pass = DepthPass(self._mesh)
-        return self._depth_pass.draw(cv.gl_view_matrix(w2c),
-                                     cv.gl_projection_matrix(camera.K, camera.width, camera.height, *clip),
-                                     camera.width, camera.height)
+        draw = self._depth_pass.draw_coverage if coverage else self._depth_pass.draw
+        return draw(cv.gl_view_matrix(w2c), cv.gl_projection_matrix(camera.K, camera.width, camera.height, *clip),
+                    camera.width, camera.height)
 
     def ray_depth(self, rays: np.ndarray, world_to_cam: np.ndarray) -> np.ndarray:
         """Exact z-depth (0 = miss) of the first surface along N×3 camera-frame rays (x, y, 1), ray-cast
