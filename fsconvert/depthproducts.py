@@ -102,8 +102,8 @@ def render_masks(mesh: Surface, views: Sequence[Posed], footprints: Sequence[Foo
                  in_view_order: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """(index into `views`, `silhouette` of its `depth_bands` depth and footprint), in the same order or with
     `in_view_order` in view order (a view's mask does not depend on the views drawn before it), the same bytes:
-    pinhole views read only where the depth buffer was written (`Renderer.silhouette`: no z, ~0.07 s less per
-    12.6 MP view), distorted ones threshold their resampled depth."""
+    pinhole views are drawn without depth (`Renderer.silhouette`, a coverage pass: 86 → 55 ms per 12.6 MP view
+    of 20 000 faces), distorted ones threshold their resampled depth."""
     with Renderer(mesh) as renderer:
         for i in range(len(views)) if in_view_order else _render_order(views, progress, desc):
             camera, world_to_cam = views[i].camera, views[i].world_to_cam
