@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import conventions as cv
 from .errors import InputError
 from .imagestage import Footprint
-from .mesh import PROXY_MAX_FACES, capture_geometry
+from .mesh import capture_geometry
 from .model import UNDISTORT_CRITERIA, Camera, Capture
 from .render import Renderer, distorted_render
 from .threads import beside
@@ -144,17 +144,16 @@ def subjects_ahead(capture: Capture, needed_for: str, plans: Sequence[Posed], im
     rendered in view order on a second core (`threads.beside`) while the block runs, for an image stage that takes
     view i's when it gets to it (`SilhouettesAhead`): the images start at once instead of after every silhouette
     (NeuS2, 12 views of 12.6 MP, -j 2: 4.5–4.6 → 3.7–3.9 s). The mesh is read (`capture_geometry(capture,
-    needed_for)`) before the block, whose caller its errors reach, and kept through it. Without a second core, and
-    for a mesh of more than PROXY_MAX_FACES faces (a dense scan), they are all rendered before the block (a list):
-    a dense scan's (~0.3 s a view at 1.3 M faces) would keep a GL context (~200 MB) beside the image lanes through
-    nearly the whole stage (NeuS2 at -j 2: 760 MB at peak, against 583 MB rendered first; 5.6 against 7.7 s)."""
+    needed_for)`) before the block, whose caller its errors reach, and kept through it. Without a second core they
+    are all rendered before the block (a list). A dense scan's too render ahead (~0.3 s a view at 1.3 M faces): its
+    GL context beside the image lanes holds the mesh and an 8-bit buffer (the coverage pass), NeuS2 at -j 2 651 MB
+    at peak (with a depth buffer it was 760 MB, and they were rendered first: 521 MB, 6.6–7.0 against 5.2–5.4 s)."""
     if image_alpha != "subject":
         yield None
         return
     mesh = capture_geometry(capture, needed_for)
     ahead = SilhouettesAhead(len(plans))
-    dense = len(mesh.faces) > PROXY_MAX_FACES
-    with beside(1 if dense else workers, lambda: ahead.render(mesh, plans), "fsconvert-silhouettes") as rendering:
+    with beside(workers, lambda: ahead.render(mesh, plans), "fsconvert-silhouettes") as rendering:
         if rendering is None:
             found = silhouettes(mesh, plans, progress=progress)
             del mesh  # a dense scan's arrays are not held through the images

@@ -1,4 +1,4 @@
-"""fsconvert.depthproducts: depth read a band of rows at a time, silhouette masks read without z and uint16 depth
+"""fsconvert.depthproducts: depth read a band of rows at a time, silhouette masks drawn without depth and uint16 depth
 maps made band by band equal those made from the whole depth maps."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from helpers import whole_depths
 
-from fsconvert import depthproducts
 from fsconvert.depthproducts import (
     Pose,
     SilhouettesAhead,
@@ -170,7 +169,7 @@ def test_silhouettes_ahead_raise_what_ended_the_rendering(capture):
         stopped[0]
 
 
-def test_subjects_ahead_beside_the_block_only_for_a_light_mesh_on_a_second_core(capture, monkeypatch):
+def test_subjects_ahead_beside_the_block_only_on_a_second_core(capture):
     plans = plan_views(capture.views, ImageOptions(scale=0.25))
     expected = [f.bits.tobytes() for f in silhouettes(read_geometry(capture.mesh), plans)]
     with subjects_ahead(capture, "the test", plans, "subject", workers=2) as ahead:
@@ -178,9 +177,6 @@ def test_subjects_ahead_beside_the_block_only_for_a_light_mesh_on_a_second_core(
         assert [f.bits.tobytes() for f in ahead] == expected
     with subjects_ahead(capture, "the test", plans, "subject", workers=1) as serial:
         assert isinstance(serial, list) and [f.bits.tobytes() for f in serial] == expected
-    monkeypatch.setattr(depthproducts, "PROXY_MAX_FACES", 1000)  # the sample's 20 480 faces count as dense
-    with subjects_ahead(capture, "the test", plans, "subject", workers=2) as dense:
-        assert isinstance(dense, list) and [f.bits.tobytes() for f in dense] == expected
     with subjects_ahead(capture, "the test", plans, "coverage", workers=2) as none:
         assert none is None
 
