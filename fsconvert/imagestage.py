@@ -70,15 +70,17 @@ MAP_ROWS = 256
 PREVIEW_MAX_SIDE = 800
 """Long side of the check's renders and overlays: the output is shown at 1/1, 1/2, 1/4 or 1/8 of its size."""
 _previews: dict[Path, np.ndarray] | None = None
-WrittenCallback = Callable[[ViewPlan, Path, np.ndarray, bytes], None]
-"""Called with a plan, the image written for it, the decoded source image it was made from and the bytes written
-(`on_written`)."""
+WrittenCallback = Callable[[ViewPlan, Path, np.ndarray, bytes, bool], None]
+"""Called with a plan, the image written for it, the decoded source image it was made from, the bytes written and
+whether that source is in RGB order (else BGR, `on_written`)."""
 _written: WrittenCallback | None = None
 
 
 def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_corrupt: bool = False,
-               scratch: bool = False) -> np.ndarray:
-    """Decode a colour image at 1/`reduce` size (EXIF orientation ignored: cameras describe the stored pixels).
+               scratch: bool = False, rgb: bool = False) -> np.ndarray:
+    """Decode a colour image at 1/`reduce` size (EXIF orientation ignored: cameras describe the stored pixels), in
+    BGR order as OpenCV holds images, or with `rgb` in RGB order (the same values: libjpeg-turbo stores its
+    conversion in either order; for PNGs, which fpng takes so).
 
     JPEGs go through libjpeg-turbo with its warnings as errors: data overwritten mid-file (which
     decoders otherwise fill with grey or garbled blocks) is a one-line InputError, or with
@@ -93,13 +95,13 @@ def read_image(path: Path, reduce: int = 1, view: int | None = None, *, allow_co
     except OSError as exc:
         raise InputError(f"cannot read image: {exc.strerror or exc}", file=path, view=view) from None
     if simplejpeg.is_jpeg(data):
-        img = _decode_jpeg(data, reduce, path, view, allow_corrupt, scratch)
+        img = _decode_jpeg(data, reduce, path, view, allow_corrupt, scratch, "RGB" if rgb else "BGR")
         if img is not None:
             return img
     img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAG[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise InputError("cannot decode image (truncated or corrupt)", file=path, view=view)
-    return img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
 
 
 def verify_jpeg(path: Path, view: int | None = None, *, allow_corrupt: bool = False) -> None:
@@ -108,7 +110,7 @@ def verify_jpeg(path: Path, view: int | None = None, *, allow_corrupt: bool = Fa
 
 
 def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_corrupt: bool,
-                 scratch: bool = False) -> np.ndarray | None:
+                 scratch: bool = False, order: str = "BGR") -> np.ndarray | None:
     """libjpeg-turbo's strict decode (the same pixels as OpenCV's, measured), or None where OpenCV decodes:
     colour spaces it does not convert (CMYK, ...), and what it cannot recover of an allowed corrupt file.
     `scratch`: into this thread's reusable array, sized for 1/`reduce` (libjpeg-turbo decodes at the smallest
@@ -122,7 +124,7 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
     min_width, min_height = cv.reduced_size((width, height), reduce)
     out = SCRATCH.array("decoded", (min_height, min_width, 3), np.uint8) if scratch else None
     try:
-        strict: np.ndarray = simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width,
+        strict: np.ndarray = simplejpeg.decode_jpeg(data, order, min_height=min_height, min_width=min_width,
                                                     buffer=out, strict=True)
         return strict
     except ValueError as exc:
@@ -132,7 +134,7 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
     # one write per line: warnings of the stage's threads never interleave
     print(f"fsconvert: warning: {InputError(reason, file=path, view=view)}; exported anyway\n", end="", file=sys.stderr)
     try:
-        recovered: np.ndarray = simplejpeg.decode_jpeg(data, "BGR", min_height=min_height, min_width=min_width,
+        recovered: np.ndarray = simplejpeg.decode_jpeg(data, order, min_height=min_height, min_width=min_width,
                                                        buffer=out, strict=False)
         return recovered
     except ValueError:
@@ -140,11 +142,12 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
 
 
 def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False,
-                fpng: FpngProcess | None = None) -> bytes:
+                fpng: FpngProcess | None = None, rgb: bool = False) -> bytes:
     """Encode and write; return the bytes written. Write errors (disk full, read-only) become OutputError.
-    `overwrite`: `img` may be left changed (`writers.png_bytes`); `fpng`: the process that encodes a PNG."""
+    `overwrite`: `img` may be left changed (`writers.png_bytes`); `fpng`: the process that encodes a PNG; `rgb`:
+    a PNG's colour is in RGB(A) order (a JPEG's is BGR)."""
     if options.image_format == "png":
-        data = png_bytes(img, path, overwrite=overwrite,
+        data = png_bytes(img, path, overwrite=overwrite, rgb=rgb,
                          fpng_encode=None if fpng is None else functools.partial(fpng.encode, path=path))
     else:
         data = encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality], path)
@@ -215,10 +218,11 @@ def _produce(job: _Job, fpng: FpngProcesses | None = None) -> tuple[Footprint | 
         verify_jpeg(view.image, view.id, allow_corrupt=allow)
         _place_original(view.image, dest, plan.options.link)
         return Footprint.full(plan.camera.size) if footprint else None, None
-    encoder = fpng.for_this_thread() if fpng is not None and plan.options.image_format == "png" else None
-    img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow, scratch=True)
+    rgb = plan.options.image_format == "png"  # 8-bit colour PNGs are fpng's, which takes RGB(A): decoded so
+    encoder = fpng.for_this_thread() if fpng is not None and rgb else None
+    img = read_image(view.image, plan.reduce, view.id, allow_corrupt=allow, scratch=True, rgb=rgb)
     if img.shape[1::-1] != cv.reduced_size(view.camera.size, plan.reduce):
-        img = read_image(view.image, 1, view.id, allow_corrupt=allow, scratch=True)
+        img = read_image(view.image, 1, view.id, allow_corrupt=allow, scratch=True, rgb=rgb)
         if img.shape[:2] != (view.camera.height, view.camera.width):
             raise InputError(
                 f"decoded image is {img.shape[1]}×{img.shape[0]}, params.json says "
@@ -259,12 +263,15 @@ def _produce(job: _Job, fpng: FpngProcesses | None = None) -> tuple[Footprint | 
         img = out
     elif plan.rotated:  # never with alpha: it needs undistortion (`ImageOptions`), so a remap
         img = cv2.flip(img, -1)
-    shown = img[..., :3] if alpha else img
-    preview = shrink(shown, preview_size(plan.camera.size)) if job.preview else None
+    preview = None
+    if job.preview:
+        preview = shrink(img[..., :3] if alpha else img, preview_size(plan.camera.size))
+        if rgb:
+            preview = cv2.cvtColor(preview, cv2.COLOR_RGB2BGR)
     # the decoded source goes on to `written`: only a remapped image may be overwritten
-    data = write_image(dest, img, plan.options, overwrite=img is not decoded, fpng=encoder)
+    data = write_image(dest, img, plan.options, overwrite=img is not decoded, fpng=encoder, rgb=rgb)
     if job.written is not None:
-        job.written(plan, dest, decoded, data)
+        job.written(plan, dest, decoded, data, rgb)
     return found if job.footprint else None, preview
 
 
@@ -336,9 +343,10 @@ def _alpha_rows(inside: np.ndarray, subject: Footprint | None, rows: slice, widt
 
 
 def _with_alpha(img: np.ndarray, alpha: np.ndarray, rgba: np.ndarray) -> None:
-    """Into `rgba` (rows × W × 4): `img`'s BGR channels where `alpha` (uint8, 0 or 255) is 255, else 0, and `alpha`
-    as the fourth; BGR→BGRA, then AND with (alpha, alpha, alpha, alpha) in OpenCV (8 ms per 12.6 MP view, band by
-    band; numpy's broadcast AND into the strided channels took 107 ms)."""
+    """Into `rgba` (rows × W × 4): `img`'s three channels, in their order, where `alpha` (uint8, 0 or 255) is 255, else
+    0, and `alpha` as the fourth; BGR→BGRA (which appends a channel, swapping none), then AND with (alpha, alpha,
+    alpha, alpha) in OpenCV (8 ms per 12.6 MP view, band by band; numpy's broadcast AND into the strided channels
+    took 107 ms)."""
     mask = SCRATCH.array("alpha band", (len(alpha), alpha.shape[1], 4), np.uint8)
     cv2.cvtColor(img, cv2.COLOR_BGR2BGRA, dst=rgba)
     cv2.bitwise_and(rgba, cv2.merge([alpha, alpha, alpha, alpha], dst=mask), dst=rgba)

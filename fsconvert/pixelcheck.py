@@ -139,9 +139,14 @@ def decode_exported(data: bytes, path: Path) -> Decoded:
 
 
 def measure_pixels(source: np.ndarray, reduce: int, src: View, camera: Camera, w2c: np.ndarray,
-                   decoded: Decoded) -> PixelNumbers:
+                   decoded: Decoded, *, rgb: bool = False) -> PixelNumbers:
     """Compare `decoded` (an exported image of `camera`'s size) with `source` (the view's source image decoded at
-    1/`reduce`) re-derived through `camera` at pose `w2c` (see the module's notes)."""
+    1/`reduce`, BGR, or with `rgb` RGB) re-derived through `camera` at pose `w2c` (see the module's notes)."""
+
+    def resampled(mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+        """`source` at positions (mx, my), BGR."""
+        out = cv2.remap(source, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return cv2.cvtColor(out, cv2.COLOR_RGB2BGR) if rgb and out.ndim == 3 else out
 
     positions = SourceMaps(src.camera, src.world_to_cam, reduce, camera, w2c)
 
@@ -150,7 +155,7 @@ def measure_pixels(source: np.ndarray, reduce: int, src: View, camera: Camera, w
     o = (k - 1) // 2
     xs, ys = np.arange(o, W, k), np.arange(o, H, k)
     mx, my = positions(o, o, k, (len(xs), len(ys)))
-    rederived = cv2.remap(source, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    rederived = resampled(mx, my)
     with_data, no_data = data_masks(mx, my, source.shape[1::-1])
     luma = decoded.luma[o::k, o::k]
     numbers = PixelNumbers()
@@ -178,7 +183,7 @@ def measure_pixels(source: np.ndarray, reduce: int, src: View, camera: Camera, w
         data: one remap."""
         maps = [positions(x0, y0, 1, (size, size)) for x0, y0 in corners]
         mx_w, my_w = (np.concatenate([m[i] for m in maps]) for i in (0, 1))
-        rederived_w = cv2.remap(source, mx_w, my_w, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        rederived_w = resampled(mx_w, my_w)
         return grey(rederived_w), data_masks(mx_w, my_w, source.shape[1::-1])[0]
 
     side = tile_side(camera.size)

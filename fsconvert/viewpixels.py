@@ -70,13 +70,13 @@ def measured_as_written(enabled: bool = True) -> Iterator[dict[str, Written]]:
     fails is left out: the check measures from the files and says what is wrong."""
     found: dict[str, Written] = {}
 
-    def measure(plan: ViewPlan, path: Path, source: np.ndarray, data: bytes) -> None:
+    def measure(plan: ViewPlan, path: Path, source: np.ndarray, data: bytes, rgb: bool) -> None:
         try:
             identity = _identity(path)
             if identity[2] != len(data):  # written again since
                 return
             numbers = measure_pixels(source, plan.reduce, plan.view, plan.camera, plan.world_to_cam,
-                                     decode_exported(data, path))
+                                     decode_exported(data, path), rgb=rgb)
             if _identity(path) != identity:  # written again meanwhile
                 return
         except (InputError, OSError, ValueError, cv2.error):

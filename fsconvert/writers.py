@@ -88,26 +88,31 @@ def write_png(path: Path, img: np.ndarray, *, overwrite: bool = False) -> None:
 
 
 def png_bytes(img: np.ndarray, path: Path | None = None, *, overwrite: bool = False,
-              fpng_encode: Callable[[np.ndarray], bytes] | None = None) -> bytes:
+              fpng_encode: Callable[[np.ndarray], bytes] | None = None, rgb: bool = False) -> bytes:
     """A PNG of `img` (grey H×W or H×W×1, BGR H×W×3 or BGRA H×W×4, as OpenCV holds images; uint8 or uint16),
     decoded by PIL, OpenCV and imageio to the same pixels: 8-bit BGR(A) through fpng (see the module's notes),
     anything else through OpenCV, 16-bit with the `up` filter at zlib level 1 (a 12.6 MP depth map: 0.11 s and
     2.1 MB, against 0.14 s and 3.6 MB with `up` and RLE, 0.15 s and 5.2 MB by default). `path` names the file
     in errors. `overwrite`: 8-bit colour may be reordered to RGB(A) in `img` itself, which is then left so,
     instead of in a copy (a 12.6 MP RGBA view's is 50 MB, beside fpng's own ~100 MB while it encodes).
-    `fpng_encode`: what runs fpng on the RGB(A) pixels instead of its binding here (`pngprocess.FpngProcess`)."""
+    `fpng_encode`: what runs fpng on the RGB(A) pixels instead of its binding here (`pngprocess.FpngProcess`).
+    `rgb`: 8-bit colour is in RGB(A) order already (the image stage decodes its sources so for PNGs): no swap."""
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
-        return _fpng(img, path, overwrite, fpng_encode or fpng.fpng_ext.encode_ndarray)
+        return _fpng(img, path, overwrite, fpng_encode or fpng.fpng_ext.encode_ndarray, rgb)
     return encoded(img, ".png", _UINT16_PNG if img.dtype == np.uint16 else (), path)
 
 
-def _fpng(img: np.ndarray, path: Path | None, overwrite: bool, encode: Callable[[np.ndarray], bytes]) -> bytes:
-    """fpng's PNG of 8-bit BGR or BGRA pixels (it takes RGB(A): channels swapped first, into a new array or, with
-    `overwrite`, in place)."""
+def _fpng(img: np.ndarray, path: Path | None, overwrite: bool, encode: Callable[[np.ndarray], bytes],
+          rgb: bool) -> bytes:
+    """fpng's PNG of 8-bit BGR(A) pixels, or with `rgb` RGB(A) (it takes RGB(A): BGR channels swapped first, into a
+    new array or, with `overwrite`, in place)."""
     code = cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-    rgb = _swapped_in_place(img, code) if overwrite and img.flags.c_contiguous else cv2.cvtColor(img, code)
+    if rgb:
+        pixels = np.ascontiguousarray(img)
+    else:
+        pixels = _swapped_in_place(img, code) if overwrite and img.flags.c_contiguous else cv2.cvtColor(img, code)
     # fpng's binding returns empty bytes where fpng fails (its error is constructed, never thrown)
-    data = encode(rgb)
+    data = encode(pixels)
     if not data.startswith(_PNG_SIGNATURE):
         raise OutputError(f"{path or 'PNG'}: fpng cannot encode a {img.shape[1]}×{img.shape[0]} image")
     return data

@@ -98,13 +98,17 @@ def test_png_bytes_are_fixed_by_the_pixels() -> None:
 @pytest.mark.parametrize("channels", [3, 4])
 def test_png_overwrite_encodes_the_same_bytes_in_place(channels: int) -> None:
     """`overwrite` reorders the caller's array to RGB(A) instead of a copy: the same PNG; without it the array is
-    untouched. 600 rows: the swap in place goes in bands of 256, the last one partial."""
+    untouched; pixels in RGB(A) order given as such (`rgb`) make it too. 600 rows: the swap in place goes in bands of
+    256, the last one partial."""
     bgr = np.random.default_rng(channels).integers(0, 256, (600, 53, channels), np.uint8)
     kept = bgr.copy()
     expected = png_bytes(bgr)
     assert np.array_equal(bgr, kept)
     assert png_bytes(bgr, overwrite=True) == expected
     assert np.array_equal(bgr, kept[..., [2, 1, 0, 3][:channels]])  # left in RGB(A) order
+    rgb = np.ascontiguousarray(kept[..., [2, 1, 0, 3][:channels]])
+    assert png_bytes(rgb, rgb=True) == expected  # pixels in RGB(A) order already: not swapped
+    assert np.array_equal(rgb, kept[..., [2, 1, 0, 3][:channels]])
 
 
 def test_png_write_errors_name_the_file(tmp_path: Path) -> None:
