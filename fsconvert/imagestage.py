@@ -141,13 +141,12 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
         return None
 
 
-def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, overwrite: bool = False,
-                fpng: FpngProcess | None = None, rgb: bool = False) -> bytes:
+def write_image(path: Path, img: np.ndarray, options: ImageOptions, *, fpng: FpngProcess | None = None,
+                rgb: bool = False) -> bytes:
     """Encode and write; return the bytes written. Write errors (disk full, read-only) become OutputError.
-    `overwrite`: `img` may be left changed (`writers.png_bytes`); `fpng`: the process that encodes a PNG; `rgb`:
-    a PNG's colour is in RGB(A) order (a JPEG's is BGR)."""
+    `fpng`: the process that encodes a PNG; `rgb`: a PNG's colour is in RGB(A) order (a JPEG's is BGR)."""
     if options.image_format == "png":
-        data = png_bytes(img, path, overwrite=overwrite, rgb=rgb,
+        data = png_bytes(img, path, rgb=rgb,
                          fpng_encode=None if fpng is None else functools.partial(fpng.encode, path=path))
     else:
         data = encoded(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality], path)
@@ -268,8 +267,7 @@ def _produce(job: _Job, fpng: FpngProcesses | None = None) -> tuple[Footprint | 
         preview = shrink(img[..., :3] if alpha else img, preview_size(plan.camera.size))
         if rgb:
             preview = cv2.cvtColor(preview, cv2.COLOR_RGB2BGR)
-    # the decoded source goes on to `written`: only a remapped image may be overwritten
-    data = write_image(dest, img, plan.options, overwrite=img is not decoded, fpng=encoder, rgb=rgb)
+    data = write_image(dest, img, plan.options, fpng=encoder, rgb=rgb)
     if job.written is not None:
         job.written(plan, dest, decoded, data, rgb)
     return found if job.footprint else None, preview
@@ -312,10 +310,11 @@ def keep_previews(enabled: bool = True) -> Iterator[dict[Path, np.ndarray]]:
 
 @contextmanager
 def on_written(callback: WrittenCallback | None) -> Iterator[None]:
-    """While open, `run_plans` calls `callback(plan, path, source, data)` right after writing each image it
+    """While open, `run_plans` calls `callback(plan, path, source, data, rgb)` right after writing each image it
     resamples, in the thread that wrote it (`callback` must be thread-safe): `source` is the decoded source image
-    the image was made from, at 1/`plan.reduce` (this thread's scratch array: valid during the call only), `data`
-    the bytes written. Originals placed unchanged are not reported. None: as before."""
+    the image was made from, at 1/`plan.reduce` (this thread's scratch array: valid during the call only), in RGB
+    order where `rgb` (a PNG's), else BGR; `data` the bytes written. Originals placed unchanged are not reported.
+    None: as before."""
     global _written
     previous = _written
     _written = previous if callback is None else callback

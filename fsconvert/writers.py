@@ -40,8 +40,6 @@ from .errors import OutputError
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UINT16_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_COMPRESSION, 1)
 _PLY_TYPES = {"f8": "double", "f4": "float", "u1": "uchar"}
-_SWAP_ROWS = 256
-"""Rows per band of an in-place channel swap (`_swapped_in_place`)."""
 _NUMBER_LIST = re.compile(r"\[\s*([-+.\deE,\s]+?)\s*\]")
 _ZIP_VERSION = 20
 """ZIP 2.0: stored entries, no ZIP64 (every entry and the archive stay below 4 GiB)."""
@@ -82,50 +80,36 @@ def replace_atomically(path: Path, data: bytes) -> None:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
-def write_png(path: Path, img: np.ndarray, *, overwrite: bool = False) -> None:
+def write_png(path: Path, img: np.ndarray) -> None:
     """Lossless PNG of an OpenCV-ordered image (grey, BGR, BGRA; uint8 or uint16), as `png_bytes` encodes it."""
-    write_bytes(path, png_bytes(img, path, overwrite=overwrite))
+    write_bytes(path, png_bytes(img, path))
 
 
-def png_bytes(img: np.ndarray, path: Path | None = None, *, overwrite: bool = False,
-              fpng_encode: Callable[[np.ndarray], bytes] | None = None, rgb: bool = False) -> bytes:
+def png_bytes(img: np.ndarray, path: Path | None = None, *, fpng_encode: Callable[[np.ndarray], bytes] | None = None,
+              rgb: bool = False) -> bytes:
     """A PNG of `img` (grey H×W or H×W×1, BGR H×W×3 or BGRA H×W×4, as OpenCV holds images; uint8 or uint16),
     decoded by PIL, OpenCV and imageio to the same pixels: 8-bit BGR(A) through fpng (see the module's notes),
     anything else through OpenCV, 16-bit with the `up` filter at zlib level 1 (a 12.6 MP depth map: 0.11 s and
     2.1 MB, against 0.14 s and 3.6 MB with `up` and RLE, 0.15 s and 5.2 MB by default). `path` names the file
-    in errors. `overwrite`: 8-bit colour may be reordered to RGB(A) in `img` itself, which is then left so,
-    instead of in a copy (a 12.6 MP RGBA view's is 50 MB, beside fpng's own ~100 MB while it encodes).
-    `fpng_encode`: what runs fpng on the RGB(A) pixels instead of its binding here (`pngprocess.FpngProcess`).
-    `rgb`: 8-bit colour is in RGB(A) order already (the image stage decodes its sources so for PNGs): no swap."""
+    in errors. `fpng_encode`: what runs fpng on the RGB(A) pixels instead of its binding here
+    (`pngprocess.FpngProcess`). `rgb`: 8-bit colour is in RGB(A) order already, as the image stage decodes its
+    sources for PNGs: no reordered copy (a 12.6 MP RGBA view's is 50 MB, ~17 ms, beside fpng's own ~100 MB)."""
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
-        return _fpng(img, path, overwrite, fpng_encode or fpng.fpng_ext.encode_ndarray, rgb)
+        return _fpng(img, path, fpng_encode or fpng.fpng_ext.encode_ndarray, rgb)
     return encoded(img, ".png", _UINT16_PNG if img.dtype == np.uint16 else (), path)
 
 
-def _fpng(img: np.ndarray, path: Path | None, overwrite: bool, encode: Callable[[np.ndarray], bytes],
-          rgb: bool) -> bytes:
-    """fpng's PNG of 8-bit BGR(A) pixels, or with `rgb` RGB(A) (it takes RGB(A): BGR channels swapped first, into a
-    new array or, with `overwrite`, in place)."""
-    code = cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+def _fpng(img: np.ndarray, path: Path | None, encode: Callable[[np.ndarray], bytes], rgb: bool) -> bytes:
+    """fpng's PNG of 8-bit BGR(A) pixels, or with `rgb` RGB(A) (it takes RGB(A): BGR(A) is reordered into a copy)."""
     if rgb:
         pixels = np.ascontiguousarray(img)
     else:
-        pixels = _swapped_in_place(img, code) if overwrite and img.flags.c_contiguous else cv2.cvtColor(img, code)
+        pixels = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     # fpng's binding returns empty bytes where fpng fails (its error is constructed, never thrown)
     data = encode(pixels)
     if not data.startswith(_PNG_SIGNATURE):
         raise OutputError(f"{path or 'PNG'}: fpng cannot encode a {img.shape[1]}×{img.shape[0]} image")
     return data
-
-
-def _swapped_in_place(img: np.ndarray, code: int) -> np.ndarray:
-    """`img` converted by cvtColor `code` in place, _SWAP_ROWS rows at a time: OpenCV converts in place by copying
-    its whole source first (a 12.6 MP RGB view: 38 MB allocated and faulted in afresh every time, ~9 200 page faults;
-    NeuS's 12 views at -j 2: 137 000 of the process's 230 000), a band's copy is a few MB that malloc reuses."""
-    for top in range(0, img.shape[0], _SWAP_ROWS):
-        band = img[top:top + _SWAP_ROWS]
-        cv2.cvtColor(band, code, dst=band)
-    return img
 
 
 def write_encoded(path: Path, img: np.ndarray, ext: str, params: Sequence[int] = ()) -> None:
