@@ -326,3 +326,25 @@ def test_silhouette_is_exactly_where_depth_is_positive(sphere):
             assert (0 < (seen > 0).mean() < 1) == (k < 3), k  # in view, cut or straddling: some pixels of each
         with pytest.raises(ValueError):
             renderer.silhouette(Camera(64, 48, cv.K_matrix(50, 50, 32, 24), DIST), np.eye(4))
+
+
+def test_silhouette_covers_the_farthest_fragments_of_the_clip_range():
+    """The worst case of the silhouette's coverage pass (no depth test): from inside a box looking at its far corner,
+    the nearest plane is at its least (1e-4 of the far one) and the corner's depth at its largest (1 % before the far
+    plane), so the fragments there come closest to depth 1, where the depth pass would drop them. Every pixel is
+    covered, in both."""
+    box = trimesh.creation.box(extents=(2.0, 3.0, 4.0))
+    camera = Camera(641, 479, cv.K_matrix(300.0, 300.0, 320.0, 239.0))
+    corner, eye = np.array([1.0, 1.5, 2.0]), np.array([-0.9, -1.4, -1.9])
+    forward = (corner - eye) / np.linalg.norm(corner - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    R = np.stack([right, np.cross(forward, right), forward])  # rows: the camera's x, y, z in the world
+    w2c = cv.homogeneous(np.column_stack([R, -R @ eye]))
+    with Renderer(box) as renderer:
+        depth = renderer.render(camera, w2c, depth_only=True).depth
+        seen = renderer.silhouette(camera, w2c)
+        znear, zfar = renderer._clip(w2c)
+    assert znear == pytest.approx(1e-4 * zfar)
+    assert depth.max() > 0.95 * zfar / 1.01  # the far corner is in view
+    assert (depth > 0).all() and (seen == 255).all()
