@@ -27,7 +27,7 @@ each one would pickle its plans in and its previews and footprints out. The rule
   now, one while every worker is busy, all N for the last tuple left.
 
 The output is byte-identical at any `workers` (every step is deterministic and per view).
-One module of ~470 lines: decoding, producing one view and scheduling the views share the per-thread scratch
+One module of ~500 lines: decoding, producing one view and scheduling the views share the per-thread scratch
 and the job record; split, each part would import the others' internals.
 """
 
