@@ -114,7 +114,7 @@ def _decode_jpeg(data: bytes, reduce: int, path: Path, view: int | None, allow_c
     """libjpeg-turbo's strict decode (the same pixels as OpenCV's, measured), or None where OpenCV decodes:
     colour spaces it does not convert (CMYK, ...), and what it cannot recover of an allowed corrupt file.
     `scratch`: into this thread's reusable array, sized for 1/`reduce` (libjpeg-turbo decodes at the smallest
-    of its scales giving at least that size, and 1/`reduce` is one of them)."""
+    of its scales giving at least that size, and 1/`reduce` is one of them). `order`: "BGR" or "RGB"."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
