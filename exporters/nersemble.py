@@ -62,7 +62,7 @@ convention in the source capture's frame; its problems name where VHAP would mis
 height×width or not all one size, cameras not at head-sized distances in metres from the origin or not seeing
 it, missing alpha maps or colour corrections.
 
-Writing and VHAP's reading rule stay in one module (~410 lines): the rule undoes exactly what `write` records
+Writing and VHAP's reading rule stay in one module (~420 lines): the rule undoes exactly what `write` records
 (`fsconvert_world`, the alignment to VHAP's axes), and both sides of that pairing read best side by side.
 """
 
