@@ -87,15 +87,21 @@ def test_allow_corrupt_images_exports_with_a_warning_per_view(corrupt: Path, tmp
 
 
 def test_clean_decode_equals_opencv_at_every_reduction(dataset: Path):
-    """The strict decoder gives OpenCV's pixels exactly (the exports stay byte-identical)."""
+    """The strict decoder gives OpenCV's pixels exactly (the exports stay byte-identical), in RGB order the same
+    values (as the image stage decodes sources for PNGs), for a PNG source (OpenCV's decode, reordered) too."""
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}
     for path in sorted((dataset / "images" / "1" / "1_neutral").glob("*.jpg")):
         for reduce, flag in flags.items():
-            assert np.array_equal(read_image(path, reduce), cv2.imread(str(path), flag))
+            expected = cv2.imread(str(path), flag)
+            assert np.array_equal(read_image(path, reduce), expected)
+            assert np.array_equal(read_image(path, reduce, rgb=True), expected[..., ::-1])
     gray = Path(dataset / "gray.jpg")
     cv2.imwrite(str(gray), np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8))
     assert np.array_equal(read_image(gray, 2), cv2.imread(str(gray), cv2.IMREAD_REDUCED_COLOR_2))
+    png = Path(dataset / "colour.png")
+    cv2.imwrite(str(png), np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    assert np.array_equal(read_image(png, 2, rgb=True), cv2.imread(str(png), cv2.IMREAD_REDUCED_COLOR_2)[..., ::-1])
 
 
 def test_read_image_api(corrupt: Path, capsys):
