@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -89,6 +89,23 @@ class DepthContext:
         osmesa.OSMesaDestroyContext(self._context)
 
 
+class _Program(NamedTuple):
+    """A linked GL program and the locations of its V and P matrices."""
+
+    name: int
+    view: int
+    projection: int
+
+    @classmethod
+    def compiled(cls, vertex: str, fragment: str) -> _Program:
+        from OpenGL import GL
+        from OpenGL.GL import shaders
+
+        program = shaders.compileProgram(shaders.compileShader(vertex, GL.GL_VERTEX_SHADER),
+                                         shaders.compileShader(fragment, GL.GL_FRAGMENT_SHADER), validate=False)
+        return cls(program, GL.glGetUniformLocation(program, "V"), GL.glGetUniformLocation(program, "P"))
+
+
 class _Framebuffer:
     """A framebuffer object with one renderbuffer, grown to the largest width and height drawn (rounded up to
     BUFFER_STEP) and never shrunk: Mesa 22 keeps a deleted buffer's memory until the context goes (~12 MB per
@@ -149,8 +166,8 @@ void main() { covered = vec4(1.0); }
     def __init__(self, mesh: trimesh.Trimesh | Geometry) -> None:
         from OpenGL import GL
 
-        self._program = self._compiled(self._FRAGMENT)
-        self._coverage_program: int | None = None
+        self._program = _Program.compiled(self._VERTEX, self._FRAGMENT)
+        self._coverage_program: _Program | None = None
         positions = np.ascontiguousarray(mesh.vertices, np.float32)
         indices = np.ascontiguousarray(mesh.faces, np.uint32)
         self._count = indices.size
@@ -166,15 +183,6 @@ void main() { covered = vec4(1.0); }
         GL.glBindVertexArray(0)
         self._depth = _Framebuffer(GL.GL_DEPTH_COMPONENT24, colour=False)
         self._coverage: _Framebuffer | None = None
-
-    def _compiled(self, fragment: str) -> int:
-        from OpenGL import GL
-        from OpenGL.GL import shaders
-
-        program: int = shaders.compileProgram(shaders.compileShader(self._VERTEX, GL.GL_VERTEX_SHADER),
-                                              shaders.compileShader(fragment, GL.GL_FRAGMENT_SHADER),
-                                              validate=False)
-        return program
 
     def draw(self, view: np.ndarray, projection: np.ndarray, width: int, height: int) -> int:
         """Draw into the lower-left `width`×`height` of this pass's depth framebuffer, a 24-bit depth buffer and no
@@ -203,7 +211,7 @@ void main() { covered = vec4(1.0); }
 
         if self._coverage is None:
             self._coverage = _Framebuffer(GL.GL_R8, colour=True)
-            self._coverage_program = self._compiled(self._COVERAGE)
+            self._coverage_program = _Program.compiled(self._VERTEX, self._COVERAGE)
         assert self._coverage_program is not None  # made with the framebuffer
         self._coverage.bind(width, height)
         GL.glDisable(GL.GL_DEPTH_TEST)
@@ -212,13 +220,13 @@ void main() { covered = vec4(1.0); }
         self._draw_mesh(self._coverage_program, view, projection)
         return self._coverage.name
 
-    def _draw_mesh(self, program: int, view: np.ndarray, projection: np.ndarray) -> None:
+    def _draw_mesh(self, program: _Program, view: np.ndarray, projection: np.ndarray) -> None:
         from OpenGL import GL
 
         GL.glDisable(GL.GL_CULL_FACE)
-        GL.glUseProgram(program)
-        GL.glUniformMatrix4fv(GL.glGetUniformLocation(program, "V"), 1, GL.GL_TRUE, view.astype(np.float32))
-        GL.glUniformMatrix4fv(GL.glGetUniformLocation(program, "P"), 1, GL.GL_TRUE, projection.astype(np.float32))
+        GL.glUseProgram(program.name)
+        GL.glUniformMatrix4fv(program.view, 1, GL.GL_TRUE, view.astype(np.float32))
+        GL.glUniformMatrix4fv(program.projection, 1, GL.GL_TRUE, projection.astype(np.float32))
         GL.glBindVertexArray(self._vao)
         GL.glDrawElements(GL.GL_TRIANGLES, self._count, GL.GL_UNSIGNED_INT, None)
         GL.glBindVertexArray(0)

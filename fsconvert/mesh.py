@@ -336,14 +336,14 @@ def capture_geometry(capture: Capture, needed_for: str, *, colors: bool = False)
     return _in_capture_frame(capture, read_geometry(capture_mesh_path(capture, needed_for), colors=colors))
 
 
-def capture_proxy(capture: Capture, needed_for: str, *, colors: bool = False) -> Geometry:
+def capture_proxy(capture: Capture, needed_for: str) -> Geometry:
     """The mesh's render proxy as arrays in the capture's frame: the clustered copy `render_proxy` makes of a dense
-    mesh (once per file version, colours and all), else `capture_geometry` (with `colors`); for renders that test
-    cameras or visibility, not for products."""
+    mesh (once per file version, colours and all), else `capture_geometry`; for renders that test cameras or
+    visibility, not for products."""
     path = capture_mesh_path(capture, needed_for)
     found = _proxy(*_key(path))
     if found is None:
-        return capture_geometry(capture, needed_for, colors=colors)
+        return capture_geometry(capture, needed_for)
     return _in_capture_frame(capture, found)
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from exporters.open3d import camerafiles
 from fsconvert.depthproducts import depth_pngs
 from fsconvert.errors import InputError, OutputError
 from fsconvert.fuse import RGBDFrame, integrate
@@ -43,6 +42,8 @@ from fsconvert.options import option
 from fsconvert.protocol import ExportedView, Program, Reading
 from fsconvert.threads import second_core
 from fsconvert.writers import write_json, write_png, write_text
+
+from . import camerafiles
 
 NAME = "open3d"
 SUMMARY = "Open3D pinhole trajectory (.json + .log), undistorted colour and rendered depth (RGB-D)"
